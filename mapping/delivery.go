@@ -1,0 +1,50 @@
+package mapping
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sender delivers outbox jobs of one destination. It must not retry: the
+// outbox does. A returned error that is a *DeliveryError says whether the
+// failure is worth retrying; any other error is treated as transient.
+type Sender interface {
+	Send(ctx context.Context, job Job) error
+}
+
+// DeliveryError is a failed delivery, classified.
+type DeliveryError struct {
+	// Permanent is true when a retry cannot succeed (a 4xx other than 408 and 429).
+	Permanent bool
+	// RetryAfter, when positive, is how long the destination asked us to wait (429 Retry-After).
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *DeliveryError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *DeliveryError) Unwrap() error { return e.Err }
+
+// Retryable reports whether err is worth retrying: true unless it is a permanent *DeliveryError.
+func Retryable(err error) bool {
+	var d *DeliveryError
+	if errors.As(err, &d) {
+		return !d.Permanent
+	}
+	return true
+}
+
+// ClassifyStatus turns an HTTP status from a destination into a delivery
+// error: nil for 2xx; transient for 408, 429 and 5xx; permanent otherwise.
+func ClassifyStatus(status int, retryAfter time.Duration, err error) error {
+	switch {
+	case status >= 200 && status < 300:
+		return nil
+	case status == 408 || status == 429 || status >= 500:
+		return &DeliveryError{RetryAfter: retryAfter, Err: err}
+	default:
+		return &DeliveryError{Permanent: true, Err: err}
+	}
+}

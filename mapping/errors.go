@@ -1,0 +1,47 @@
+package mapping
+
+import "errors"
+
+// Code classifies an error for the client; cmd/bridge maps each code to one HTTP status.
+type Code string
+
+// The error codes the bridge answers with.
+const (
+	CodeInvalid       Code = "invalid"        // the request cannot be understood; do not retry as is
+	CodeUnauthorized  Code = "unauthorized"   // missing or wrong credentials
+	CodeNotFound      Code = "not_found"      // nothing by that identifier
+	CodeConflict      Code = "conflict"       // the request contradicts the current state
+	CodeTooLarge      Code = "too_large"      // body, event or batch over a limit
+	CodeUnprocessable Code = "unprocessable"  // well-formed but refused by policy (guessable token)
+	CodeRateLimited   Code = "rate_limited"   // slow down and retry after the indicated time
+	CodeUnavailable   Code = "unavailable"    // shutting down or overloaded; retry
+	CodeInternal      Code = "internal"       // a bug or a failing disk; details are in the log
+)
+
+// Error is the one error type the bridge returns to clients: a code and a
+// message that says what was wrong and what to do. Err, if set, is the cause;
+// it is logged, never shown to the client.
+type Error struct {
+	Code    Code
+	Message string
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return string(e.Code) + ": " + e.Message + ": " + e.Err.Error()
+	}
+	return string(e.Code) + ": " + e.Message
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// ErrorCode returns the code of the first *Error in err's chain, or CodeInternal.
+func ErrorCode(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}

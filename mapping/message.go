@@ -1,0 +1,86 @@
+package mapping
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Source names where a message came from; it is recorded on every message and link.
+type Source string
+
+// The sources of messages and links.
+const (
+	SourceSegmentAPI     Source = "segment.api"     // Segment's HTTP Tracking API, from Segment's client libraries
+	SourceSegmentWebhook Source = "segment.webhook" // Segment's webhook destination
+	SourceJimoSession    Source = "jimo.session"    // a session reset reported by the page
+	SourceJimoWebhook    Source = "jimo.webhook"    // Jimo's outgoing webhooks
+	SourceAdmin          Source = "admin"           // an operator's repair
+)
+
+// MaxMessageIDLength is the longest message ID accepted, in bytes (Segment's limit).
+const MaxMessageIDLength = 100
+
+// Message is one input as a protocol package translated it. The store keeps it
+// durably (deduplicated on Source and ID), applies the identity links it
+// carries and enqueues its Jobs, all in one transaction.
+//
+// Identifier fields hold the values as received; the store normalises them
+// and records every value it refuses (blocked, too long, control characters)
+// in the message's notes instead of linking it.
+type Message struct {
+	Source Source
+	// ID is the message ID, unique per source; a second message with the same
+	// Source and ID is a duplicate and changes nothing.
+	ID string
+	// Type is the message type: identify, track, page, screen, group, alias,
+	// delete, session, logout, or a Jimo webhook event name.
+	Type string
+	// Event is the event name of a track call or a Jimo webhook.
+	Event       string
+	UserID      string
+	AnonymousID string
+	// PreviousID is an alias call's previousId. It is linked as an anonymous ID.
+	PreviousID string
+	// JimoToken is a Jimo session token that is not the user ID (derived mode, legacy tokens).
+	JimoToken string
+	// Email is the person's email address; it links only when merging on email is enabled.
+	Email string
+	// Traits are the person's traits or attributes, merged last-write-wins by Timestamp.
+	Traits map[string]any
+	// UserIDWarning, when set, is why UserID is unsafe to hand to Jimo as a
+	// token (guessable); the store keeps it on the identifier so operators see it.
+	UserIDWarning string
+	// Impersonating marks a support session acting as the user: stored, links nothing.
+	Impersonating bool
+	// Timestamp is the event time, corrected for client clock skew; it orders links.
+	Timestamp time.Time
+	// ReceivedAt is when the bridge received the message.
+	ReceivedAt time.Time
+	// Raw is the message as received (for a batch: the event with the batch context merged in).
+	Raw json.RawMessage
+	// Rejected, when set, is why the message is stored but not applied (for example a missing identity).
+	Rejected string
+	// Jobs are the outbox jobs this message causes; they are written only if the message is new.
+	Jobs []Job
+}
+
+// Job is one outgoing delivery, written to the outbox in the same transaction
+// as the message that causes it. Its payload is opaque to mapping.
+type Job struct {
+	// Destination names the sender that delivers the job ("segment", "jimo").
+	Destination string
+	// OrderingKey groups jobs that must be delivered in order (the user they concern).
+	OrderingKey string
+	// MessageID is the outgoing message ID; it is deterministic, so a resend deduplicates downstream.
+	MessageID string
+	// Payload is what the sender needs, as the protocol package encoded it.
+	Payload json.RawMessage
+}
+
+// Receipt says what the store did with a message.
+type Receipt struct {
+	// Duplicate is true when a message with the same source and ID was already stored.
+	Duplicate bool
+	// Notes lists the rules that fired (refused values, impersonation, conflicts), for the client and the admin page.
+	Notes []string
+}
