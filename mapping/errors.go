@@ -7,15 +7,15 @@ type Code string
 
 // The error codes the bridge answers with.
 const (
-	CodeInvalid       Code = "invalid"        // the request cannot be understood; do not retry as is
-	CodeUnauthorized  Code = "unauthorized"   // missing or wrong credentials
-	CodeNotFound      Code = "not_found"      // nothing by that identifier
-	CodeConflict      Code = "conflict"       // the request contradicts the current state
-	CodeTooLarge      Code = "too_large"      // body, event or batch over a limit
-	CodeUnprocessable Code = "unprocessable"  // well-formed but refused by policy (guessable token)
-	CodeRateLimited   Code = "rate_limited"   // slow down and retry after the indicated time
-	CodeUnavailable   Code = "unavailable"    // shutting down or overloaded; retry
-	CodeInternal      Code = "internal"       // a bug or a failing disk; details are in the log
+	CodeInvalid       Code = "invalid"       // the request cannot be understood; do not retry as is
+	CodeUnauthorized  Code = "unauthorized"  // missing or wrong credentials
+	CodeNotFound      Code = "not_found"     // nothing by that identifier
+	CodeConflict      Code = "conflict"      // the request contradicts the current state
+	CodeTooLarge      Code = "too_large"     // body, event or batch over a limit
+	CodeUnprocessable Code = "unprocessable" // well-formed but refused by policy (guessable token)
+	CodeRateLimited   Code = "rate_limited"  // slow down and retry after the indicated time
+	CodeUnavailable   Code = "unavailable"   // shutting down or overloaded; retry
+	CodeInternal      Code = "internal"      // a bug or a failing disk; details are in the log
 )
 
 // Error is the one error type the bridge returns to clients: a code and a

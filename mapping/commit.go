@@ -1,0 +1,141 @@
+package mapping
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// submission is one caller's messages waiting for a group commit.
+type submission struct {
+	msgs     []Message
+	receipts []Receipt
+	err      error
+	done     chan struct{}
+}
+
+// Submit stores msgs durably, applies their identity links and enqueues their
+// jobs. It returns only after the transaction holding them has committed, so
+// a caller may acknowledge on a nil error. Concurrent calls share one
+// transaction (group commit). The receipts are in the order of msgs.
+//
+// If ctx ends before the messages are queued, Submit returns its error and
+// nothing is stored; once queued, it waits for the commit.
+func (s *Store) Submit(ctx context.Context, msgs []Message) ([]Receipt, error) {
+	sub := &submission{msgs: msgs, done: make(chan struct{})}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, Errorf(CodeUnavailable, "the bridge is shutting down; retry shortly")
+	}
+	select {
+	case s.queue <- sub:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return nil, ctx.Err()
+	}
+	s.mu.RUnlock()
+	<-sub.done
+	return sub.receipts, sub.err
+}
+
+// commitLoop takes the first waiting submission, adds every other one already
+// waiting (up to MaxGroup messages), and commits them in one transaction.
+// Under load, requests arriving during one commit's fsync form the next group.
+func (s *Store) commitLoop() {
+	defer close(s.stopped)
+	for {
+		var first *submission
+		select {
+		case first = <-s.queue:
+		case <-s.closing:
+			// Drain what was queued before closing.
+			for {
+				select {
+				case first = <-s.queue:
+					s.commitGroup(s.gather(first))
+				default:
+					return
+				}
+			}
+		}
+		s.commitGroup(s.gather(first))
+	}
+}
+
+func (s *Store) gather(first *submission) []*submission {
+	group := []*submission{first}
+	n := len(first.msgs)
+	for n < s.opts.MaxGroup {
+		select {
+		case sub := <-s.queue:
+			group = append(group, sub)
+			n += len(sub.msgs)
+		default:
+			return group
+		}
+	}
+	return group
+}
+
+// commitGroup commits a group in one transaction. If that fails, it commits
+// each submission alone, so one bad submission cannot fail the others.
+func (s *Store) commitGroup(group []*submission) {
+	err := s.commit(group)
+	if err != nil && len(group) > 1 {
+		s.log.Warn("group commit failed; committing submissions one by one", "submissions", len(group), "err", err)
+		for _, sub := range group {
+			if err := s.commit([]*submission{sub}); err != nil {
+				sub.err = err
+			}
+			close(sub.done)
+		}
+		return
+	}
+	for _, sub := range group {
+		sub.err = err
+		close(sub.done)
+	}
+}
+
+func (s *Store) commit(group []*submission) (err error) {
+	start := time.Now()
+	n := 0
+	defer func() {
+		if s.opts.Observer != nil {
+			s.opts.Observer.Committed(n, time.Since(start), err)
+		}
+	}()
+	// The transaction outlives any one request: callers wait for it.
+	ctx := context.Background()
+	tx, err := s.write.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	w := &writer{tx: tx, opts: &s.opts, now: s.opts.Now().UnixNano()}
+	for _, sub := range group {
+		sub.receipts = make([]Receipt, len(sub.msgs))
+		for i, m := range sub.msgs {
+			r, err := w.apply(ctx, m)
+			if err != nil {
+				return fmt.Errorf("apply %s message %s: %w", m.Source, m.ID, err)
+			}
+			sub.receipts[i] = r
+			n++
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// writer applies messages inside one transaction.
+type writer struct {
+	tx   *sqlx.Tx
+	opts *Options
+	now  int64
+}

@@ -1,0 +1,208 @@
+package mapping
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// traitEntry is one trait value with what decides last-write-wins.
+type traitEntry struct {
+	Value    any    `json:"v"`
+	OrderKey string `json:"k"`
+	Source   Source `json:"s"`
+}
+
+type traitDoc map[string]traitEntry
+
+// merge sets every trait of m whose order key is newer than the stored one.
+func (d traitDoc) merge(traits map[string]any, key string, source Source) {
+	for k, v := range traits {
+		if old, ok := d[k]; ok && old.OrderKey >= key {
+			continue
+		}
+		d[k] = traitEntry{Value: v, OrderKey: key, Source: source}
+	}
+}
+
+// mergeTraits merges the message's traits (and email) into those of identifier id.
+func (w *writer) mergeTraits(ctx context.Context, id int64, m Message) error {
+	traits := m.Traits
+	if m.Email != "" {
+		traits = make(map[string]any, len(m.Traits)+1)
+		for k, v := range m.Traits {
+			traits[k] = v
+		}
+		traits["email"] = m.Email
+	}
+	if len(traits) == 0 {
+		return nil
+	}
+	doc := traitDoc{}
+	var raw string
+	err := w.tx.GetContext(ctx, &raw, `SELECT doc FROM traits WHERE identifier_id = ?`, id)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("read traits: %w", err)
+	}
+	if raw != "" {
+		if err := json.Unmarshal([]byte(raw), &doc); err != nil {
+			return fmt.Errorf("read traits of identifier %d: %w", id, err)
+		}
+	}
+	doc.merge(traits, OrderKey(m.Timestamp, m.Source, m.ID, 0), m.Source)
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("encode traits: %w", err)
+	}
+	var email sql.NullString
+	if e, ok := doc["email"].Value.(string); ok && e != "" {
+		email = sql.NullString{String: e, Valid: true}
+	}
+	if _, err := w.tx.ExecContext(ctx, `INSERT INTO traits (identifier_id, email, doc) VALUES (?, ?, ?)
+		ON CONFLICT (identifier_id) DO UPDATE SET email = excluded.email, doc = excluded.doc`, id, email, string(b)); err != nil {
+		return fmt.Errorf("write traits: %w", err)
+	}
+	return nil
+}
+
+// Profile is one person as the bridge knows them: a connected component of applied links.
+type Profile struct {
+	ID int64 `json:"id"`
+	// UserID is the shared user ID, "" while the profile is anonymous.
+	UserID      string              `json:"userId"`
+	Identifiers []ProfileIdentifier `json:"identifiers"`
+	Traits      map[string]any      `json:"traits"`
+	// Warnings lists what an operator should look at, e.g. a guessable user ID.
+	Warnings  []string  `json:"warnings"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// ProfileIdentifier is an identifier of a profile with when and how it was first seen.
+type ProfileIdentifier struct {
+	Identifier
+	FirstSeenAt    time.Time `json:"firstSeenAt"`
+	FirstSource    Source    `json:"firstSource"`
+	FirstMessageID string    `json:"firstMessageId"`
+	Warning        string    `json:"warning,omitempty"`
+}
+
+type identifierRow struct {
+	ID             int64  `db:"id"`
+	Kind           Kind   `db:"kind"`
+	Value          string `db:"value"`
+	ProfileID      int64  `db:"profile_id"`
+	FirstSeenAt    int64  `db:"first_seen_at"`
+	FirstSource    Source `db:"first_source"`
+	FirstMessageID string `db:"first_message_id"`
+	Warning        string `db:"warning"`
+}
+
+// ProfileOf returns the profile holding id. An email finds the profile whose
+// traits carry it when merging on email is off. Unknown: a CodeNotFound error.
+func (s *Store) ProfileOf(ctx context.Context, id Identifier) (Profile, error) {
+	var profileID int64
+	err := s.read.GetContext(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?`, id.Kind, id.Value)
+	if errors.Is(err, sql.ErrNoRows) && id.Kind == KindEmail && !s.opts.MergeOnEmail {
+		err = s.read.GetContext(ctx, &profileID, `SELECT i.profile_id FROM traits t JOIN identifiers i ON i.id = t.identifier_id
+			WHERE t.email = ? ORDER BY i.profile_id LIMIT 1`, id.Value)
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return Profile{}, Errorf(CodeNotFound, "no profile has %s; check the kind and the value, or search by another identifier", id)
+	}
+	if err != nil {
+		return Profile{}, fmt.Errorf("find %s: %w", id, err)
+	}
+	return s.profile(ctx, profileID)
+}
+
+func (s *Store) profile(ctx context.Context, profileID int64) (Profile, error) {
+	var p profileRow
+	var updated int64
+	row := s.read.QueryRowxContext(ctx, `SELECT id, user_id, updated_at FROM profiles WHERE id = ?`, profileID)
+	if err := row.Scan(&p.ID, &p.UserID, &updated); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return Profile{}, Errorf(CodeNotFound, "profile %d does not exist (it may have been merged or deleted)", profileID)
+		}
+		return Profile{}, fmt.Errorf("read profile %d: %w", profileID, err)
+	}
+	var rows []identifierRow
+	if err := s.read.SelectContext(ctx, &rows, `SELECT id, kind, value, profile_id, first_seen_at, first_source, first_message_id, warning
+		FROM identifiers WHERE profile_id = ? ORDER BY first_seen_at, id`, profileID); err != nil {
+		return Profile{}, fmt.Errorf("read identifiers of profile %d: %w", profileID, err)
+	}
+	out := Profile{ID: p.ID, UserID: p.UserID.String, Traits: map[string]any{}, Identifiers: []ProfileIdentifier{}, Warnings: []string{}, UpdatedAt: time.Unix(0, updated).UTC()}
+	ids := make([]int64, len(rows))
+	hasEmail := map[string]bool{}
+	for i, r := range rows {
+		ids[i] = r.ID
+		out.Identifiers = append(out.Identifiers, ProfileIdentifier{
+			Identifier:  Identifier{Kind: r.Kind, Value: r.Value},
+			FirstSeenAt: time.Unix(0, r.FirstSeenAt).UTC(), FirstSource: r.FirstSource, FirstMessageID: r.FirstMessageID, Warning: r.Warning,
+		})
+		if r.Kind == KindEmail {
+			hasEmail[r.Value] = true
+		}
+		if r.Warning != "" {
+			out.Warnings = append(out.Warnings, fmt.Sprintf("%s: %s", r.Identifier(), r.Warning))
+		}
+	}
+	if len(ids) > 0 {
+		traits, emails, err := s.traits(ctx, ids)
+		if err != nil {
+			return Profile{}, err
+		}
+		out.Traits = traits
+		for _, e := range emails {
+			if !hasEmail[e] {
+				out.Identifiers = append(out.Identifiers, ProfileIdentifier{Identifier: Identifier{Kind: KindEmail, Value: e}})
+			}
+		}
+	}
+	return out, nil
+}
+
+func (r identifierRow) Identifier() Identifier { return Identifier{Kind: r.Kind, Value: r.Value} }
+
+// traits merges the traits of the given identifiers, last write wins, and
+// returns the distinct emails they carry (as attributes).
+func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []string, error) {
+	q, args, err := sqlx.In(`SELECT doc, email FROM traits WHERE identifier_id IN (?)`, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	var rows []struct {
+		Doc   string         `db:"doc"`
+		Email sql.NullString `db:"email"`
+	}
+	if err := s.read.SelectContext(ctx, &rows, s.read.Rebind(q), args...); err != nil {
+		return nil, nil, fmt.Errorf("read traits: %w", err)
+	}
+	merged := traitDoc{}
+	var emails []string
+	for _, r := range rows {
+		var d traitDoc
+		if err := json.Unmarshal([]byte(r.Doc), &d); err != nil {
+			return nil, nil, fmt.Errorf("decode traits: %w", err)
+		}
+		for k, e := range d {
+			if old, ok := merged[k]; !ok || e.OrderKey > old.OrderKey {
+				merged[k] = e
+			}
+		}
+		if r.Email.Valid {
+			emails = append(emails, r.Email.String)
+		}
+	}
+	sort.Strings(emails)
+	out := make(map[string]any, len(merged))
+	for k, e := range merged {
+		out[k] = e.Value
+	}
+	return out, emails, nil
+}

@@ -1,0 +1,202 @@
+package mapping
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	_ "github.com/mattn/go-sqlite3" // the SQLite driver
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Options configures a Store. Zero values mean the documented defaults.
+type Options struct {
+	Caps      Caps
+	Blocklist Blocklist
+	// MergeOnEmail makes an email address link profiles; by default it is only an attribute.
+	MergeOnEmail bool
+	// MaxGroup bounds how many messages one group commit holds; default 2000.
+	MaxGroup int
+	// Now is the clock; default time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
+	// Observer receives commit figures for metrics; nil means none.
+	Observer CommitObserver
+}
+
+// CommitObserver is told about every group commit.
+type CommitObserver interface {
+	// Committed reports one transaction: how many messages it held, how long it took, and its error.
+	Committed(messages int, took time.Duration, err error)
+}
+
+// Store keeps messages, the identity graph and the outbox in one database.
+// Writes go through one goroutine that commits concurrent submissions in
+// groups; reads use their own connections. A Store is safe for concurrent use.
+type Store struct {
+	write *sqlx.DB
+	read  *sqlx.DB
+	opts  Options
+	log   *slog.Logger
+
+	queue   chan *submission
+	mu      sync.RWMutex // guards closed; held shared while queueing
+	closed  bool
+	closing chan struct{}
+	stopped chan struct{}
+}
+
+// Open opens (creating if needed) the SQLite database at path, applies the
+// migrations it lacks, and starts the group committer. Close releases it.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxGroup <= 0 {
+		opts.MaxGroup = 2000
+	}
+	opts.Caps = opts.Caps.withDefaults()
+	if opts.Blocklist.extra == nil {
+		opts.Blocklist = NewBlocklist(nil)
+	}
+
+	write, err := openSQLite(path, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := migrate(ctx, write, opts.Now); err != nil {
+		write.Close()
+		return nil, err
+	}
+	read, err := openSQLite(path, false)
+	if err != nil {
+		write.Close()
+		return nil, err
+	}
+	s := &Store{
+		write:   write,
+		read:    read,
+		opts:    opts,
+		log:     opts.Logger,
+		queue:   make(chan *submission, 4096),
+		closing: make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// openSQLite opens path in WAL mode with foreign keys, a busy timeout and
+// fully synchronous commits: a commit that returned is on disk. The writer
+// has a single connection and takes the write lock at BEGIN.
+func openSQLite(path string, writer bool) (*sqlx.DB, error) {
+	q := url.Values{}
+	q.Set("_journal_mode", "WAL")
+	q.Set("_foreign_keys", "on")
+	q.Set("_busy_timeout", "10000")
+	q.Set("_synchronous", "FULL")
+	if writer {
+		q.Set("_txlock", "immediate")
+	}
+	db, err := sqlx.Open("sqlite3", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if writer {
+		db.SetMaxOpenConns(1)
+	} else {
+		db.SetMaxOpenConns(8)
+	}
+	db.SetMaxIdleConns(8)
+	db.SetConnMaxLifetime(0)
+	if err := db.Ping(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// migrate applies the embedded migrations that are not yet recorded, in order, each in its own transaction.
+func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		base := strings.TrimPrefix(name, "migrations/")
+		version, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: name must start with a number", base)
+		}
+		var applied int
+		if err := db.GetContext(ctx, &applied, `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`, version); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if applied > 0 {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+		tx, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+		defer tx.Rollback()
+		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, version, now().UnixNano()); err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+	}
+	return nil
+}
+
+// Ready reports whether the database answers and every migration is applied.
+func (s *Store) Ready(ctx context.Context) error {
+	var applied int
+	if err := s.read.GetContext(ctx, &applied, `SELECT COUNT(*) FROM schema_migrations`); err != nil {
+		return fmt.Errorf("database not ready: %w", err)
+	}
+	names, _ := fs.Glob(migrations, "migrations/*.sql")
+	if applied < len(names) {
+		return fmt.Errorf("database has %d of %d migrations", applied, len(names))
+	}
+	return nil
+}
+
+// Close stops accepting submissions, commits what is queued, and closes the database.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.closing)
+	}
+	s.mu.Unlock()
+	<-s.stopped
+	return errors.Join(s.read.Close(), s.write.Close())
+}

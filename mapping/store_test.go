@@ -1,0 +1,239 @@
+package mapping
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+// openTestStore opens a fresh SQLite store in a temporary directory.
+func openTestStore(t testing.TB, opts Options) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), opts)
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+func identify(id, userID, anonymousID string, at time.Duration) Message {
+	return Message{Source: SourceSegmentAPI, ID: id, Type: "identify", UserID: userID, AnonymousID: anonymousID,
+		Timestamp: t0.Add(at), ReceivedAt: t0.Add(at), Raw: []byte(`{}`)}
+}
+
+func submit(t testing.TB, s *Store, msgs ...Message) []Receipt {
+	t.Helper()
+	r, err := s.Submit(context.Background(), msgs)
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	return r
+}
+
+// snapshot is the final mapping: profiles as sorted identifier lists, and every link's decision.
+type snapshot struct {
+	Profiles  []string
+	Decisions map[string]Decision
+}
+
+// fataler is what takeSnapshot needs of a *testing.T or a *rapid.T.
+type fataler interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
+func takeSnapshot(t fataler, s *Store) snapshot {
+	t.Helper()
+	var rows []identifierRow
+	if err := s.read.Select(&rows, `SELECT id, kind, value, profile_id, first_seen_at, first_source, first_message_id, warning FROM identifiers`); err != nil {
+		t.Fatal(err)
+	}
+	groups := map[int64][]string{}
+	for _, r := range rows {
+		groups[r.ProfileID] = append(groups[r.ProfileID], r.Identifier().String())
+	}
+	snap := snapshot{Decisions: map[string]Decision{}}
+	for _, g := range groups {
+		sort.Strings(g)
+		snap.Profiles = append(snap.Profiles, strings.Join(g, " "))
+	}
+	sort.Strings(snap.Profiles)
+	var links []linkRow
+	if err := s.read.Select(&links, `SELECT id, a_id, b_id, order_key, forced, withdrawn, decision, reason FROM links`); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		snap.Decisions[l.OrderKey] = l.Decision
+	}
+	// Profile rows must agree with their members.
+	var profiles []profileRow
+	if err := s.read.Select(&profiles, `SELECT id, user_id, anonymous_ids, links FROM profiles`); err != nil {
+		t.Fatal(err)
+	}
+	if len(profiles) != len(groups) {
+		t.Fatalf("got %d profile rows, want %d (one per group of identifiers)", len(profiles), len(groups))
+	}
+	for _, p := range profiles {
+		var users, anons int
+		for _, id := range groups[p.ID] {
+			switch {
+			case strings.HasPrefix(id, "user_id:"):
+				users++
+				if "user_id:"+p.UserID.String != id {
+					t.Fatalf("profile %d: got user_id %q, want %q", p.ID, p.UserID.String, id)
+				}
+			case strings.HasPrefix(id, "anonymous_id:"):
+				anons++
+			}
+		}
+		if users > 1 {
+			t.Fatalf("profile %d holds %d user IDs: %v", p.ID, users, groups[p.ID])
+		}
+		if anons != p.AnonymousIDs {
+			t.Fatalf("profile %d: got anonymous_ids %d, want %d", p.ID, p.AnonymousIDs, anons)
+		}
+	}
+	return snap
+}
+
+func TestIdentifyAnonymousThenKnown(t *testing.T) {
+	s := openTestStore(t, Options{})
+	submit(t, s, Message{Source: SourceSegmentAPI, ID: "m1", Type: "track", AnonymousID: "anon-1", Timestamp: t0, ReceivedAt: t0})
+	submit(t, s, identify("m2", "user-1", "anon-1", time.Minute))
+	p, err := s.ProfileOf(context.Background(), Identifier{Kind: KindAnonymousID, Value: "anon-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.UserID != "user-1" {
+		t.Errorf("got user ID %q, want user-1", p.UserID)
+	}
+	if len(p.Identifiers) != 2 {
+		t.Errorf("got identifiers %v, want user-1 and anon-1", p.Identifiers)
+	}
+}
+
+func TestDuplicateMessageChangesNothing(t *testing.T) {
+	s := openTestStore(t, Options{})
+	m := identify("m1", "user-1", "anon-1", 0)
+	if r := submit(t, s, m); r[0].Duplicate {
+		t.Fatalf("first submit: got duplicate, want new")
+	}
+	if r := submit(t, s, m); !r[0].Duplicate {
+		t.Fatalf("second submit: got new, want duplicate")
+	}
+}
+
+func TestConflictOnTwoUserIDs(t *testing.T) {
+	s := openTestStore(t, Options{})
+	submit(t, s, identify("m1", "user-1", "anon-1", 0))
+	r := submit(t, s, identify("m2", "user-2", "anon-1", time.Minute))
+	if len(r[0].Notes) != 1 || !strings.Contains(r[0].Notes[0], "conflict") {
+		t.Fatalf("got notes %v, want one conflict note", r[0].Notes)
+	}
+	snap := takeSnapshot(t, s)
+	want := []string{"anonymous_id:anon-1 user_id:user-1", "user_id:user-2"}
+	if !slices.Equal(snap.Profiles, want) {
+		t.Errorf("got profiles %v, want %v", snap.Profiles, want)
+	}
+}
+
+func TestLateOlderEventRedecides(t *testing.T) {
+	s := openTestStore(t, Options{})
+	submit(t, s, identify("m2", "user-2", "anon-1", 2*time.Minute))
+	submit(t, s, identify("m1", "user-1", "anon-1", time.Minute)) // older: it wins
+	snap := takeSnapshot(t, s)
+	want := []string{"anonymous_id:anon-1 user_id:user-1", "user_id:user-2"}
+	if !slices.Equal(snap.Profiles, want) {
+		t.Errorf("got profiles %v, want %v", snap.Profiles, want)
+	}
+}
+
+func TestRefusedValuesAreNoted(t *testing.T) {
+	s := openTestStore(t, Options{Blocklist: NewBlocklist([]string{"placeholder"})})
+	tests := []struct {
+		name, userID, wantNote string
+	}{
+		{"blocked", "undefined", "userId refused: blocked_value"},
+		{"quoted blocked", `"null"`, "userId refused: blocked_value"},
+		{"configured", "placeholder", "userId refused: blocked_value"},
+		{"zeros", "00000000-0000-0000-0000-000000000000", "userId refused: blocked_value"},
+		{"control", "a\x00b", "userId refused: control_characters"},
+		{"too long", strings.Repeat("x", 401), "userId refused: too_long"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := submit(t, s, identify(fmt.Sprint("m", i), tt.userID, "anon-ok", 0))
+			if !slices.Contains(r[0].Notes, tt.wantNote) {
+				t.Errorf("got notes %v, want %q", r[0].Notes, tt.wantNote)
+			}
+		})
+	}
+	var users int
+	if err := s.read.Get(&users, `SELECT COUNT(*) FROM identifiers WHERE kind = 'user_id'`); err != nil {
+		t.Fatal(err)
+	}
+	if users != 0 {
+		t.Errorf("got %d user IDs stored, want 0", users)
+	}
+}
+
+func TestImpersonatingLinksNothing(t *testing.T) {
+	s := openTestStore(t, Options{})
+	m := identify("m1", "user-1", "anon-1", 0)
+	m.Impersonating = true
+	submit(t, s, m)
+	snap := takeSnapshot(t, s)
+	want := []string{"anonymous_id:anon-1", "user_id:user-1"}
+	if !slices.Equal(snap.Profiles, want) {
+		t.Errorf("got profiles %v, want %v", snap.Profiles, want)
+	}
+}
+
+func TestCapMakesConflict(t *testing.T) {
+	s := openTestStore(t, Options{Caps: Caps{AnonymousIDs: 2}})
+	for i := range 3 {
+		submit(t, s, identify(fmt.Sprint("m", i), "user-1", fmt.Sprint("anon-", i), time.Duration(i)*time.Minute))
+	}
+	snap := takeSnapshot(t, s)
+	var overCap int
+	for _, d := range snap.Decisions {
+		if d == DecisionOverCap {
+			overCap++
+		}
+	}
+	if overCap != 1 {
+		t.Errorf("got %d over-cap links, want 1 (decisions %v)", overCap, snap.Decisions)
+	}
+}
+
+func TestDeleteLeavesTombstone(t *testing.T) {
+	s := openTestStore(t, Options{})
+	submit(t, s, identify("m1", "user-1", "anon-1", 0))
+	submit(t, s, Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
+	if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindAnonymousID, Value: "anon-1"}); ErrorCode(err) != CodeNotFound {
+		t.Fatalf("after delete: got %v, want not_found", err)
+	}
+	r := submit(t, s, identify("m3", "user-1", "anon-1", time.Hour))
+	if !slices.Contains(r[0].Notes, "rejected: deleted_identity") {
+		t.Errorf("got notes %v, want the message rejected as a deleted identity", r[0].Notes)
+	}
+	if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: "user-1"}); ErrorCode(err) != CodeNotFound {
+		t.Fatalf("deleted user came back: %v", err)
+	}
+	var raw int
+	if err := s.read.Get(&raw, `SELECT COUNT(*) FROM messages WHERE raw LIKE '%user-1%' OR user_id = 'user-1'`); err != nil {
+		t.Fatal(err)
+	}
+	if raw != 0 {
+		t.Errorf("got %d messages still naming the deleted user, want 0", raw)
+	}
+}

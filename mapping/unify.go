@@ -1,0 +1,170 @@
+package mapping
+
+import (
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Decision is what the rules decided about a link.
+type Decision string
+
+// The decisions a link can carry.
+const (
+	// DecisionApplied: the link joins its two identifiers into one profile.
+	DecisionApplied Decision = "applied"
+	// DecisionConflict: the link would give a profile two user IDs (rule 3); an operator resolves it.
+	DecisionConflict Decision = "conflict"
+	// DecisionOverCap: the link would take a profile past a cap (rule 4); an operator resolves it.
+	DecisionOverCap Decision = "over_cap"
+	// DecisionRetracted: an operator unmerged the link; it joins nothing.
+	DecisionRetracted Decision = "retracted"
+	// DecisionDismissed: an operator dismissed the conflict; it joins nothing and leaves the conflict list.
+	DecisionDismissed Decision = "dismissed"
+)
+
+// Caps bounds a profile's size (rule 4). Zero fields mean the defaults.
+type Caps struct {
+	AnonymousIDs int // anonymous IDs per profile; default 100
+	Links        int // applied links per profile; default 1000
+}
+
+func (c Caps) withDefaults() Caps {
+	if c.AnonymousIDs <= 0 {
+		c.AnonymousIDs = 100
+	}
+	if c.Links <= 0 {
+		c.Links = 1000
+	}
+	return c
+}
+
+// OrderKey sorts links by event time, then source and message ID, then the
+// link's position in its message. It is the tie-break of rule 6: deciding
+// links in this order makes the result independent of arrival order.
+func OrderKey(at time.Time, source Source, messageID string, index int) string {
+	return fmt.Sprintf("%s|%s|%s|%03d", at.UTC().Format("2006-01-02T15:04:05.000000000Z"), source, messageID, index)
+}
+
+// profileState is what the rules need to know about a profile.
+type profileState struct {
+	userID       string // the profile's user ID, "" if none
+	anonymousIDs int
+	links        int
+}
+
+// decide applies rules 3 and 4 to a link between two different profiles. It
+// returns DecisionApplied, or the refusal and its reason, and the state the
+// merged profile has if the link is applied. An operator's forced link skips
+// the caps but never rule 3.
+func decide(a, b profileState, caps Caps, forced bool) (Decision, string, profileState) {
+	merged := profileState{userID: a.userID, anonymousIDs: a.anonymousIDs + b.anonymousIDs, links: a.links + b.links + 1}
+	if merged.userID == "" {
+		merged.userID = b.userID
+	}
+	if a.userID != "" && b.userID != "" && a.userID != b.userID {
+		return DecisionConflict, fmt.Sprintf("would join user IDs %q and %q", a.userID, b.userID), a
+	}
+	if forced {
+		return DecisionApplied, "", merged
+	}
+	if merged.anonymousIDs > caps.AnonymousIDs {
+		return DecisionOverCap, fmt.Sprintf("profile would hold %d anonymous IDs, over the cap of %d", merged.anonymousIDs, caps.AnonymousIDs), a
+	}
+	if merged.links > caps.Links {
+		return DecisionOverCap, fmt.Sprintf("profile would hold %d links, over the cap of %d", merged.links, caps.Links), a
+	}
+	return DecisionApplied, "", merged
+}
+
+// Node is an identifier in a cluster, as Unify sees it.
+type Node struct {
+	Kind  Kind
+	Value string
+}
+
+// Edge is a link between Nodes A and B (indexes into the node slice).
+type Edge struct {
+	A, B     int
+	OrderKey string
+	// Forced links were accepted by an operator and are decided before all others.
+	Forced bool
+	// Withdrawn links (retracted or dismissed by an operator) are not decided at all.
+	Withdrawn bool
+}
+
+// Outcome is the result of Unify: the profile of every node (nodes with the
+// same Component value form one profile) and the decision on every edge.
+type Outcome struct {
+	Component []int // for each node, the index of its profile's representative node
+	Decisions []Decision
+	Reasons   []string
+}
+
+// Unify decides every link of a cluster from scratch: forced links first, then
+// the rest in OrderKey order, each applied unless it breaks rule 3 or 4. The
+// outcome depends only on the set of nodes and edges, never on their order in
+// the slices, which is what makes the store's result independent of arrival
+// order and duplication (rule 6). Withdrawn edges keep a zero Decision.
+func Unify(nodes []Node, edges []Edge, caps Caps) Outcome {
+	caps = caps.withDefaults()
+	parent := make([]int, len(nodes))
+	state := make([]profileState, len(nodes))
+	for i, n := range nodes {
+		parent[i] = i
+		switch n.Kind {
+		case KindUserID:
+			state[i].userID = n.Value
+		case KindAnonymousID:
+			state[i].anonymousIDs = 1
+		}
+	}
+	var find func(int) int
+	find = func(i int) int {
+		for parent[i] != i {
+			parent[i] = parent[parent[i]]
+			i = parent[i]
+		}
+		return i
+	}
+
+	order := make([]int, 0, len(edges))
+	for i, e := range edges {
+		if !e.Withdrawn {
+			order = append(order, i)
+		}
+	}
+	sort.Slice(order, func(x, y int) bool {
+		ex, ey := edges[order[x]], edges[order[y]]
+		if ex.Forced != ey.Forced {
+			return ex.Forced
+		}
+		return ex.OrderKey < ey.OrderKey
+	})
+
+	out := Outcome{Component: make([]int, len(nodes)), Decisions: make([]Decision, len(edges)), Reasons: make([]string, len(edges))}
+	for _, i := range order {
+		e := edges[i]
+		ra, rb := find(e.A), find(e.B)
+		if ra == rb {
+			out.Decisions[i] = DecisionApplied
+			state[ra].links++
+			continue
+		}
+		d, reason, merged := decide(state[ra], state[rb], caps, e.Forced)
+		out.Decisions[i], out.Reasons[i] = d, reason
+		if d != DecisionApplied {
+			continue
+		}
+		// The representative is the smaller index, so it does not depend on edge order.
+		if rb < ra {
+			ra, rb = rb, ra
+		}
+		parent[rb] = ra
+		state[ra] = merged
+	}
+	for i := range nodes {
+		out.Component[i] = find(i)
+	}
+	return out
+}
