@@ -206,3 +206,30 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []stri
 	}
 	return out, emails, nil
 }
+
+// Warning is an identifier an operator should look at, with the reason.
+type Warning struct {
+	Identifier
+	ProfileID int64  `json:"profileId" db:"profile_id"`
+	Reason    string `json:"reason" db:"warning"`
+}
+
+// Warnings lists up to limit identifiers that carry a warning (for example a
+// user ID too guessable to hand to Jimo), newest first.
+func (s *Store) Warnings(ctx context.Context, limit int) ([]Warning, error) {
+	var rows []struct {
+		Kind      Kind   `db:"kind"`
+		Value     string `db:"value"`
+		ProfileID int64  `db:"profile_id"`
+		Warning   string `db:"warning"`
+	}
+	if err := s.read.SelectContext(ctx, &rows, `SELECT kind, value, profile_id, warning FROM identifiers
+		WHERE warning <> '' ORDER BY id DESC LIMIT ?`, limit); err != nil {
+		return nil, fmt.Errorf("list warnings: %w", err)
+	}
+	out := make([]Warning, len(rows))
+	for i, r := range rows {
+		out[i] = Warning{Identifier: Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, Reason: r.Warning}
+	}
+	return out, nil
+}

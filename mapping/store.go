@@ -101,10 +101,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// openSQLite opens path in WAL mode with foreign keys, a busy timeout and
-// fully synchronous commits: a commit that returned is on disk. The writer
-// has a single connection and takes the write lock at BEGIN.
-func openSQLite(path string, writer bool) (*sqlx.DB, error) {
+// SQLiteDSN is the data source name the store opens path with: WAL mode,
+// foreign keys, a busy timeout and fully synchronous commits (a commit that
+// returned is on disk). The writer takes the write lock at BEGIN.
+func SQLiteDSN(path string, writer bool) string {
 	q := url.Values{}
 	q.Set("_journal_mode", "WAL")
 	q.Set("_foreign_keys", "on")
@@ -113,7 +113,12 @@ func openSQLite(path string, writer bool) (*sqlx.DB, error) {
 	if writer {
 		q.Set("_txlock", "immediate")
 	}
-	db, err := sqlx.Open("sqlite3", "file:"+path+"?"+q.Encode())
+	return "file:" + path + "?" + q.Encode()
+}
+
+// openSQLite opens path with SQLiteDSN; the writer has a single connection.
+func openSQLite(path string, writer bool) (*sqlx.DB, error) {
+	db, err := sqlx.Open("sqlite3", SQLiteDSN(path, writer))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}

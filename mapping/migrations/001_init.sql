@@ -48,6 +48,7 @@ CREATE TABLE identifiers (
 );
 CREATE INDEX identifiers_profile_id ON identifiers (profile_id);
 CREATE INDEX identifiers_cluster_id ON identifiers (cluster_id);
+CREATE INDEX identifiers_warning ON identifiers (id) WHERE warning <> '';
 
 -- Links between identifiers, with their cause and the current decision.
 CREATE TABLE links (

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/labstack/echo/v4"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+// benchResult is one load run: how many events were acknowledged and how long each acknowledgement took.
+type benchResult struct {
+	name      string
+	events    int64
+	requests  int64
+	failures  int64
+	elapsed   time.Duration
+	latencies []time.Duration
+}
+
+func (r benchResult) rate() float64 { return float64(r.events) / r.elapsed.Seconds() }
+
+func (r benchResult) percentile(p float64) time.Duration {
+	if len(r.latencies) == 0 {
+		return 0
+	}
+	sort.Slice(r.latencies, func(i, j int) bool { return r.latencies[i] < r.latencies[j] })
+	return r.latencies[int(p*float64(len(r.latencies)-1))]
+}
+
+// runBench drives the bridge and two baselines in the same run and prints
+// events/s, p50 and p99 acknowledgement latency, and the ratios:
+//   - single-event /v1/identify against a bare Echo handler that reads the body and answers 200;
+//   - /v1/batch of 100 events against raw batched inserts into SQLite with the same durability.
+func runBench(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("bridge bench", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	duration := fs.Duration("duration", 5*time.Second, "how long each load run lasts")
+	concurrency := fs.Int("concurrency", 32, "concurrent clients")
+	batchSize := fs.Int("batch", 100, "events per /v1/batch request")
+	dir := fs.String("dir", "", "directory for the benchmark databases (default: a temporary one)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "bridge-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		*dir = d
+	}
+
+	const writeKey = "bench-write-key"
+	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte(writeKey+":"))
+	cfg, err := parseConfig("bench", []string{"-addr", "127.0.0.1:0", "-db", filepath.Join(*dir, "bridge.db"),
+		"-segment-write-keys", writeKey, "-admin-password", "bench"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.DiscardHandler)
+	a, err := newApp(ctx, cfg, logger, io.Discard)
+	if err != nil {
+		return err
+	}
+	defer a.store.Close()
+	bridgeURL, stopBridge, err := listen(a.echo)
+	if err != nil {
+		return err
+	}
+	defer stopBridge()
+
+	bare := echo.New()
+	bare.POST("/v1/identify", func(c echo.Context) error {
+		if _, err := io.Copy(io.Discard, c.Request().Body); err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, map[string]bool{"success": true})
+	})
+	bareURL, stopBare, err := listen(bare)
+	if err != nil {
+		return err
+	}
+	defer stopBare()
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *concurrency * 2, MaxIdleConns: *concurrency * 4}}
+	var seq atomic.Int64
+	identifyBody := func() []byte { return identifyEvent(seq.Add(1)) }
+	batchBody := func() []byte {
+		var b bytes.Buffer
+		b.WriteString(`{"batch":[`)
+		for i := range *batchSize {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.Write(identifyEvent(seq.Add(1)))
+		}
+		b.WriteString(`],"sentAt":"` + time.Now().UTC().Format(time.RFC3339Nano) + `"}`)
+		return b.Bytes()
+	}
+
+	fmt.Fprintf(stdout, "bridge bench: %d clients, %s per run, batches of %d, GOMAXPROCS-bound machine\n\n", *concurrency, *duration, *batchSize)
+	bareRun := drive(ctx, client, "bare Echo (read body, 200)", bareURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+	single := drive(ctx, client, "bridge /v1/identify", bridgeURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+	raw, err := rawInserts(ctx, filepath.Join(*dir, "raw.db"), *batchSize, *duration)
+	if err != nil {
+		return err
+	}
+	batch := drive(ctx, client, fmt.Sprintf("bridge /v1/batch (%d events)", *batchSize), bridgeURL+"/v1/batch", auth, batchBody, *batchSize, *concurrency/4+1, *duration)
+
+	fmt.Fprintf(stdout, "%-34s %12s %10s %10s %9s\n", "run", "events/s", "p50", "p99", "failures")
+	for _, r := range []benchResult{bareRun, single, raw, batch} {
+		fmt.Fprintf(stdout, "%-34s %12.0f %10s %10s %9d\n", r.name, r.rate(), r.percentile(0.50).Round(time.Microsecond), r.percentile(0.99).Round(time.Microsecond), r.failures)
+	}
+	fmt.Fprintf(stdout, "\nsingle-event ingest / bare Echo:   %.0f%% (target ≥ 50%%)\n", 100*single.rate()/bareRun.rate())
+	fmt.Fprintf(stdout, "batched ingest / raw SQLite inserts: %.0f%% (target ≥ 50%%)\n", 100*batch.rate()/raw.rate())
+	return nil
+}
+
+// identifyEvent is an analytics-go-shaped identify with a fresh user and anonymous ID.
+func identifyEvent(n int64) []byte {
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	return fmt.Appendf(nil, `{"type":"identify","messageId":"bench-%d-%d","userId":"bench-user-%d","anonymousId":"bench-anon-%d",`+
+		`"traits":{"email":"user%d@example.com","plan":"pro","name":"Bench User %d"},"timestamp":%q,`+
+		`"context":{"library":{"name":"analytics-go","version":"3.3.0"}}}`, time.Now().UnixNano(), n, n, n, n, n, now)
+}
+
+func listen(h http.Handler) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
+}
+
+// drive posts bodies from concurrency clients for d and records each acknowledgement.
+func drive(ctx context.Context, client *http.Client, name, url, auth string, body func() []byte, eventsPerRequest, concurrency int, d time.Duration) benchResult {
+	res := benchResult{name: name}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var local []time.Duration
+			var events, requests, failures int64
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body()))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", auth)
+				t := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					failures++
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				requests++
+				if resp.StatusCode != http.StatusOK {
+					failures++
+					continue
+				}
+				local = append(local, time.Since(t))
+				events += int64(eventsPerRequest)
+			}
+			mu.Lock()
+			res.latencies = append(res.latencies, local...)
+			res.events += events
+			res.requests += requests
+			res.failures += failures
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	return res
+}
+
+// rawInserts is the storage baseline: one writer inserting message rows,
+// batchSize per transaction, with the store's durability settings.
+func rawInserts(ctx context.Context, path string, batchSize int, d time.Duration) (benchResult, error) {
+	res := benchResult{name: fmt.Sprintf("raw SQLite inserts (%d per commit)", batchSize)}
+	db, err := sqlx.Open("sqlite3", mapping.SQLiteDSN(path, true))
+	if err != nil {
+		return res, err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, `CREATE TABLE messages (id INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE, raw TEXT NOT NULL)`); err != nil {
+		return res, err
+	}
+	start := time.Now()
+	deadline := start.Add(d)
+	var n int64
+	for time.Now().Before(deadline) {
+		t := time.Now()
+		tx, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			return res, err
+		}
+		for range batchSize {
+			n++
+			if _, err := tx.ExecContext(ctx, `INSERT INTO messages (message_id, raw) VALUES (?, ?)`, fmt.Sprint("raw-", n), identifyEvent(n)); err != nil {
+				tx.Rollback()
+				return res, err
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			return res, err
+		}
+		res.latencies = append(res.latencies, time.Since(t))
+		res.events += int64(batchSize)
+		res.requests++
+	}
+	res.elapsed = time.Since(start)
+	return res, nil
+}

@@ -1,0 +1,70 @@
+// Command bridge makes Segment and Jimo agree on who a user is. It receives
+// Segment's identify traffic (Tracking API and webhook destination) and the
+// Jimo snippet's session resets, unifies them on one shared user ID in SQLite,
+// and forwards identities both ways.
+//
+// Usage:
+//
+//	bridge [flags]          serve (flags and BRIDGE_* variables: bridge -help)
+//	bridge bench [flags]    measure ingest against baselines
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "bridge:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: it dispatches subcommands and otherwise serves
+// until ctx ends. Everything it needs comes in as arguments, so tests run it
+// in-process on port 0.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "bench":
+			return runBench(ctx, args[1:], stdout)
+		}
+	}
+	cfg, err := parseConfig("bridge", args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(cfg, stdout)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, logger, stdout)
+}
+
+func newLogger(cfg config, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", cfg.LogLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(cfg.LogFormat) {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", cfg.LogFormat)
+}

@@ -1,0 +1,394 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/bridgeworks/bridge/jimo"
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/segment"
+)
+
+// statusOf is the one table from error codes to HTTP statuses.
+var statusOf = map[mapping.Code]int{
+	mapping.CodeInvalid:       http.StatusBadRequest,
+	mapping.CodeUnauthorized:  http.StatusUnauthorized,
+	mapping.CodeNotFound:      http.StatusNotFound,
+	mapping.CodeConflict:      http.StatusConflict,
+	mapping.CodeTooLarge:      http.StatusBadRequest, // Segment answers 400 for oversize
+	mapping.CodeUnprocessable: http.StatusUnprocessableEntity,
+	mapping.CodeRateLimited:   http.StatusTooManyRequests,
+	mapping.CodeUnavailable:   http.StatusServiceUnavailable,
+	mapping.CodeInternal:      http.StatusInternalServerError,
+}
+
+// errorBody is every error response: a code and a message that says what to do.
+type errorBody struct {
+	Code    mapping.Code `json:"code"`
+	Message string       `json:"message"`
+}
+
+// errorHandler renders *mapping.Error (found with errors.As) and Echo's own
+// errors as JSON; anything else is an internal error, logged once here with
+// its details and shown to the client without them.
+func errorHandler(logger *slog.Logger) echo.HTTPErrorHandler {
+	return func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		var body errorBody
+		var status int
+		var me *mapping.Error
+		var he *echo.HTTPError
+		switch {
+		case errors.As(err, &me):
+			body = errorBody{Code: me.Code, Message: me.Message}
+			status = statusOf[me.Code]
+			if me.Code == mapping.CodeInternal || me.Code == mapping.CodeUnavailable {
+				logger.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+			}
+		case errors.As(err, &he):
+			status = he.Code
+			body = errorBody{Code: codeForStatus(status), Message: fmt.Sprint(he.Message)}
+		case errors.Is(err, context.Canceled):
+			status = 499 // the client went away; nothing to tell it
+			body = errorBody{Code: mapping.CodeUnavailable, Message: "request cancelled"}
+		default:
+			logger.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+			status = http.StatusInternalServerError
+			body = errorBody{Code: mapping.CodeInternal, Message: "internal error; the bridge logged the details. Retry later."}
+		}
+		if status == 0 {
+			status = http.StatusInternalServerError
+		}
+		if c.Request().Method == http.MethodHead {
+			c.NoContent(status)
+			return
+		}
+		c.JSON(status, body)
+	}
+}
+
+func codeForStatus(status int) mapping.Code {
+	for code, s := range statusOf {
+		if s == status && code != mapping.CodeTooLarge {
+			return code
+		}
+	}
+	if status == http.StatusMethodNotAllowed || status == http.StatusRequestEntityTooLarge {
+		return mapping.CodeInvalid
+	}
+	return mapping.CodeInternal
+}
+
+// observeRequests counts requests by route and status and logs them (path
+// only: query strings may hold secrets).
+func observeRequests(m *metrics, logger *slog.Logger) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			start := time.Now()
+			err := next(c)
+			if err != nil {
+				c.Error(err)
+			}
+			status := c.Response().Status
+			route := c.Path()
+			if route == "" {
+				route = "unmatched"
+			}
+			m.add("bridge_http_requests_total", 1, "route", route, "status", strconv.Itoa(status))
+			m.observe("bridge_http_request_seconds", latencyBounds, time.Since(start).Seconds(), "route", route)
+			if status >= 500 || logger.Enabled(c.Request().Context(), slog.LevelDebug) {
+				logger.Log(c.Request().Context(), levelFor(status), "request", "method", c.Request().Method, "path", c.Request().URL.Path,
+					"status", status, "took_ms", time.Since(start).Milliseconds())
+			}
+			return nil
+		}
+	}
+}
+
+func levelFor(status int) slog.Level {
+	if status >= 500 {
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
+}
+
+// countingStore counts what the store did with each submitted message.
+type countingStore struct {
+	*mapping.Store
+	m *metrics
+}
+
+func (s countingStore) Submit(ctx context.Context, msgs []mapping.Message) ([]mapping.Receipt, error) {
+	receipts, err := s.Store.Submit(ctx, msgs)
+	if err != nil {
+		return receipts, err
+	}
+	for i, r := range receipts {
+		source := string(msgs[i].Source)
+		switch {
+		case r.Duplicate:
+			s.m.add("bridge_messages_duplicate_total", 1, "source", source)
+		case msgs[i].Rejected != "":
+			s.m.add("bridge_messages_stored_total", 1, "source", source)
+			s.m.add("bridge_messages_rejected_total", 1, "source", source, "reason", msgs[i].Rejected)
+		default:
+			s.m.add("bridge_messages_stored_total", 1, "source", source)
+		}
+		for _, n := range r.Notes {
+			s.m.add("bridge_rules_fired_total", 1, "rule", ruleOf(n))
+		}
+	}
+	return receipts, nil
+}
+
+// ruleOf reduces a receipt note to a low-cardinality label.
+func ruleOf(note string) string {
+	switch {
+	case strings.Contains(note, "(conflict)"):
+		return "conflict"
+	case strings.Contains(note, "(over_cap)"):
+		return "over_cap"
+	case strings.HasPrefix(note, "impersonating"):
+		return "impersonating"
+	case strings.Contains(note, "refused: "):
+		return "refused_" + note[strings.LastIndex(note, " ")+1:]
+	case strings.HasPrefix(note, "rejected: "):
+		return "rejected"
+	case strings.Contains(note, "deleted"):
+		return "deleted_identifier"
+	}
+	return "other"
+}
+
+// segmentMetrics adapts metrics to segment.Metrics.
+type segmentMetrics struct{ m *metrics }
+
+func (s segmentMetrics) Received(source mapping.Source, n int) {
+	s.m.add("bridge_events_received_total", float64(n), "source", string(source))
+}
+
+func (s segmentMetrics) Rejected(source mapping.Source, reason string) {
+	s.m.add("bridge_requests_rejected_total", 1, "source", string(source), "reason", reason)
+}
+
+// app is everything a running bridge holds.
+type app struct {
+	cfg     config
+	store   *mapping.Store
+	metrics *metrics
+	echo    *echo.Echo
+}
+
+// secrets resolves the secrets that must exist, generating (and printing
+// once) the ones not configured.
+func resolveSecrets(ctx context.Context, cfg *config, store *mapping.Store, stdout io.Writer) (tokenSecret string, err error) {
+	generate := func(name string, target *string) error {
+		v, created, err := store.Secret(ctx, name)
+		if err != nil {
+			return err
+		}
+		*target = v
+		if created {
+			fmt.Fprintf(stdout, "generated %s=%s (stored in the database; shown once)\n", name, v)
+		}
+		return nil
+	}
+	if cfg.AdminPassword == "" {
+		if err := generate("BRIDGE_ADMIN_PASSWORD", &cfg.AdminPassword); err != nil {
+			return "", err
+		}
+	}
+	if len(cfg.SegmentWriteKeys) == 0 {
+		var key string
+		if err := generate("BRIDGE_SEGMENT_WRITE_KEYS", &key); err != nil {
+			return "", err
+		}
+		cfg.SegmentWriteKeys = []string{key}
+	}
+	if cfg.JimoSigningSecret == "" {
+		if err := generate("BRIDGE_JIMO_SIGNING_SECRET", &cfg.JimoSigningSecret); err != nil {
+			return "", err
+		}
+	}
+	if cfg.JimoWebhookSecret == "" {
+		if err := generate("BRIDGE_JIMO_WEBHOOK_SECRET", &cfg.JimoWebhookSecret); err != nil {
+			return "", err
+		}
+	}
+	// The key that derives Jimo tokens never leaves the database.
+	tokenSecret, _, err = store.Secret(ctx, "jimo_token_key")
+	return tokenSecret, err
+}
+
+// newApp opens the store and builds the server with every route.
+func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writer) (*app, error) {
+	m := newMetrics()
+	describeMetrics(m)
+	store, err := mapping.Open(ctx, cfg.DB, mapping.Options{
+		Caps:         mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
+		Blocklist:    mapping.NewBlocklist(cfg.BlockedIDs),
+		MergeOnEmail: cfg.MergeOnEmail,
+		Logger:       logger,
+		Observer:     m,
+	})
+	if err != nil {
+		return nil, err
+	}
+	tokenSecret, err := resolveSecrets(ctx, &cfg, store, stdout)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	a := &app{cfg: cfg, store: store, metrics: m}
+	if a.echo, err = a.routes(logger, tokenSecret); err != nil {
+		store.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// routes registers every route of the bridge, in one place.
+func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error) {
+	cfg := a.cfg
+	counted := countingStore{Store: a.store, m: a.metrics}
+	seg, err := segment.NewHandler(segment.Config{
+		Store:        counted,
+		WriteKeys:    segment.NewWriteKeys(cfg.SegmentWriteKeys),
+		SharedSecret: []byte(cfg.SegmentSharedSecret),
+		RateLimit:    segment.RateLimit{PerSecond: cfg.SegmentRateLimit},
+		Logger:       logger,
+		Metrics:      segmentMetrics{a.metrics},
+	})
+	if err != nil {
+		return nil, err
+	}
+	mode, err := jimo.ParseMode(cfg.JimoTokenMode)
+	if err != nil {
+		return nil, err
+	}
+	jim, err := jimo.NewHandler(jimo.Config{
+		Store: counted,
+		Session: jimo.SessionConfig{
+			Mode:             mode,
+			SigningSecret:    []byte(cfg.JimoSigningSecret),
+			RequireSignature: cfg.JimoRequireSigned,
+			Blocklist:        mapping.NewBlocklist(cfg.BlockedIDs),
+			TokenSecret:      []byte(tokenSecret),
+		},
+		WebhookSecret:  cfg.JimoWebhookSecret,
+		AllowedOrigins: cfg.AllowedOrigins,
+		RateLimit:      jimo.RateLimit{PerSecond: cfg.JimoSessionRate},
+		Logger:         logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler(logger)
+	e.Use(observeRequests(a.metrics, logger))
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+		logger.Error("panic serving request", "path", c.Request().URL.Path, "err", err, "stack", string(stack))
+		return err
+	}}))
+
+	v1 := e.Group("/v1", segment.CORS())
+	v1.POST("/:call", seg.TrackingAPI)
+	v1.OPTIONS("/:call", segment.Preflight)
+	e.Match([]string{http.MethodPost, http.MethodPut, http.MethodPatch}, "/segment/webhook", seg.Webhook)
+
+	e.GET("/jimo/bridge.js", jim.Script)
+	e.HEAD("/jimo/bridge.js", jim.Script)
+	e.Match([]string{http.MethodPost, http.MethodOptions}, "/jimo/session", jim.Session, jim.CORS())
+	e.POST("/jimo/webhook", jim.Webhook)
+
+	api := e.Group("/api/v1", requireAdmin(cfg.AdminPassword))
+	api.GET("/profiles", getProfile(a.store))
+	api.GET("/warnings", listWarnings(a.store))
+
+	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	e.GET("/readyz", func(c echo.Context) error {
+		if err := a.store.Ready(c.Request().Context()); err != nil {
+			return &mapping.Error{Code: mapping.CodeUnavailable, Message: "database not ready", Err: err}
+		}
+		return c.String(http.StatusOK, "ready\n")
+	})
+	e.GET("/metrics", func(c echo.Context) error {
+		c.Response().Header().Set(echo.HeaderContentType, "text/plain; version=0.0.4; charset=utf-8")
+		a.metrics.write(c.Response())
+		return nil
+	})
+	return e, nil
+}
+
+func describeMetrics(m *metrics) {
+	for name, help := range map[string]string{
+		"bridge_http_requests_total":      "HTTP requests by route and status.",
+		"bridge_http_request_seconds":     "HTTP request latency by route.",
+		"bridge_events_received_total":    "Events decoded, by source.",
+		"bridge_requests_rejected_total":  "Requests or events refused at decoding, by source and reason.",
+		"bridge_messages_stored_total":    "Messages committed, by source.",
+		"bridge_messages_duplicate_total": "Messages already stored (same source and message ID), by source.",
+		"bridge_messages_rejected_total":  "Messages stored but not applied, by source and reason.",
+		"bridge_rules_fired_total":        "Identity rules that fired (refused values, conflicts, caps, impersonation).",
+		"bridge_commit_messages":          "Messages per group commit.",
+		"bridge_commit_seconds":           "Group commit latency.",
+		"bridge_commit_errors_total":      "Group commits that failed.",
+	} {
+		m.describe(name, help)
+	}
+}
+
+// serve runs the bridge until ctx ends, then shuts down gracefully: stop
+// accepting, finish in-flight requests and their commits, close the database.
+func serve(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writer) error {
+	a, err := newApp(ctx, cfg, logger, stdout)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		a.store.Close()
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	srv := &http.Server{
+		Handler:           a.echo,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	fmt.Fprintf(stdout, "bridge listening on http://%s\n", ln.Addr())
+	logger.Info("bridge started", "addr", ln.Addr().String(), "db", cfg.DB, "jimo_token_mode", cfg.JimoTokenMode)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		a.store.Close()
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	shutdownErr := srv.Shutdown(shutdownCtx)
+	closeErr := a.store.Close()
+	logger.Info("stopped")
+	return errors.Join(shutdownErr, closeErr)
+}
