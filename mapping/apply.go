@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Notes recorded on messages when a rule fires.
@@ -44,19 +45,14 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	}
 
 	// Identifiers that were deleted stay deleted: the message is kept without them.
-	var live []candidate
-	for _, c := range ids {
-		dead, err := w.tombstoned(ctx, c.kind, c.value)
-		if err != nil {
-			return Receipt{}, err
-		}
-		if dead {
-			notes = append(notes, fmt.Sprintf("%s: %s", c.field, NoteDeletedID))
-			continue
-		}
-		live = append(live, c)
+	live, dead, err := w.withoutTombstoned(ctx, ids)
+	if err != nil {
+		return Receipt{}, err
 	}
-	if len(ids) > 0 && len(live) == 0 && m.Type != "delete" {
+	for _, c := range dead {
+		notes = append(notes, fmt.Sprintf("%s: %s", c.field, NoteDeletedID))
+	}
+	if len(dead) > 0 && len(live) == 0 && m.Type != "delete" {
 		m.Rejected = "deleted_identity"
 		m.Raw = json.RawMessage(`{}`)
 	}
@@ -80,15 +76,47 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		return Receipt{Notes: notes}, nil
 	}
 
-	rows := make([]identity, len(live))
-	for i, c := range live {
-		if rows[i], err = w.ensureIdentifier(ctx, c.kind, c.value, m); err != nil {
+	rows, fresh, err := w.lookup(ctx, live)
+	if err != nil {
+		return Receipt{}, err
+	}
+	switch {
+	case m.Impersonating:
+		notes = append(notes, NoteImpersonating)
+		for i := range rows {
+			if rows[i].ID == 0 {
+				if rows[i], err = w.createIdentifier(ctx, live[i], m); err != nil {
+					return Receipt{}, err
+				}
+			}
+		}
+	case fresh == len(rows):
+		// All new: decide the message's links among themselves, with no other state to consult.
+		nodes := make([]Node, len(live))
+		edges := make([]Edge, len(live)-1)
+		for i, c := range live {
+			nodes[i] = Node{Kind: c.kind, Value: c.value}
+			if i > 0 {
+				edges[i-1] = Edge{A: 0, B: i, OrderKey: OrderKey(m.Timestamp, m.Source, m.ID, i)}
+			}
+		}
+		out := Unify(nodes, edges, w.opts.Caps)
+		if rows, err = w.createCluster(ctx, live, edges, out, m); err != nil {
 			return Receipt{}, err
 		}
-	}
-	if m.Impersonating {
-		notes = append(notes, NoteImpersonating)
-	} else {
+		for i, d := range out.Decisions {
+			if d != DecisionApplied {
+				notes = append(notes, refusedNote(live[0].value, live[i+1].value, d, out.Reasons[i]))
+			}
+		}
+	default:
+		for i := range rows {
+			if rows[i].ID == 0 {
+				if rows[i], err = w.createIdentifier(ctx, live[i], m); err != nil {
+					return Receipt{}, err
+				}
+			}
+		}
 		// Every identifier links to the first (the most specific the message names).
 		for i := 1; i < len(rows); i++ {
 			// An earlier link of this message may have moved either identifier.
@@ -110,14 +138,14 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		}
 	}
 	if len(rows) > 0 && !m.Impersonating {
-		if err := w.mergeTraits(ctx, rows[0].ID, m); err != nil {
+		if err := w.mergeTraits(ctx, rows[0].ID, m, fresh == len(rows)); err != nil {
 			return Receipt{}, err
 		}
 	}
 	if m.UserIDWarning != "" {
 		for _, r := range rows {
 			if r.Kind == KindUserID {
-				if _, err := w.tx.ExecContext(ctx, `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, r.ID); err != nil {
+				if _, err := w.exec(ctx, `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, r.ID); err != nil {
 					return Receipt{}, fmt.Errorf("record warning: %w", err)
 				}
 			}
@@ -129,6 +157,10 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		}
 	}
 	return Receipt{Notes: notes}, nil
+}
+
+func refusedNote(a, b string, d Decision, reason string) string {
+	return fmt.Sprintf("link %s–%s not applied (%s): %s", a, b, d, reason)
 }
 
 // identifiers normalises the identifiers a message names, most specific
@@ -170,13 +202,35 @@ func valueHash(v string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func (w *writer) tombstoned(ctx context.Context, kind Kind, value string) (bool, error) {
-	var n int
-	err := w.tx.GetContext(ctx, &n, `SELECT COUNT(*) FROM tombstones WHERE kind = ? AND value_hash = ?`, kind, valueHash(value))
-	if err != nil {
-		return false, fmt.Errorf("check tombstone: %w", err)
+// withoutTombstoned splits ids into live ones and ones deleted by a privacy
+// request. The tombstone table is consulted only if it has rows at all,
+// which the writer learns once per transaction.
+func (w *writer) withoutTombstoned(ctx context.Context, ids []candidate) (live, dead []candidate, err error) {
+	if len(ids) == 0 {
+		return ids, nil, nil
 	}
-	return n > 0, nil
+	if w.anyTombstones == nil {
+		var any bool
+		if err := w.get(ctx, &any, `SELECT EXISTS (SELECT 1 FROM tombstones)`); err != nil {
+			return nil, nil, fmt.Errorf("check tombstones: %w", err)
+		}
+		w.anyTombstones = &any
+	}
+	if !*w.anyTombstones {
+		return ids, nil, nil
+	}
+	for _, c := range ids {
+		var n int
+		if err := w.get(ctx, &n, `SELECT COUNT(*) FROM tombstones WHERE kind = ? AND value_hash = ?`, c.kind, valueHash(c.value)); err != nil {
+			return nil, nil, fmt.Errorf("check tombstone: %w", err)
+		}
+		if n > 0 {
+			dead = append(dead, c)
+		} else {
+			live = append(live, c)
+		}
+	}
+	return live, dead, nil
 }
 
 // insertMessage stores the message unless its (source, ID) is already stored; it reports whether it inserted.
@@ -199,7 +253,7 @@ func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, 
 	if raw == "" {
 		raw = "{}"
 	}
-	res, err := w.tx.ExecContext(ctx, `INSERT INTO messages
+	res, err := w.exec(ctx, `INSERT INTO messages
 		(source, message_id, type, event, user_id, anonymous_id, event_at, received_at, rejected, notes, raw)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (source, message_id) DO NOTHING`,
@@ -214,49 +268,190 @@ func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, 
 	return n == 1, nil
 }
 
-// ensureIdentifier returns the identifier's row, creating it (alone in a new profile) if it is new.
-func (w *writer) ensureIdentifier(ctx context.Context, kind Kind, value string, m Message) (identity, error) {
-	var row identity
-	err := w.tx.GetContext(ctx, &row, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE kind = ? AND value = ?`, kind, value)
-	if err == nil {
-		return row, nil
+// lookupQueries select one to four identifiers by (kind, value) in one statement.
+var lookupQueries = func() []string {
+	q := make([]string, 5)
+	for n := 1; n <= 4; n++ {
+		where := make([]string, n)
+		for i := range where {
+			where[i] = "(kind = ? AND value = ?)"
+		}
+		q[n] = `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE ` + strings.Join(where, " OR ")
 	}
-	if !errors.Is(err, sql.ErrNoRows) {
-		return row, fmt.Errorf("find identifier: %w", err)
+	return q
+}()
+
+// lookup finds the rows of cands, in their order; a missing one has ID 0.
+// It also returns how many are missing.
+func (w *writer) lookup(ctx context.Context, cands []candidate) ([]identity, int, error) {
+	rows := make([]identity, len(cands))
+	if len(cands) == 0 {
+		return rows, 0, nil
 	}
-	var userID sql.NullString
-	anonymous := 0
-	switch kind {
-	case KindUserID:
-		userID = sql.NullString{String: value, Valid: true}
-	case KindAnonymousID:
-		anonymous = 1
+	args := make([]any, 0, 2*len(cands))
+	for _, c := range cands {
+		args = append(args, c.kind, c.value)
 	}
-	var profileID int64
-	if err := w.tx.GetContext(ctx, &profileID, `INSERT INTO profiles (user_id, anonymous_ids, links, updated_at) VALUES (?, ?, 0, ?) RETURNING id`, userID, anonymous, w.now); err != nil {
-		return row, fmt.Errorf("create profile: %w", err)
+	var found []identity
+	if err := w.sel(ctx, &found, lookupQueries[len(cands)], args...); err != nil {
+		return nil, 0, fmt.Errorf("find identifiers: %w", err)
 	}
-	row = identity{Kind: kind, Value: value, ProfileID: profileID, ClusterID: profileID}
-	if err := w.tx.GetContext(ctx, &row.ID, `INSERT INTO identifiers (kind, value, profile_id, cluster_id, first_seen_at, first_source, first_message_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id`, kind, value, profileID, profileID, m.Timestamp.UnixNano(), m.Source, m.ID); err != nil {
-		return row, fmt.Errorf("create identifier: %w", err)
+	missing := len(cands)
+	for i, c := range cands {
+		for _, f := range found {
+			if f.Kind == c.kind && f.Value == c.value {
+				rows[i] = f
+				missing--
+			}
+		}
 	}
-	return row, nil
+	return rows, missing, nil
 }
+
+// createIdentifier inserts c alone in a new profile and cluster.
+func (w *writer) createIdentifier(ctx context.Context, c candidate, m Message) (identity, error) {
+	rows, err := w.insertProfile(ctx, []candidate{c}, 0, m)
+	if err != nil {
+		return identity{}, err
+	}
+	return rows[0], nil
+}
+
+// insertProfile creates a profile holding cands (in cluster, or a new one
+// named after the profile when cluster is 0) and returns their rows.
+func (w *writer) insertProfile(ctx context.Context, cands []candidate, cluster int64, m Message) ([]identity, error) {
+	var st profileState
+	for _, c := range cands {
+		switch c.kind {
+		case KindUserID:
+			st.userID = c.value
+		case KindAnonymousID:
+			st.anonymousIDs++
+		}
+	}
+	st.links = len(cands) - 1
+	profileID, err := w.insertProfileRow(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	if cluster == 0 {
+		cluster = profileID
+	}
+	rows := make([]identity, len(cands))
+	for i, c := range cands {
+		rows[i] = identity{Kind: c.kind, Value: c.value, ProfileID: profileID, ClusterID: cluster}
+		if rows[i].ID, err = w.insertID(ctx, `INSERT INTO identifiers (kind, value, profile_id, cluster_id, first_seen_at, first_source, first_message_id)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, c.kind, c.value, profileID, cluster, m.Timestamp.UnixNano(), m.Source, m.ID); err != nil {
+			return nil, fmt.Errorf("create identifier: %w", err)
+		}
+	}
+	return rows, nil
+}
+
+// createCluster inserts identifiers that are all new, with the links among
+// them as Unify decided them (edges all start at node 0), and returns their rows.
+func (w *writer) createCluster(ctx context.Context, cands []candidate, edges []Edge, out Outcome, m Message) ([]identity, error) {
+	rows := make([]identity, len(cands))
+	var cluster int64
+	components := map[int][]int{}
+	var order []int
+	for i := range cands {
+		c := out.Component[i]
+		if components[c] == nil {
+			order = append(order, c)
+		}
+		components[c] = append(components[c], i)
+	}
+	for _, c := range order {
+		members := components[c]
+		group := make([]candidate, len(members))
+		for j, i := range members {
+			group[j] = cands[i]
+		}
+		created, err := w.insertProfile(ctx, group, cluster, m)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range members {
+			rows[i] = created[j]
+		}
+		cluster = created[0].ClusterID
+	}
+	lastKey := ""
+	for i, e := range edges {
+		if err := w.insertLink(ctx, rows[e.A].ID, rows[e.B].ID, e.OrderKey, out.Decisions[i], out.Reasons[i], m); err != nil {
+			return nil, err
+		}
+		lastKey = max(lastKey, e.OrderKey)
+	}
+	if len(edges) > 0 {
+		if _, err := w.exec(ctx, `INSERT INTO clusters (id, last_key) VALUES (?, ?)`, cluster, lastKey); err != nil {
+			return nil, fmt.Errorf("create cluster: %w", err)
+		}
+	}
+	return rows, nil
+}
+
+func (w *writer) insertLink(ctx context.Context, a, b int64, key string, d Decision, reason string, m Message) error {
+	if b < a {
+		a, b = b, a
+	}
+	if _, err := w.exec(ctx, `INSERT INTO links (a_id, b_id, order_key, source, message_id, event_at, decision, reason, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, a, b, key, m.Source, m.ID, m.Timestamp.UnixNano(), d, reason, w.now); err != nil {
+		return fmt.Errorf("insert link: %w", err)
+	}
+	return nil
+}
+
+func (w *writer) insertProfileRow(ctx context.Context, st profileState) (int64, error) {
+	id, err := w.insertID(ctx, `INSERT INTO profiles (user_id, anonymous_ids, links, updated_at) VALUES (?, ?, ?, ?)`,
+		nullString(st.userID), st.anonymousIDs, st.links, w.now)
+	if err != nil {
+		return 0, fmt.Errorf("create profile: %w", err)
+	}
+	return id, nil
+}
+
+func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
 
 func (w *writer) reload(ctx context.Context, id int64) (identity, error) {
 	var row identity
-	if err := w.tx.GetContext(ctx, &row, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE id = ?`, id); err != nil {
+	if err := w.get(ctx, &row, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE id = ?`, id); err != nil {
 		return row, fmt.Errorf("reload identifier %d: %w", id, err)
 	}
 	return row, nil
 }
 
-// link records a link between a and b and decides it. A link that arrives
-// after every other link of its cluster (by order key) is decided on the
-// spot; an older one re-decides the whole cluster. It returns a note when the
-// link is refused.
+// link records a link between a and b (one row per pair, keeping the
+// earliest order key) and decides it. A link that is new and later than
+// every other link of its cluster is decided on the spot; a link that is
+// older than what its cluster has seen re-decides the whole cluster. It
+// returns a note when the link is not applied.
 func (w *writer) link(ctx context.Context, a, b identity, key string, m Message) (string, error) {
+	lo, hi := a.ID, b.ID
+	if hi < lo {
+		lo, hi = hi, lo
+	}
+	var existing linkRow
+	err := w.get(ctx, &existing, `SELECT id, a_id, b_id, order_key, forced, withdrawn, decision, reason FROM links WHERE a_id = ? AND b_id = ?`, lo, hi)
+	switch {
+	case err == nil && key >= existing.OrderKey:
+		// Seen before, earlier: nothing changes.
+		if existing.Withdrawn || existing.Decision == DecisionApplied {
+			return "", nil
+		}
+		return refusedNote(a.Value, b.Value, existing.Decision, existing.Reason), nil
+	case err == nil:
+		// The same link, caused earlier than we knew: it may now win a conflict.
+		if _, err := w.exec(ctx, `UPDATE links SET order_key = ?, source = ?, message_id = ?, event_at = ? WHERE id = ?`,
+			key, m.Source, m.ID, m.Timestamp.UnixNano(), existing.ID); err != nil {
+			return "", fmt.Errorf("update link: %w", err)
+		}
+		return w.redecide(ctx, a, b, a.ClusterID, lo, hi)
+	case !errors.Is(err, sql.ErrNoRows):
+		return "", fmt.Errorf("find link: %w", err)
+	}
+
 	cluster := a.ClusterID
 	lastKey, err := w.clusterKey(ctx, a.ClusterID)
 	if err != nil {
@@ -272,7 +467,6 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m Message)
 			return "", err
 		}
 	}
-
 	inOrder := key > lastKey
 	decision, reason := DecisionApplied, ""
 	if inOrder && a.ProfileID != b.ProfileID {
@@ -280,34 +474,36 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m Message)
 			return "", err
 		}
 	} else if inOrder {
-		if _, err := w.tx.ExecContext(ctx, `UPDATE profiles SET links = links + 1, updated_at = ? WHERE id = ?`, w.now, a.ProfileID); err != nil {
+		if _, err := w.exec(ctx, `UPDATE profiles SET links = links + 1, updated_at = ? WHERE id = ?`, w.now, a.ProfileID); err != nil {
 			return "", fmt.Errorf("count link: %w", err)
 		}
 	}
-	if _, err := w.tx.ExecContext(ctx, `INSERT INTO links (a_id, b_id, order_key, source, message_id, event_at, decision, reason, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_key) DO NOTHING`,
-		a.ID, b.ID, key, m.Source, m.ID, m.Timestamp.UnixNano(), decision, reason, w.now); err != nil {
-		return "", fmt.Errorf("insert link: %w", err)
+	if err := w.insertLink(ctx, lo, hi, key, decision, reason, m); err != nil {
+		return "", err
 	}
-	if key > lastKey {
-		lastKey = key
-	}
-	if _, err := w.tx.ExecContext(ctx, `UPDATE clusters SET last_key = ? WHERE id = ?`, lastKey, cluster); err != nil {
+	if _, err := w.exec(ctx, `UPDATE clusters SET last_key = ? WHERE id = ?`, max(key, lastKey), cluster); err != nil {
 		return "", fmt.Errorf("update cluster: %w", err)
 	}
 	if !inOrder {
-		if err := w.replay(ctx, cluster, "rules"); err != nil {
-			return "", err
-		}
-		if err := w.tx.GetContext(ctx, &decision, `SELECT decision FROM links WHERE order_key = ?`, key); err != nil {
-			return "", fmt.Errorf("read decision: %w", err)
-		}
-		if err := w.tx.GetContext(ctx, &reason, `SELECT reason FROM links WHERE order_key = ?`, key); err != nil {
-			return "", fmt.Errorf("read decision: %w", err)
-		}
+		return w.redecide(ctx, a, b, cluster, lo, hi)
 	}
 	if decision != DecisionApplied {
-		return fmt.Sprintf("link %s–%s not applied (%s): %s", a.Value, b.Value, decision, reason), nil
+		return refusedNote(a.Value, b.Value, decision, reason), nil
+	}
+	return "", nil
+}
+
+// redecide replays cluster and returns the note for the link (lo, hi).
+func (w *writer) redecide(ctx context.Context, a, b identity, cluster, lo, hi int64) (string, error) {
+	if err := w.replay(ctx, cluster, "rules"); err != nil {
+		return "", err
+	}
+	var l linkRow
+	if err := w.get(ctx, &l, `SELECT id, a_id, b_id, order_key, forced, withdrawn, decision, reason FROM links WHERE a_id = ? AND b_id = ?`, lo, hi); err != nil {
+		return "", fmt.Errorf("read decision: %w", err)
+	}
+	if l.Decision != DecisionApplied {
+		return refusedNote(a.Value, b.Value, l.Decision, l.Reason), nil
 	}
 	return "", nil
 }
@@ -315,9 +511,9 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m Message)
 // clusterKey returns the greatest order key decided in a cluster ("" for a new one), creating its row.
 func (w *writer) clusterKey(ctx context.Context, id int64) (string, error) {
 	var key string
-	err := w.tx.GetContext(ctx, &key, `SELECT last_key FROM clusters WHERE id = ?`, id)
+	err := w.get(ctx, &key, `SELECT last_key FROM clusters WHERE id = ?`, id)
 	if errors.Is(err, sql.ErrNoRows) {
-		if _, err := w.tx.ExecContext(ctx, `INSERT INTO clusters (id, last_key) VALUES (?, '')`, id); err != nil {
+		if _, err := w.exec(ctx, `INSERT INTO clusters (id, last_key) VALUES (?, '')`, id); err != nil {
 			return "", fmt.Errorf("create cluster: %w", err)
 		}
 		return "", nil
@@ -328,19 +524,18 @@ func (w *writer) clusterKey(ctx context.Context, id int64) (string, error) {
 	return key, nil
 }
 
-// mergeClusters folds cluster b into a (or a into b, keeping the smaller ID) and returns the survivor and its key.
+// mergeClusters folds the cluster with the larger ID into the other and returns the survivor and its key.
 func (w *writer) mergeClusters(ctx context.Context, a int64, aKey string, b int64, bKey string) (int64, string, error) {
 	if b < a {
 		a, b = b, a
 	}
-	key := max(aKey, bKey)
-	if _, err := w.tx.ExecContext(ctx, `UPDATE identifiers SET cluster_id = ? WHERE cluster_id = ?`, a, b); err != nil {
+	if _, err := w.exec(ctx, `UPDATE identifiers SET cluster_id = ? WHERE cluster_id = ?`, a, b); err != nil {
 		return 0, "", fmt.Errorf("merge clusters: %w", err)
 	}
-	if _, err := w.tx.ExecContext(ctx, `DELETE FROM clusters WHERE id = ?`, b); err != nil {
+	if _, err := w.exec(ctx, `DELETE FROM clusters WHERE id = ?`, b); err != nil {
 		return 0, "", fmt.Errorf("merge clusters: %w", err)
 	}
-	return a, key, nil
+	return a, max(aKey, bKey), nil
 }
 
 type profileRow struct {
@@ -358,7 +553,7 @@ func (p profileRow) state() profileState {
 // rules allow it, merges the one with the larger ID into the other.
 func (w *writer) mergeProfiles(ctx context.Context, a, b int64) (Decision, string, error) {
 	var rows []profileRow
-	if err := w.tx.SelectContext(ctx, &rows, `SELECT id, user_id, anonymous_ids, links FROM profiles WHERE id IN (?, ?)`, a, b); err != nil {
+	if err := w.sel(ctx, &rows, `SELECT id, user_id, anonymous_ids, links FROM profiles WHERE id IN (?, ?)`, a, b); err != nil {
 		return "", "", fmt.Errorf("read profiles: %w", err)
 	}
 	if len(rows) != 2 {
@@ -372,22 +567,21 @@ func (w *writer) mergeProfiles(ctx context.Context, a, b int64) (Decision, strin
 	if decision != DecisionApplied {
 		return decision, reason, nil
 	}
-	if _, err := w.tx.ExecContext(ctx, `UPDATE identifiers SET profile_id = ? WHERE profile_id = ?`, keep.ID, drop.ID); err != nil {
+	if _, err := w.exec(ctx, `UPDATE identifiers SET profile_id = ? WHERE profile_id = ?`, keep.ID, drop.ID); err != nil {
 		return "", "", fmt.Errorf("merge profiles: %w", err)
 	}
 	if err := w.saveProfile(ctx, keep.ID, merged); err != nil {
 		return "", "", err
 	}
-	if _, err := w.tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, drop.ID); err != nil {
+	if _, err := w.exec(ctx, `DELETE FROM profiles WHERE id = ?`, drop.ID); err != nil {
 		return "", "", fmt.Errorf("merge profiles: %w", err)
 	}
 	return DecisionApplied, "", nil
 }
 
 func (w *writer) saveProfile(ctx context.Context, id int64, st profileState) error {
-	userID := sql.NullString{String: st.userID, Valid: st.userID != ""}
-	if _, err := w.tx.ExecContext(ctx, `UPDATE profiles SET user_id = ?, anonymous_ids = ?, links = ?, updated_at = ? WHERE id = ?`,
-		userID, st.anonymousIDs, st.links, w.now, id); err != nil {
+	if _, err := w.exec(ctx, `UPDATE profiles SET user_id = ?, anonymous_ids = ?, links = ?, updated_at = ? WHERE id = ?`,
+		nullString(st.userID), st.anonymousIDs, st.links, w.now, id); err != nil {
 		return fmt.Errorf("save profile %d: %w", id, err)
 	}
 	return nil
@@ -395,7 +589,7 @@ func (w *writer) saveProfile(ctx context.Context, id int64, st profileState) err
 
 // enqueue writes an outbox job unless the same destination already has that message ID.
 func (w *writer) enqueue(ctx context.Context, j Job, m Message) error {
-	if _, err := w.tx.ExecContext(ctx, `INSERT INTO jobs
+	if _, err := w.exec(ctx, `INSERT INTO jobs
 		(destination, ordering_key, message_id, payload, state, attempts, run_at, source_message, created_at, updated_at)
 		VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?) ON CONFLICT (destination, message_id) DO NOTHING`,
 		j.Destination, j.OrderingKey, j.MessageID, string(j.Payload), w.now, string(m.Source)+":"+m.ID, w.now, w.now); err != nil {

@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
@@ -115,7 +116,7 @@ func (s *Store) commit(group []*submission) (err error) {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
-	w := &writer{tx: tx, opts: &s.opts, now: s.opts.Now().UnixNano()}
+	w := &writer{tx: tx, store: s, opts: &s.opts, now: s.opts.Now().UnixNano(), stmts: map[string]*sqlx.Stmt{}}
 	for _, sub := range group {
 		sub.receipts = make([]Receipt, len(sub.msgs))
 		for i, m := range sub.msgs {
@@ -133,9 +134,76 @@ func (s *Store) commit(group []*submission) (err error) {
 	return nil
 }
 
-// writer applies messages inside one transaction.
+// writer applies messages inside one transaction. Its statements are
+// prepared once on the writer connection and reused by every transaction.
 type writer struct {
-	tx   *sqlx.Tx
-	opts *Options
-	now  int64
+	tx    *sqlx.Tx
+	store *Store
+	opts  *Options
+	now   int64
+	stmts map[string]*sqlx.Stmt
+	// anyTombstones caches, for this transaction, whether any tombstone exists.
+	anyTombstones *bool
+}
+
+func (w *writer) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
+	if st, ok := w.stmts[query]; ok {
+		return st, nil
+	}
+	p, err := w.store.prepared(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	st := w.tx.StmtxContext(ctx, p)
+	w.stmts[query] = st
+	return st, nil
+}
+
+func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+// insertID runs an INSERT and returns the new row's ID. SQLite reports it
+// through LastInsertId, several times cheaper than RETURNING with this driver.
+func (w *writer) insertID(ctx context.Context, query string, args ...any) (int64, error) {
+	res, err := w.exec(ctx, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.LastInsertId()
+}
+
+func (w *writer) get(ctx context.Context, dest any, query string, args ...any) error {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return err
+	}
+	return st.GetContext(ctx, dest, args...)
+}
+
+func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) error {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return err
+	}
+	return st.SelectContext(ctx, dest, args...)
+}
+
+// prepared returns query prepared on the writer connection, preparing it on first use.
+func (s *Store) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if st, ok := s.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := s.write.PreparexContext(ctx, s.write.Rebind(query))
+	if err != nil {
+		return nil, fmt.Errorf("prepare %q: %w", query, err)
+	}
+	s.stmts[query] = st
+	return st, nil
 }

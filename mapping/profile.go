@@ -31,8 +31,10 @@ func (d traitDoc) merge(traits map[string]any, key string, source Source) {
 	}
 }
 
-// mergeTraits merges the message's traits (and email) into those of identifier id.
-func (w *writer) mergeTraits(ctx context.Context, id int64, m Message) error {
+// mergeTraits merges the message's traits (and email) into those of
+// identifier id. fresh says the identifier was created by this message, so it
+// has no traits to read.
+func (w *writer) mergeTraits(ctx context.Context, id int64, m Message, fresh bool) error {
 	traits := m.Traits
 	if m.Email != "" {
 		traits = make(map[string]any, len(m.Traits)+1)
@@ -46,9 +48,11 @@ func (w *writer) mergeTraits(ctx context.Context, id int64, m Message) error {
 	}
 	doc := traitDoc{}
 	var raw string
-	err := w.tx.GetContext(ctx, &raw, `SELECT doc FROM traits WHERE identifier_id = ?`, id)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("read traits: %w", err)
+	if !fresh {
+		err := w.get(ctx, &raw, `SELECT doc FROM traits WHERE identifier_id = ?`, id)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("read traits: %w", err)
+		}
 	}
 	if raw != "" {
 		if err := json.Unmarshal([]byte(raw), &doc); err != nil {
@@ -64,7 +68,7 @@ func (w *writer) mergeTraits(ctx context.Context, id int64, m Message) error {
 	if e, ok := doc["email"].Value.(string); ok && e != "" {
 		email = sql.NullString{String: e, Valid: true}
 	}
-	if _, err := w.tx.ExecContext(ctx, `INSERT INTO traits (identifier_id, email, doc) VALUES (?, ?, ?)
+	if _, err := w.exec(ctx, `INSERT INTO traits (identifier_id, email, doc) VALUES (?, ?, ?)
 		ON CONFLICT (identifier_id) DO UPDATE SET email = excluded.email, doc = excluded.doc`, id, email, string(b)); err != nil {
 		return fmt.Errorf("write traits: %w", err)
 	}

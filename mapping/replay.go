@@ -25,11 +25,11 @@ type linkRow struct {
 // appended to the link log under actor).
 func (w *writer) replay(ctx context.Context, cluster int64, actor string) error {
 	var idents []identity
-	if err := w.tx.SelectContext(ctx, &idents, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE cluster_id = ? ORDER BY id`, cluster); err != nil {
+	if err := w.sel(ctx, &idents, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE cluster_id = ? ORDER BY id`, cluster); err != nil {
 		return fmt.Errorf("replay cluster %d: %w", cluster, err)
 	}
 	var links []linkRow
-	if err := w.tx.SelectContext(ctx, &links, `SELECT l.id, l.a_id, l.b_id, l.order_key, l.forced, l.withdrawn, l.decision, l.reason
+	if err := w.sel(ctx, &links, `SELECT l.id, l.a_id, l.b_id, l.order_key, l.forced, l.withdrawn, l.decision, l.reason
 		FROM links l JOIN identifiers i ON i.id = l.a_id WHERE i.cluster_id = ?`, cluster); err != nil {
 		return fmt.Errorf("replay cluster %d: %w", cluster, err)
 	}
@@ -50,7 +50,7 @@ func (w *writer) replay(ctx context.Context, cluster int64, actor string) error 
 		if l.Withdrawn || (out.Decisions[i] == l.Decision && out.Reasons[i] == l.Reason) {
 			continue
 		}
-		if _, err := w.tx.ExecContext(ctx, `UPDATE links SET decision = ?, reason = ? WHERE id = ?`, out.Decisions[i], out.Reasons[i], l.ID); err != nil {
+		if _, err := w.exec(ctx, `UPDATE links SET decision = ?, reason = ? WHERE id = ?`, out.Decisions[i], out.Reasons[i], l.ID); err != nil {
 			return fmt.Errorf("replay: update link %d: %w", l.ID, err)
 		}
 		if err := w.logLink(ctx, l.ID, out.Decisions[i], "re-decided after an earlier event arrived: "+out.Reasons[i], actor); err != nil {
@@ -112,10 +112,9 @@ func (w *writer) replay(ctx context.Context, cluster int64, actor string) error 
 		}
 		st := *states[c]
 		if profileID == 0 {
-			userID := sql.NullString{String: st.userID, Valid: st.userID != ""}
-			if err := w.tx.GetContext(ctx, &profileID, `INSERT INTO profiles (user_id, anonymous_ids, links, updated_at) VALUES (?, ?, ?, ?) RETURNING id`,
-				userID, st.anonymousIDs, st.links, w.now); err != nil {
-				return fmt.Errorf("replay: create profile: %w", err)
+			var err error
+			if profileID, err = w.insertProfileRow(ctx, st); err != nil {
+				return fmt.Errorf("replay: %w", err)
 			}
 		} else if err := w.saveProfile(ctx, profileID, st); err != nil {
 			return err
@@ -125,14 +124,14 @@ func (w *writer) replay(ctx context.Context, cluster int64, actor string) error 
 			if idents[i].ProfileID == profileID {
 				continue
 			}
-			if _, err := w.tx.ExecContext(ctx, `UPDATE identifiers SET profile_id = ? WHERE id = ?`, profileID, idents[i].ID); err != nil {
+			if _, err := w.exec(ctx, `UPDATE identifiers SET profile_id = ? WHERE id = ?`, profileID, idents[i].ID); err != nil {
 				return fmt.Errorf("replay: move identifier: %w", err)
 			}
 		}
 	}
 	for p := range old {
 		if !taken[p] {
-			if _, err := w.tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, p); err != nil {
+			if _, err := w.exec(ctx, `DELETE FROM profiles WHERE id = ?`, p); err != nil {
 				return fmt.Errorf("replay: drop profile: %w", err)
 			}
 		}
@@ -141,7 +140,7 @@ func (w *writer) replay(ctx context.Context, cluster int64, actor string) error 
 }
 
 func (w *writer) logLink(ctx context.Context, linkID int64, d Decision, reason, actor string) error {
-	if _, err := w.tx.ExecContext(ctx, `INSERT INTO link_log (link_id, at, decision, reason, actor) VALUES (?, ?, ?, ?, ?)`,
+	if _, err := w.exec(ctx, `INSERT INTO link_log (link_id, at, decision, reason, actor) VALUES (?, ?, ?, ?, ?)`,
 		linkID, w.now, d, reason, actor); err != nil {
 		return fmt.Errorf("log link %d: %w", linkID, err)
 	}
@@ -154,7 +153,7 @@ func (w *writer) logLink(ctx context.Context, linkID int64, d Decision, reason, 
 // may no longer stand. It returns the identifiers deleted.
 func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier, error) {
 	var profileID int64
-	err := w.tx.GetContext(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?`, id.Kind, id.Value)
+	err := w.get(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?`, id.Kind, id.Value)
 	if err == sql.ErrNoRows {
 		return nil, Errorf(CodeNotFound, "no profile has %s", id)
 	}
@@ -162,7 +161,7 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 		return nil, fmt.Errorf("delete %s: %w", id, err)
 	}
 	var members []identity
-	if err := w.tx.SelectContext(ctx, &members, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE profile_id = ?`, profileID); err != nil {
+	if err := w.sel(ctx, &members, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE profile_id = ?`, profileID); err != nil {
 		return nil, fmt.Errorf("delete %s: %w", id, err)
 	}
 	var deleted []Identifier
@@ -172,7 +171,7 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 		deleted = append(deleted, Identifier{Kind: m.Kind, Value: m.Value})
 		ids = append(ids, m.ID)
 		values = append(values, m.Value)
-		if _, err := w.tx.ExecContext(ctx, `INSERT INTO tombstones (kind, value_hash, deleted_at) VALUES (?, ?, ?) ON CONFLICT (kind, value_hash) DO NOTHING`,
+		if _, err := w.exec(ctx, `INSERT INTO tombstones (kind, value_hash, deleted_at) VALUES (?, ?, ?) ON CONFLICT (kind, value_hash) DO NOTHING`,
 			m.Kind, valueHash(m.Value), w.now); err != nil {
 			return nil, fmt.Errorf("tombstone: %w", err)
 		}
@@ -194,11 +193,11 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 	if err := w.execIn(ctx, `DELETE FROM messages WHERE user_id IN (?) OR anonymous_id IN (?)`, values, values); err != nil {
 		return nil, fmt.Errorf("delete %s: %w", id, err)
 	}
-	if _, err := w.tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, profileID); err != nil {
+	if _, err := w.exec(ctx, `DELETE FROM profiles WHERE id = ?`, profileID); err != nil {
 		return nil, fmt.Errorf("delete %s: %w", id, err)
 	}
 	var rest int
-	if err := w.tx.GetContext(ctx, &rest, `SELECT COUNT(*) FROM identifiers WHERE cluster_id = ?`, members[0].ClusterID); err != nil {
+	if err := w.get(ctx, &rest, `SELECT COUNT(*) FROM identifiers WHERE cluster_id = ?`, members[0].ClusterID); err != nil {
 		return nil, fmt.Errorf("delete %s: %w", id, err)
 	}
 	if rest > 0 {
@@ -209,7 +208,8 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 	return deleted, nil
 }
 
-// execIn runs a statement whose IN (?) lists are expanded from slices.
+// execIn runs a statement whose IN (?) lists are expanded from slices. Such
+// statements vary with the list lengths, so they are not kept prepared.
 func (w *writer) execIn(ctx context.Context, query string, args ...any) error {
 	q, a, err := sqlx.In(query, args...)
 	if err != nil {

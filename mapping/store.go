@@ -51,6 +51,9 @@ type Store struct {
 	opts  Options
 	log   *slog.Logger
 
+	stmtMu sync.Mutex
+	stmts  map[string]*sqlx.Stmt // prepared on the writer connection
+
 	queue   chan *submission
 	mu      sync.RWMutex // guards closed; held shared while queueing
 	closed  bool
@@ -93,6 +96,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		read:    read,
 		opts:    opts,
 		log:     opts.Logger,
+		stmts:   map[string]*sqlx.Stmt{},
 		queue:   make(chan *submission, 4096),
 		closing: make(chan struct{}),
 		stopped: make(chan struct{}),
@@ -116,14 +120,16 @@ func SQLiteDSN(path string, writer bool) string {
 	return "file:" + path + "?" + q.Encode()
 }
 
-// openSQLite opens path with SQLiteDSN; the writer has a single connection.
+// openSQLite opens path with SQLiteDSN.
 func openSQLite(path string, writer bool) (*sqlx.DB, error) {
 	db, err := sqlx.Open("sqlite3", SQLiteDSN(path, writer))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if writer {
-		db.SetMaxOpenConns(1)
+		// The committer holds one connection for its transactions; the
+		// second lets statements be prepared (and secrets stored) meanwhile.
+		db.SetMaxOpenConns(2)
 	} else {
 		db.SetMaxOpenConns(8)
 	}
@@ -203,5 +209,11 @@ func (s *Store) Close() error {
 	}
 	s.mu.Unlock()
 	<-s.stopped
+	s.stmtMu.Lock()
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	s.stmts = map[string]*sqlx.Stmt{}
+	s.stmtMu.Unlock()
 	return errors.Join(s.read.Close(), s.write.Close())
 }

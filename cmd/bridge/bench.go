@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -54,8 +55,20 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	concurrency := fs.Int("concurrency", 32, "concurrent clients")
 	batchSize := fs.Int("batch", 100, "events per /v1/batch request")
 	dir := fs.String("dir", "", "directory for the benchmark databases (default: a temporary one)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if *dir == "" {
 		d, err := os.MkdirTemp("", "bridge-bench-")

@@ -50,12 +50,13 @@ CREATE INDEX identifiers_profile_id ON identifiers (profile_id);
 CREATE INDEX identifiers_cluster_id ON identifiers (cluster_id);
 CREATE INDEX identifiers_warning ON identifiers (id) WHERE warning <> '';
 
--- Links between identifiers, with their cause and the current decision.
+-- Links between two identifiers (a_id < b_id), one row per pair, recorded
+-- with their earliest cause (the smallest order key) and the current decision.
 CREATE TABLE links (
     id         INTEGER PRIMARY KEY,
     a_id       BIGINT  NOT NULL,
     b_id       BIGINT  NOT NULL,
-    order_key  TEXT    NOT NULL UNIQUE,
+    order_key  TEXT    NOT NULL,
     source     TEXT    NOT NULL,
     message_id TEXT    NOT NULL,
     event_at   BIGINT  NOT NULL,
@@ -63,9 +64,9 @@ CREATE TABLE links (
     reason     TEXT    NOT NULL DEFAULT '',
     forced     INTEGER NOT NULL DEFAULT 0,
     withdrawn  INTEGER NOT NULL DEFAULT 0,
-    created_at BIGINT  NOT NULL
+    created_at BIGINT  NOT NULL,
+    UNIQUE (a_id, b_id)
 );
-CREATE INDEX links_a_id ON links (a_id);
 CREATE INDEX links_b_id ON links (b_id);
 CREATE INDEX links_decision ON links (decision);
 

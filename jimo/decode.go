@@ -1,0 +1,102 @@
+package jimo
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+// decodeObject reads body as one JSON object whose values are left raw.
+// Anything else (malformed JSON, an array, trailing data) is an invalid error
+// that names what was expected.
+func decodeObject(body []byte, what string) (map[string]json.RawMessage, error) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, mapping.Errorf(mapping.CodeInvalid, "%s body is empty; send a JSON object", what)
+	}
+	if trimmed[0] != '{' {
+		return nil, mapping.Errorf(mapping.CodeInvalid, "%s body must be a JSON object", what)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &fields); err != nil {
+		return nil, &mapping.Error{Code: mapping.CodeInvalid, Message: what + " body is not valid JSON: " + jsonProblem(err), Err: err}
+	}
+	return fields, nil
+}
+
+// jsonProblem describes a JSON syntax error without echoing the input.
+func jsonProblem(err error) string {
+	if se, ok := err.(*json.SyntaxError); ok {
+		return se.Error() + " at byte " + strconv.FormatInt(se.Offset, 10)
+	}
+	return err.Error()
+}
+
+// isNull reports whether a raw value is absent or JSON null.
+func isNull(raw json.RawMessage) bool {
+	return len(raw) == 0 || string(raw) == "null"
+}
+
+// stringField reads fields[name] as a string; null or absent is "".
+func stringField(fields map[string]json.RawMessage, name string) (string, error) {
+	raw := fields[name]
+	if isNull(raw) {
+		return "", nil
+	}
+	var s string
+	if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return "", mapping.Errorf(mapping.CodeInvalid, "field %q must be a string or null", name)
+	}
+	return s, nil
+}
+
+// boolField reads fields[name] as a boolean; null or absent is false.
+func boolField(fields map[string]json.RawMessage, name string) (bool, error) {
+	raw := fields[name]
+	if isNull(raw) {
+		return false, nil
+	}
+	switch string(raw) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, mapping.Errorf(mapping.CodeInvalid, "field %q must be true, false or null", name)
+}
+
+// objectField reads fields[name] as a JSON object; null or absent is nil.
+func objectField(fields map[string]json.RawMessage, name string) (map[string]any, error) {
+	raw := fields[name]
+	if isNull(raw) {
+		return nil, nil
+	}
+	var m map[string]any
+	if raw[0] != '{' || json.Unmarshal(raw, &m) != nil {
+		return nil, mapping.Errorf(mapping.CodeInvalid, "field %q must be a JSON object or null", name)
+	}
+	return m, nil
+}
+
+// scalarString reads a raw value that may be a string or a number as a
+// string; anything else (null, object, array, boolean) is "".
+func scalarString(raw json.RawMessage) string {
+	if isNull(raw) {
+		return ""
+	}
+	switch raw[0] {
+	case '"':
+		var s string
+		if json.Unmarshal(raw, &s) == nil {
+			return s
+		}
+	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+		var n json.Number
+		if json.Unmarshal(raw, &n) == nil {
+			return n.String()
+		}
+	}
+	return ""
+}

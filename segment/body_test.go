@@ -1,0 +1,150 @@
+package segment
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+func gzipBytes(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if _, err := zw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// errorCode returns the code of err, or "" for nil.
+func errorCode(err error) mapping.Code {
+	if err == nil {
+		return ""
+	}
+	return mapping.ErrorCode(err)
+}
+
+func TestReadBody(t *testing.T) {
+	payload := []byte(`{"userId":"u1","event":"Signed Up"}`)
+	zipped := gzipBytes(t, payload)
+	tests := []struct {
+		name     string
+		body     []byte
+		encoding string
+		limit    int64
+		want     []byte
+		wantCode mapping.Code
+	}{
+		{name: "identity, no header", body: payload, limit: 100, want: payload},
+		{name: "identity, explicit", body: payload, encoding: "identity", limit: 100, want: payload},
+		{name: "gzip", body: zipped, encoding: "gzip", limit: 100, want: payload},
+		{name: "gzip, upper case and spaces", body: zipped, encoding: " GZIP ", limit: 100, want: payload},
+		{name: "x-gzip", body: zipped, encoding: "x-gzip", limit: 100, want: payload},
+		{name: "exactly at the limit", body: payload, limit: int64(len(payload)), want: payload},
+		{name: "empty body", body: nil, limit: 100, want: []byte{}},
+		{name: "one byte over the limit", body: payload, limit: int64(len(payload)) - 1, wantCode: mapping.CodeTooLarge},
+		{name: "gzip over the limit once decompressed", body: zipped, encoding: "gzip", limit: int64(len(payload)) - 1, wantCode: mapping.CodeTooLarge},
+		{name: "deflate is not supported", body: payload, encoding: "deflate", limit: 100, wantCode: mapping.CodeInvalid},
+		{name: "br is not supported", body: payload, encoding: "br", limit: 100, wantCode: mapping.CodeInvalid},
+		{name: "gzip header on plain JSON", body: payload, encoding: "gzip", limit: 100, wantCode: mapping.CodeInvalid},
+		{name: "truncated gzip", body: zipped[:len(zipped)-10], encoding: "gzip", limit: 100, wantCode: mapping.CodeInvalid},
+		{name: "gzip with a wrong checksum", body: append(append([]byte{}, zipped[:len(zipped)-8]...), 0, 0, 0, 0, 0, 0, 0, 0), encoding: "gzip", limit: 100, wantCode: mapping.CodeInvalid},
+		{name: "empty gzip body", body: nil, encoding: "gzip", limit: 100, wantCode: mapping.CodeInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ReadBody(bytes.NewReader(tt.body), tt.encoding, tt.limit)
+			if code := errorCode(err); code != tt.wantCode {
+				t.Fatalf("got error %v (code %q), want code %q", err, code, tt.wantCode)
+			}
+			if err == nil && !bytes.Equal(got, tt.want) {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func TestReadBodyRefusesGzipBomb(t *testing.T) {
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	zeros := make([]byte, 1<<20)
+	for range 100 { // 100 MB of zeros
+		zw.Write(zeros)
+	}
+	zw.Close()
+	bomb := buf.Bytes()
+
+	in := &countingReader{r: bytes.NewReader(bomb)}
+	got, err := ReadBody(in, "gzip", MaxBatchBytes)
+	if code := errorCode(err); code != mapping.CodeTooLarge {
+		t.Fatalf("got error %v, want code too_large", err)
+	}
+	if got != nil {
+		t.Errorf("got %d bytes, want none", len(got))
+	}
+	// 500 KB of zeros take about 500 compressed bytes; the rest of the bomb
+	// (about 100 KB) must never be read, let alone inflated.
+	if in.n > int64(len(bomb))/10 {
+		t.Errorf("read %d of %d compressed bytes, want reading to stop early", in.n, len(bomb))
+	}
+}
+
+func TestReadBodyRefusesEndlessEmptyGzipMembers(t *testing.T) {
+	member := gzipBytes(t, nil)
+	body := bytes.Repeat(member, 100_000) // 2 MB of gzip decompressing to nothing
+	in := &countingReader{r: bytes.NewReader(body)}
+	_, err := ReadBody(in, "gzip", 1000)
+	if code := errorCode(err); code != mapping.CodeTooLarge {
+		t.Fatalf("got error %v, want code too_large", err)
+	}
+	if in.n > 10_000 {
+		t.Errorf("read %d compressed bytes, want at most 10000", in.n)
+	}
+}
+
+func TestReadBodyMaxBytesError(t *testing.T) {
+	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(strings.Repeat("x", 100)))
+	rec := httptest.NewRecorder()
+	body := http.MaxBytesReader(rec, r.Body, 10)
+	_, err := ReadBody(body, "", 1000)
+	if code := errorCode(err); code != mapping.CodeTooLarge {
+		t.Fatalf("got error %v, want code too_large", err)
+	}
+}
+
+func TestReadBodyReadError(t *testing.T) {
+	cause := errors.New("connection reset")
+	_, err := ReadBody(io.MultiReader(strings.NewReader("{"), errReader{cause}), "", 1000)
+	if code := errorCode(err); code != mapping.CodeInvalid {
+		t.Fatalf("got error %v, want code invalid", err)
+	}
+	if !errors.Is(err, cause) {
+		t.Errorf("got error %v, want it to wrap %v", err, cause)
+	}
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }

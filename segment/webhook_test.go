@@ -1,0 +1,228 @@
+package segment
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+var webhookSecret = []byte("whsec_3b1f0c9e7a5d")
+
+// firstElementByHand returns the bytes of element 0 of the recorded array
+// delivery, located by hand (from the first '{' to the '}' before the first
+// " ,\n"), independently of the code under test.
+func firstElementByHand(t *testing.T, body []byte) []byte {
+	t.Helper()
+	start := bytes.IndexByte(body, '{')
+	end := bytes.Index(body, []byte("} ,\n"))
+	if start < 0 || end < 0 {
+		t.Fatal("webhook_batch.json: element 0 not found; keep its layout")
+	}
+	return body[start : end+1]
+}
+
+func TestVerifySignature(t *testing.T) {
+	identify := readTestdata(t, "webhook_identify.json")
+	track := readTestdata(t, "webhook_track.json")
+	del := readTestdata(t, "webhook_delete.json")
+	batch := readTestdata(t, "webhook_batch.json")
+	first := firstElementByHand(t, batch)
+	compactFirst := decodeWebhookRaw(t, batch)[0] // element 0 re-encoded: other bytes
+
+	tests := []struct {
+		name      string
+		secret    []byte
+		body      []byte
+		signature string
+		want      bool
+	}{
+		{"identify", webhookSecret, identify, Sign(webhookSecret, identify), true},
+		{"track", webhookSecret, track, Sign(webhookSecret, track), true},
+		{"delete", webhookSecret, del, Sign(webhookSecret, del), true},
+		{"array: element 0 as in the body", webhookSecret, batch, Sign(webhookSecret, first), true},
+		{"array: whole body", webhookSecret, batch, Sign(webhookSecret, batch), true},
+		{"array: element 0 re-encoded", webhookSecret, batch, Sign(webhookSecret, compactFirst), false},
+		{"array: element 1", webhookSecret, batch, Sign(webhookSecret, batch[bytes.Index(batch, []byte("} ,\n"))+4:]), false},
+		{"upper-case hex", webhookSecret, identify, strings.ToUpper(Sign(webhookSecret, identify)), true},
+		{"surrounding spaces", webhookSecret, identify, " " + Sign(webhookSecret, identify) + " ", true},
+		{"wrong secret", []byte("other"), identify, Sign(webhookSecret, identify), false},
+		{"tampered body", webhookSecret, bytes.Replace(identify, []byte("team"), []byte("free"), 1), Sign(webhookSecret, identify), false},
+		{"signature of another event", webhookSecret, identify, Sign(webhookSecret, track), false},
+		{"empty signature", webhookSecret, identify, "", false},
+		{"not hex", webhookSecret, identify, "zz" + Sign(webhookSecret, identify)[2:], false},
+		{"truncated", webhookSecret, identify, Sign(webhookSecret, identify)[:38], false},
+		{"SHA-256 length", webhookSecret, identify, Sign(webhookSecret, identify) + strings.Repeat("0", 24), false},
+		{"empty secret", nil, identify, Sign(nil, identify), false},
+		{"empty array", webhookSecret, []byte(`[]`), Sign(webhookSecret, nil), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := VerifySignature(tt.secret, tt.body, tt.signature); got != tt.want {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSignIsSegmentsFormat(t *testing.T) {
+	// HMAC-SHA1("key", "The quick brown fox jumps over the lazy dog"), RFC 2104 test value.
+	got := Sign([]byte("key"), []byte("The quick brown fox jumps over the lazy dog"))
+	if want := "de7c9b85b8b78aa6bc8a7a36f70a90701c9db4d9"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
+
+// decodeWebhookRaw returns the Raw of each decoded event.
+func decodeWebhookRaw(t *testing.T, body []byte) [][]byte {
+	t.Helper()
+	events, err := DecodeWebhook(body, receivedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raws [][]byte
+	for _, ev := range events {
+		raws = append(raws, ev.Message.Raw)
+	}
+	return raws
+}
+
+func TestDecodeWebhookFixtures(t *testing.T) {
+	type want struct {
+		typ, id, userID, anonymousID, event, email string
+		timestamp                                  string
+	}
+	tests := []struct {
+		file string
+		want []want
+	}{
+		{"webhook_identify.json", []want{{
+			typ: "identify", id: "ajs-next-1f0c8d2e6b7a4c3d9e8f7a6b5c4d3e2f", userID: "usr_2b7f9d1c4e6a8b0d",
+			anonymousID: "3f1a2b9c-6d7e-4f80-9a1b-2c3d4e5f6a7b", email: "ada@example.com", timestamp: "2024-05-14T09:21:08.025Z",
+		}}},
+		{"webhook_track.json", []want{{
+			typ: "track", id: "9d4e3f1a-7b2c-4d5e-8f90-a1b2c3d4e5f6", userID: "usr_2b7f9d1c4e6a8b0d",
+			anonymousID: "3f1a2b9c-6d7e-4f80-9a1b-2c3d4e5f6a7b", event: "Report Exported", email: "ada@example.com", timestamp: "2024-05-14T09:02:00.168Z",
+		}}},
+		{"webhook_delete.json", []want{{
+			typ: "delete", id: "delete-6a0e1f2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", userID: "usr_2b7f9d1c4e6a8b0d", timestamp: "2024-05-15T00:00:03Z",
+		}}},
+		{"webhook_batch.json", []want{
+			{typ: "page", id: "ajs-next-a1", anonymousID: "c0ffee00-1111-4222-8333-444455556666", event: "Pricing", timestamp: "2024-05-14T10:00:00.9Z"},
+			{typ: "identify", id: "ajs-next-a2", userID: "usr_7c1e0b9a5d3f2e4c", anonymousID: "c0ffee00-1111-4222-8333-444455556666", email: "grace@example.com", timestamp: "2024-05-14T10:00:02Z"},
+			{typ: "track", id: "ajs-next-a3", userID: "usr_7c1e0b9a5d3f2e4c", event: "Signed Up", timestamp: "2024-05-14T10:00:03Z"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			events, err := DecodeWebhook(readTestdata(t, tt.file), receivedAt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(events) != len(tt.want) {
+				t.Fatalf("got %d events, want %d", len(events), len(tt.want))
+			}
+			for i, w := range tt.want {
+				m := events[i].Message
+				got := want{m.Type, m.ID, m.UserID, m.AnonymousID, m.Event, m.Email, m.Timestamp.Format(time.RFC3339Nano)}
+				if got != w {
+					t.Errorf("event %d: got %+v, want %+v", i, got, w)
+				}
+				if m.Source != mapping.SourceSegmentWebhook || !m.ReceivedAt.Equal(receivedAt) || m.Rejected != "" {
+					t.Errorf("event %d: got source %q, receivedAt %v, rejected %q, want %q, %v, none", i, m.Source, m.ReceivedAt, m.Rejected, mapping.SourceSegmentWebhook, receivedAt)
+				}
+				if events[i].WriteKey != "" {
+					t.Errorf("event %d: got write key %q, want none", i, events[i].WriteKey)
+				}
+			}
+		})
+	}
+}
+
+func TestDecodeWebhookKeepsDeliveredTimes(t *testing.T) {
+	m := decodeWebhookRaw(t, readTestdata(t, "webhook_track.json"))[0]
+	f := rawFields(t, m)
+	want := map[string]string{
+		"timestamp":         "2024-05-14T09:02:00.168Z",
+		"originalTimestamp": "2024-05-14T11:02:00+02:00",
+		"receivedAt":        "2024-05-14T09:02:01.118Z",
+		"sentAt":            "2024-05-14T09:02:00.950Z",
+	}
+	for k, v := range want {
+		if f[k] != v {
+			t.Errorf("got Raw %s %v, want %s", k, f[k], v)
+		}
+	}
+}
+
+func TestDecodeWebhookEvents(t *testing.T) {
+	tests := []struct {
+		name, body   string
+		wantRejected string
+		wantType     string
+	}{
+		{"no type", `{"userId":"u","messageId":"m"}`, ReasonUnknownType, ""},
+		{"no identity", `{"type":"identify","messageId":"m"}`, ReasonMissingIdentity, "identify"},
+		{"delete with an anonymous ID", `{"type":"delete","anonymousId":"a","messageId":"m"}`, "", "delete"},
+		{"no timestamp", `{"type":"identify","userId":"u","messageId":"m"}`, "", "identify"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			events, err := DecodeWebhook([]byte(tt.body), receivedAt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := events[0].Message
+			if m.Rejected != tt.wantRejected || m.Type != tt.wantType {
+				t.Errorf("got rejected %q, type %q, want %q, %q", m.Rejected, m.Type, tt.wantRejected, tt.wantType)
+			}
+		})
+	}
+	t.Run("no timestamp: receivedAt", func(t *testing.T) {
+		events, _ := DecodeWebhook([]byte(`{"type":"identify","userId":"u"}`), receivedAt)
+		if got := events[0].Message.Timestamp; !got.Equal(receivedAt) {
+			t.Errorf("got %v, want %v", got, receivedAt)
+		}
+	})
+	t.Run("missing messageId is deterministic", func(t *testing.T) {
+		body := []byte(`{"type":"identify","userId":"u"}`)
+		a, _ := DecodeWebhook(body, receivedAt)
+		b, _ := DecodeWebhook(body, receivedAt.Add(time.Hour))
+		if a[0].Message.ID == "" || a[0].Message.ID != b[0].Message.ID {
+			t.Errorf("got IDs %q and %q, want one non-empty ID", a[0].Message.ID, b[0].Message.ID)
+		}
+	})
+}
+
+func TestDecodeWebhookBad(t *testing.T) {
+	tests := []struct {
+		name, body string
+		want       mapping.Code
+	}{
+		{"empty", ``, mapping.CodeInvalid},
+		{"invalid JSON", `{"type":`, mapping.CodeInvalid},
+		{"scalar", `"identify"`, mapping.CodeInvalid},
+		{"null", `null`, mapping.CodeInvalid},
+		{"element not an object", `[{"type":"identify","userId":"u"},2]`, mapping.CodeInvalid},
+		{"nested arrays", `[[{"type":"identify","userId":"u"}]]`, mapping.CodeInvalid},
+		{"invalid UTF-8", "{\"userId\":\"\xff\"}", mapping.CodeInvalid},
+		{"too deep", strings.Repeat("[", MaxDepth+1) + strings.Repeat("]", MaxDepth+1), mapping.CodeInvalid},
+		{"over 4,000 events", "[" + strings.Repeat(`{},`, MaxWebhookEvents) + "{}]", mapping.CodeTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := DecodeWebhook([]byte(tt.body), receivedAt)
+			if code := errorCode(err); code != tt.want {
+				t.Errorf("got error %v, want code %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("4,000 events", func(t *testing.T) {
+		events, err := DecodeWebhook([]byte("["+strings.Repeat(`{},`, MaxWebhookEvents-1)+"{}]"), receivedAt)
+		if err != nil || len(events) != MaxWebhookEvents {
+			t.Errorf("got %d events, error %v, want %d, nil", len(events), err, MaxWebhookEvents)
+		}
+	})
+}
