@@ -3,15 +3,17 @@ package mapping
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 )
 
-// submission is one caller's messages waiting for a group commit.
+// submission is one caller's messages, or one function, waiting for a group commit.
 type submission struct {
 	msgs     []Message
+	fn       func(ctx context.Context, w *writer) error
 	receipts []Receipt
 	err      error
 	done     chan struct{}
@@ -26,20 +28,39 @@ type submission struct {
 // nothing is stored; once queued, it waits for the commit.
 func (s *Store) Submit(ctx context.Context, msgs []Message) ([]Receipt, error) {
 	sub := &submission{msgs: msgs, done: make(chan struct{})}
+	if err := s.enqueue(ctx, sub); err != nil {
+		return nil, err
+	}
+	return sub.receipts, sub.err
+}
+
+// inTx runs fn inside the next group commit and returns once that commit
+// has finished. fn's changes are durable when inTx returns nil; if fn fails,
+// its changes are rolled back and the error returned.
+func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, w *writer) error) error {
+	sub := &submission{fn: fn, done: make(chan struct{})}
+	if err := s.enqueue(ctx, sub); err != nil {
+		return err
+	}
+	return sub.err
+}
+
+// enqueue hands sub to the committer and waits for its commit.
+func (s *Store) enqueue(ctx context.Context, sub *submission) error {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return nil, Errorf(CodeUnavailable, "the bridge is shutting down; retry shortly")
+		return Errorf(CodeUnavailable, "the bridge is shutting down; retry shortly")
 	}
 	select {
 	case s.queue <- sub:
 	case <-ctx.Done():
 		s.mu.RUnlock()
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
 	s.mu.RUnlock()
 	<-sub.done
-	return sub.receipts, sub.err
+	return nil
 }
 
 // commitLoop takes the first waiting submission, adds every other one already
@@ -96,7 +117,9 @@ func (s *Store) commitGroup(group []*submission) {
 		return
 	}
 	for _, sub := range group {
-		sub.err = err
+		if err != nil || sub.fn == nil {
+			sub.err = err
+		}
 		close(sub.done)
 	}
 }
@@ -117,9 +140,17 @@ func (s *Store) commit(group []*submission) (err error) {
 	}
 	defer tx.Rollback()
 	w := &writer{tx: tx, store: s, opts: &s.opts, now: s.opts.Now().UnixNano(), stmts: map[string]*sqlx.Stmt{}}
+	jobs := false
 	for _, sub := range group {
+		if sub.fn != nil {
+			// A savepoint confines a failing function to its own caller.
+			sub.err = w.savepoint(ctx, sub.fn)
+			n++
+			continue
+		}
 		sub.receipts = make([]Receipt, len(sub.msgs))
 		for i, m := range sub.msgs {
+			jobs = jobs || len(m.Jobs) > 0
 			r, err := w.apply(ctx, m)
 			if err != nil {
 				return fmt.Errorf("apply %s message %s: %w", m.Source, m.ID, err)
@@ -130,6 +161,9 @@ func (s *Store) commit(group []*submission) (err error) {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
+	}
+	if jobs {
+		s.wakeOutbox()
 	}
 	return nil
 }
@@ -165,6 +199,24 @@ func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Resul
 		return nil, err
 	}
 	return st.ExecContext(ctx, args...)
+}
+
+// savepoint runs fn; if fn fails, its changes are rolled back and the rest of the transaction stands.
+func (w *writer) savepoint(ctx context.Context, fn func(ctx context.Context, w *writer) error) error {
+	if _, err := w.tx.ExecContext(ctx, `SAVEPOINT fn`); err != nil {
+		return fmt.Errorf("savepoint: %w", err)
+	}
+	if err := fn(ctx, w); err != nil {
+		if _, rerr := w.tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT fn`); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		w.tx.ExecContext(ctx, `RELEASE SAVEPOINT fn`)
+		return err
+	}
+	if _, err := w.tx.ExecContext(ctx, `RELEASE SAVEPOINT fn`); err != nil {
+		return fmt.Errorf("release savepoint: %w", err)
+	}
+	return nil
 }
 
 // insertID runs an INSERT and returns the new row's ID. SQLite reports it

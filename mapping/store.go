@@ -54,11 +54,12 @@ type Store struct {
 	stmtMu sync.Mutex
 	stmts  map[string]*sqlx.Stmt // prepared on the writer connection
 
-	queue   chan *submission
-	mu      sync.RWMutex // guards closed; held shared while queueing
-	closed  bool
-	closing chan struct{}
-	stopped chan struct{}
+	queue      chan *submission
+	outboxWake chan struct{}
+	mu         sync.RWMutex // guards closed; held shared while queueing
+	closed     bool
+	closing    chan struct{}
+	stopped    chan struct{}
 }
 
 // Open opens (creating if needed) the SQLite database at path, applies the
@@ -92,14 +93,15 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		write:   write,
-		read:    read,
-		opts:    opts,
-		log:     opts.Logger,
-		stmts:   map[string]*sqlx.Stmt{},
-		queue:   make(chan *submission, 4096),
-		closing: make(chan struct{}),
-		stopped: make(chan struct{}),
+		write:      write,
+		read:       read,
+		opts:       opts,
+		log:        opts.Logger,
+		stmts:      map[string]*sqlx.Stmt{},
+		queue:      make(chan *submission, 4096),
+		outboxWake: make(chan struct{}, 1),
+		closing:    make(chan struct{}),
+		stopped:    make(chan struct{}),
 	}
 	go s.commitLoop()
 	return s, nil

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+const outboxUsage = `usage:
+  bridge outbox list  [-db PATH] [-state dead|pending|running|done|all] [-limit N]
+  bridge outbox retry [-db PATH] (-all | JOB_ID...)`
+
+// runOutbox is the operator's view of the outbox: list jobs (dead ones by
+// default) and retry dead ones. It opens the same database as the server and
+// can run while the server does.
+func runOutbox(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%s", outboxUsage)
+	}
+	fs := flag.NewFlagSet("bridge outbox "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	db := fs.String("db", "bridge.db", "SQLite database path (BRIDGE_DB)")
+	if v := getenv("BRIDGE_DB"); v != "" {
+		*db = v
+	}
+	state := fs.String("state", mapping.JobDead, "jobs in this state, or all")
+	limit := fs.Int("limit", 100, "at most this many jobs")
+	all := fs.Bool("all", false, "retry every dead job")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	open := func() (*mapping.Store, error) { return mapping.Open(ctx, *db, mapping.Options{}) }
+
+	switch args[0] {
+	case "list":
+		store, err := open()
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		if *state == "all" {
+			*state = ""
+		}
+		jobs, err := store.Jobs(ctx, *state, *limit)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tDESTINATION\tSTATE\tATTEMPTS\tUPDATED\tMESSAGE ID\tLAST ERROR")
+		for _, j := range jobs {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%s\n", j.ID, j.Destination, j.State, j.Attempts, j.UpdatedAt.Format(time.RFC3339), j.MessageID, j.LastError)
+		}
+		return tw.Flush()
+	case "retry":
+		var ids []int64
+		for _, a := range fs.Args() {
+			id, err := strconv.ParseInt(a, 10, 64)
+			if err != nil {
+				return fmt.Errorf("job ID %q is not a number\n%s", a, outboxUsage)
+			}
+			ids = append(ids, id)
+		}
+		if len(ids) == 0 && !*all {
+			return errors.New("name the jobs to retry, or pass -all\n" + outboxUsage)
+		}
+		store, err := open()
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		n, err := store.RetryJobs(ctx, ids)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%d job(s) due again; a running bridge delivers them shortly\n", n)
+		return nil
+	}
+	return fmt.Errorf("unknown outbox command %q\n%s", args[0], outboxUsage)
+}

@@ -1,0 +1,391 @@
+package mapping
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Job states in the outbox.
+const (
+	JobPending = "pending" // waiting for its run_at
+	JobRunning = "running" // claimed by a worker until locked_until
+	JobDone    = "done"    // delivered
+	JobDead    = "dead"    // failed permanently or too often; an operator may retry it
+)
+
+// OutboxOptions configures the delivery worker. Zero values mean the defaults.
+type OutboxOptions struct {
+	// Senders deliver jobs, by destination. Jobs for a destination without a
+	// sender wait in the outbox until one is configured.
+	Senders map[string]Sender
+	// Workers is how many deliveries run at once; default 32.
+	Workers int
+	// Lease is how long a claim lasts before another worker may take the job
+	// again (after a crash); default 2 minutes. It bounds a job's send time.
+	Lease time.Duration
+	// MaxAttempts is how many deliveries a job gets before it is dead; default 12.
+	MaxAttempts int
+	// Poll is how often an idle worker looks for due jobs; default 500 ms
+	// (new jobs wake it at once).
+	Poll time.Duration
+	// ShutdownGrace is how long Run waits for deliveries in flight when ctx ends; default 10 s.
+	ShutdownGrace time.Duration
+	// Jitter returns a number in [0, 1); default math/rand/v2.
+	Jitter func() float64
+	Logger *slog.Logger
+	// Observer is told about every delivery; nil means none.
+	Observer DeliveryObserver
+}
+
+// DeliveryObserver is told the result of every delivery attempt.
+type DeliveryObserver interface {
+	// Delivered reports one attempt: the destination, the result
+	// ("done", "retry", "dead", "released") and the attempt number.
+	Delivered(destination, result string, attempt int)
+}
+
+// Backoff is the retry policy: capped exponential backoff with jitter. It
+// returns how long to wait before attempt+1, given the attempt that just
+// failed (1-based), the destination's Retry-After (0 if none) and a jitter
+// value in [0, 1). The wait is at least half the exponential step, at most
+// 15 minutes, and never shorter than a Retry-After (itself capped at 1 hour).
+func Backoff(attempt int, retryAfter time.Duration, jitter float64) time.Duration {
+	const (
+		base     = time.Second
+		maxDelay = 15 * time.Minute
+	)
+	step := maxDelay
+	if attempt < 20 {
+		step = min(base<<(attempt-1), maxDelay)
+	}
+	d := step/2 + time.Duration(jitter*float64(step/2))
+	if retryAfter > 0 {
+		d = max(d, min(retryAfter, time.Hour))
+	}
+	return d
+}
+
+// outcome is what a delivery attempt leads to.
+type outcome struct {
+	state   string
+	runAt   time.Time
+	lastErr string
+	result  string
+}
+
+// decideDelivery turns a send's error into the job's next state.
+func decideDelivery(err error, attempt, maxAttempts int, now time.Time, jitter float64) outcome {
+	if err == nil {
+		return outcome{state: JobDone, result: "done"}
+	}
+	msg := err.Error()
+	if len(msg) > 500 {
+		msg = msg[:500]
+	}
+	if !Retryable(err) {
+		return outcome{state: JobDead, lastErr: "permanent: " + msg, result: "dead"}
+	}
+	if attempt >= maxAttempts {
+		return outcome{state: JobDead, lastErr: fmt.Sprintf("gave up after %d attempts: %s", attempt, msg), result: "dead"}
+	}
+	var retryAfter time.Duration
+	var d *DeliveryError
+	if errors.As(err, &d) {
+		retryAfter = d.RetryAfter
+	}
+	return outcome{state: JobPending, runAt: now.Add(Backoff(attempt, retryAfter, jitter)), lastErr: msg, result: "retry"}
+}
+
+// claimedJob is a job a worker holds.
+type claimedJob struct {
+	ID          int64  `db:"id"`
+	Destination string `db:"destination"`
+	OrderingKey string `db:"ordering_key"`
+	MessageID   string `db:"message_id"`
+	Payload     string `db:"payload"`
+	Attempts    int    `db:"attempts"`
+}
+
+// wakeOutbox tells an idle worker that new jobs were committed.
+func (s *Store) wakeOutbox() {
+	select {
+	case s.outboxWake <- struct{}{}:
+	default:
+	}
+}
+
+// RunOutbox delivers outbox jobs until ctx ends, then waits up to
+// ShutdownGrace for deliveries in flight and releases the rest (they are
+// claimed again later, without counting the attempt). Jobs with the same
+// destination and ordering key are delivered one at a time, in the order
+// they were written. A job claimed by a worker that crashed is claimed
+// again when its lease expires.
+func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
+	if opts.Workers <= 0 {
+		opts.Workers = 32
+	}
+	if opts.Lease <= 0 {
+		opts.Lease = 2 * time.Minute
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 12
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = 500 * time.Millisecond
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	if opts.Jitter == nil {
+		opts.Jitter = rand.Float64
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	var destinations []string
+	for d := range opts.Senders {
+		destinations = append(destinations, d)
+	}
+	if len(destinations) == 0 {
+		<-ctx.Done()
+		return nil
+	}
+
+	// Sends outlive ctx by the grace period, so a shutdown finishes them.
+	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSends()
+	slots := make(chan struct{}, opts.Workers)
+	var inflight sync.WaitGroup
+	for ctx.Err() == nil {
+		// Wait for at least one free slot.
+		select {
+		case slots <- struct{}{}:
+			<-slots
+		case <-ctx.Done():
+			continue
+		}
+		free := opts.Workers - len(slots)
+		jobs, err := s.claim(ctx, destinations, free, opts.Lease)
+		if err != nil {
+			if ctx.Err() == nil {
+				opts.Logger.Error("claim outbox jobs", "err", err)
+				sleep(ctx, opts.Poll)
+			}
+			continue
+		}
+		if len(jobs) == 0 {
+			select {
+			case <-s.outboxWake:
+			case <-time.After(opts.Poll):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		for _, j := range jobs {
+			slots <- struct{}{}
+			inflight.Add(1)
+			go func() {
+				defer func() { <-slots; inflight.Done() }()
+				s.deliver(sendCtx, j, opts)
+			}()
+		}
+	}
+	done := make(chan struct{})
+	go func() { inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(opts.ShutdownGrace):
+		cancelSends() // deliver releases what it could not finish
+		<-done
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+}
+
+// claim takes up to n due jobs, at most one per (destination, ordering key):
+// the oldest undelivered job of each key, so per-user order holds.
+func (s *Store) claim(ctx context.Context, destinations []string, n int, lease time.Duration) ([]claimedJob, error) {
+	var jobs []claimedJob
+	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		now := s.opts.Now().UnixNano()
+		marks := strings.TrimSuffix(strings.Repeat("?,", len(destinations)), ",")
+		args := []any{JobRunning, now + lease.Nanoseconds(), now}
+		for _, d := range destinations {
+			args = append(args, d)
+		}
+		args = append(args, now, now, n)
+		return w.sel(ctx, &jobs, `UPDATE jobs SET state = ?, locked_until = ?, attempts = attempts + 1, updated_at = ?
+			WHERE id IN (
+				SELECT j.id FROM jobs j
+				WHERE j.destination IN (`+marks+`)
+				  AND ((j.state = 'pending' AND j.run_at <= ?) OR (j.state = 'running' AND j.locked_until <= ?))
+				  AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.destination = j.destination AND e.ordering_key = j.ordering_key
+				                  AND e.id < j.id AND e.state IN ('pending', 'running'))
+				ORDER BY j.id LIMIT ?)
+			RETURNING id, destination, ordering_key, message_id, payload, attempts`, args...)
+	})
+	return jobs, err
+}
+
+// deliver sends one job and records the outcome.
+func (s *Store) deliver(ctx context.Context, j claimedJob, opts OutboxOptions) {
+	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease)
+	err := opts.Senders[j.Destination].Send(sendCtx, Job{Destination: j.Destination, OrderingKey: j.OrderingKey, MessageID: j.MessageID, Payload: []byte(j.Payload)})
+	cancel()
+	o := decideDelivery(err, j.Attempts, opts.MaxAttempts, s.opts.Now(), opts.Jitter())
+	if err != nil && ctx.Err() != nil {
+		// Shutting down: give the job back without counting the attempt.
+		o = outcome{state: JobPending, runAt: s.opts.Now(), lastErr: "released at shutdown", result: "released"}
+		j.Attempts--
+	}
+	rec := context.WithoutCancel(ctx)
+	if err := s.inTx(rec, func(ctx context.Context, w *writer) error {
+		_, err := w.exec(ctx, `UPDATE jobs SET state = ?, run_at = ?, attempts = ?, locked_until = 0, last_error = ?, updated_at = ? WHERE id = ?`,
+			o.state, o.runAt.UnixNano(), j.Attempts, o.lastErr, s.opts.Now().UnixNano(), j.ID)
+		return err
+	}); err != nil {
+		opts.Logger.Error("record delivery", "job_id", j.ID, "err", err)
+		return
+	}
+	if o.state == JobDead {
+		opts.Logger.Warn("outbox job dead", "job_id", j.ID, "destination", j.Destination, "message_id", j.MessageID, "attempts", j.Attempts, "err", o.lastErr)
+	}
+	if opts.Observer != nil {
+		opts.Observer.Delivered(j.Destination, o.result, j.Attempts)
+	}
+}
+
+// JobInfo is an outbox job as operators see it.
+type JobInfo struct {
+	ID            int64     `json:"id" db:"id"`
+	Destination   string    `json:"destination" db:"destination"`
+	OrderingKey   string    `json:"orderingKey" db:"ordering_key"`
+	MessageID     string    `json:"messageId" db:"message_id"`
+	State         string    `json:"state" db:"state"`
+	Attempts      int       `json:"attempts" db:"attempts"`
+	LastError     string    `json:"lastError" db:"last_error"`
+	SourceMessage string    `json:"sourceMessage" db:"source_message"`
+	Payload       string    `json:"payload" db:"payload"`
+	CreatedAt     time.Time `json:"createdAt" db:"-"`
+	UpdatedAt     time.Time `json:"updatedAt" db:"-"`
+	RunAt         time.Time `json:"runAt" db:"-"`
+}
+
+type jobRow struct {
+	JobInfo
+	Created int64 `db:"created_at"`
+	Updated int64 `db:"updated_at"`
+	Run     int64 `db:"run_at"`
+}
+
+// Jobs lists up to limit jobs in state (all states if empty), newest first.
+func (s *Store) Jobs(ctx context.Context, state string, limit int) ([]JobInfo, error) {
+	var rows []jobRow
+	q := `SELECT id, destination, ordering_key, message_id, state, attempts, last_error, source_message, payload, created_at, updated_at, run_at FROM jobs`
+	args := []any{}
+	if state != "" {
+		q += ` WHERE state = ?`
+		args = append(args, state)
+	}
+	q += ` ORDER BY id DESC LIMIT ?`
+	if err := s.read.SelectContext(ctx, &rows, q, append(args, limit)...); err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	out := make([]JobInfo, len(rows))
+	for i, r := range rows {
+		out[i] = r.JobInfo
+		out[i].CreatedAt, out[i].UpdatedAt, out[i].RunAt = time.Unix(0, r.Created).UTC(), time.Unix(0, r.Updated).UTC(), time.Unix(0, r.Run).UTC()
+	}
+	return out, nil
+}
+
+// RetryJobs makes dead jobs due again with a fresh set of attempts: the
+// given IDs, or every dead job when ids is empty. It returns how many it
+// revived; an ID that is not a dead job is a CodeNotFound error.
+func (s *Store) RetryJobs(ctx context.Context, ids []int64) (int, error) {
+	var n int64
+	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		now := s.opts.Now().UnixNano()
+		if len(ids) == 0 {
+			res, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ? WHERE state = 'dead'`, now, now)
+			if err != nil {
+				return err
+			}
+			n, err = res.RowsAffected()
+			return err
+		}
+		for _, id := range ids {
+			res, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ? WHERE id = ? AND state = 'dead'`, now, now, id)
+			if err != nil {
+				return err
+			}
+			k, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			if k == 0 {
+				return Errorf(CodeNotFound, "job %d is not a dead job; list them with `bridge outbox list`", id)
+			}
+			n += k
+		}
+		return nil
+	})
+	if err == nil && n > 0 {
+		s.wakeOutbox()
+	}
+	return int(n), err
+}
+
+// Backlog is the outbox's state for one destination.
+type Backlog struct {
+	Destination string
+	Pending     int       // pending or running
+	Dead        int       // waiting for an operator
+	Oldest      time.Time // creation time of the oldest pending job; zero if none
+}
+
+// Backlogs reports the outbox per destination.
+func (s *Store) Backlogs(ctx context.Context) ([]Backlog, error) {
+	var rows []struct {
+		Destination string `db:"destination"`
+		State       string `db:"state"`
+		N           int    `db:"n"`
+		Oldest      int64  `db:"oldest"`
+	}
+	if err := s.read.SelectContext(ctx, &rows, `SELECT destination, state, COUNT(*) AS n, MIN(created_at) AS oldest
+		FROM jobs WHERE state IN ('pending', 'running', 'dead') GROUP BY destination, state ORDER BY destination`); err != nil {
+		return nil, fmt.Errorf("outbox backlog: %w", err)
+	}
+	var out []Backlog
+	index := map[string]int{}
+	for _, r := range rows {
+		i, ok := index[r.Destination]
+		if !ok {
+			i = len(out)
+			index[r.Destination] = i
+			out = append(out, Backlog{Destination: r.Destination})
+		}
+		b := &out[i]
+		if r.State == JobDead {
+			b.Dead += r.N
+			continue
+		}
+		b.Pending += r.N
+		if t := time.Unix(0, r.Oldest).UTC(); b.Oldest.IsZero() || t.Before(b.Oldest) {
+			b.Oldest = t
+		}
+	}
+	return out, nil
+}

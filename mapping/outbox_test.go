@@ -1,0 +1,191 @@
+package mapping
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestBackoff(t *testing.T) {
+	tests := []struct {
+		name       string
+		attempt    int
+		retryAfter time.Duration
+		jitter     float64
+		want       time.Duration
+	}{
+		{"first, no jitter", 1, 0, 0, 500 * time.Millisecond},
+		{"first, full jitter", 1, 0, 0.999999, time.Second - time.Microsecond},
+		{"grows", 4, 0, 0, 4 * time.Second},
+		{"capped", 30, 0, 1, 15 * time.Minute},
+		{"retry-after wins", 1, 30 * time.Second, 0, 30 * time.Second},
+		{"retry-after capped", 1, 5 * time.Hour, 0, time.Hour},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Backoff(tt.attempt, tt.retryAfter, tt.jitter)
+			if got.Round(time.Millisecond) != tt.want.Round(time.Millisecond) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecideDelivery(t *testing.T) {
+	now := t0
+	tests := []struct {
+		name      string
+		err       error
+		attempt   int
+		wantState string
+	}{
+		{"delivered", nil, 1, JobDone},
+		{"network error retries", errors.New("connection refused"), 1, JobPending},
+		{"5xx retries", ClassifyStatus(503, 0, errors.New("503")), 3, JobPending},
+		{"4xx is dead", ClassifyStatus(400, 0, errors.New("400 bad request")), 1, JobDead},
+		{"429 retries", ClassifyStatus(429, time.Minute, errors.New("429")), 1, JobPending},
+		{"too many attempts", errors.New("timeout"), 5, JobDead},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := decideDelivery(tt.err, tt.attempt, 5, now, 0.5)
+			if got.state != tt.wantState {
+				t.Errorf("got state %s, want %s (%+v)", got.state, tt.wantState, got)
+			}
+			if got.state == JobPending && !got.runAt.After(now) {
+				t.Errorf("got run_at %v, want after %v", got.runAt, now)
+			}
+		})
+	}
+}
+
+// scriptedSender records deliveries and fails according to a script.
+type scriptedSender struct {
+	mu        sync.Mutex
+	delivered []string // message IDs, in order
+	failures  map[string][]error
+}
+
+func (s *scriptedSender) Send(_ context.Context, j Job) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if errs := s.failures[j.MessageID]; len(errs) > 0 {
+		s.failures[j.MessageID] = errs[1:]
+		return errs[0]
+	}
+	s.delivered = append(s.delivered, j.MessageID)
+	return nil
+}
+
+func (s *scriptedSender) got() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.delivered...)
+}
+
+func withJobs(id, user string, jobIDs ...string) Message {
+	m := identify(id, user, "", 0)
+	for _, j := range jobIDs {
+		m.Jobs = append(m.Jobs, Job{Destination: "fake", OrderingKey: user, MessageID: j, Payload: []byte(`{}`)})
+	}
+	return m
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestOutboxDeliversInOrderAndRetries(t *testing.T) {
+	s := openTestStore(t, Options{})
+	sender := &scriptedSender{failures: map[string][]error{
+		"a1": {errors.New("connection reset")},             // transient: retried
+		"b1": {ClassifyStatus(400, 0, errors.New("bad"))}, // permanent: dead
+	}}
+	submit(t, s, withJobs("m1", "user-a", "a1", "a2"), withJobs("m2", "user-b", "b1", "b2"), withJobs("m3", "user-a", "a3"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- s.RunOutbox(ctx, OutboxOptions{Senders: map[string]Sender{"fake": sender}, Poll: 10 * time.Millisecond,
+			Jitter: func() float64 { return 0 }, MaxAttempts: 3})
+	}()
+	// a1 fails once and waits out its backoff (0.5 s); a2 and a3 must wait for it.
+	waitFor(t, "user-a's jobs", func() bool { return len(sender.got()) >= 4 })
+	cancel()
+	<-done
+
+	got := sender.got()
+	var userA []string
+	for _, id := range got {
+		if id[0] == 'a' {
+			userA = append(userA, id)
+		}
+	}
+	if fmt.Sprint(userA) != "[a1 a2 a3]" {
+		t.Errorf("user-a deliveries: got %v, want [a1 a2 a3] in order", userA)
+	}
+	dead, err := s.Jobs(context.Background(), JobDead, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dead) != 1 || dead[0].MessageID != "b1" || dead[0].LastError == "" {
+		t.Fatalf("dead jobs: got %+v, want b1 with its error", dead)
+	}
+	// A dead job does not block the user's later jobs.
+	if !contains(got, "b2") {
+		t.Errorf("b2 not delivered after b1 died: %v", got)
+	}
+
+	// An operator retries the dead job; it is delivered.
+	if n, err := s.RetryJobs(context.Background(), nil); err != nil || n != 1 {
+		t.Fatalf("retry: got %d, %v; want 1 job", n, err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() {
+		done <- s.RunOutbox(ctx, OutboxOptions{Senders: map[string]Sender{"fake": sender}, Poll: 10 * time.Millisecond})
+	}()
+	waitFor(t, "retried job", func() bool { return contains(sender.got(), "b1") })
+	cancel()
+	<-done
+	if _, err := s.RetryJobs(context.Background(), []int64{dead[0].ID}); ErrorCode(err) != CodeNotFound {
+		t.Errorf("retrying a delivered job: got %v, want not_found", err)
+	}
+}
+
+func TestOutboxReclaimsAfterCrash(t *testing.T) {
+	now := t0
+	clock := func() time.Time { return now }
+	s := openTestStore(t, Options{Now: clock})
+	submit(t, s, withJobs("m1", "user-a", "a1"))
+	// A worker claims the job and dies without recording anything.
+	jobs, err := s.claim(context.Background(), []string{"fake"}, 10, time.Minute)
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("claim: got %v, %v", jobs, err)
+	}
+	if again, _ := s.claim(context.Background(), []string{"fake"}, 10, time.Minute); len(again) != 0 {
+		t.Fatalf("claimed twice within the lease: %v", again)
+	}
+	now = now.Add(2 * time.Minute)
+	again, err := s.claim(context.Background(), []string{"fake"}, 10, time.Minute)
+	if err != nil || len(again) != 1 || again[0].Attempts != 2 {
+		t.Fatalf("after the lease: got %+v, %v; want the job again, attempt 2", again, err)
+	}
+}
+
+func contains(xs []string, x string) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
