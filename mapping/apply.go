@@ -495,7 +495,7 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m Message)
 
 // redecide replays cluster and returns the note for the link (lo, hi).
 func (w *writer) redecide(ctx context.Context, a, b identity, cluster, lo, hi int64) (string, error) {
-	if err := w.replay(ctx, cluster, "rules"); err != nil {
+	if err := w.replay(ctx, cluster, "rules", "an earlier event arrived"); err != nil {
 		return "", err
 	}
 	var l linkRow

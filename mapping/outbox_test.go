@@ -108,7 +108,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestOutboxDeliversInOrderAndRetries(t *testing.T) {
 	s := openTestStore(t, Options{})
 	sender := &scriptedSender{failures: map[string][]error{
-		"a1": {errors.New("connection reset")},             // transient: retried
+		"a1": {errors.New("connection reset")},            // transient: retried
 		"b1": {ClassifyStatus(400, 0, errors.New("bad"))}, // permanent: dead
 	}}
 	submit(t, s, withJobs("m1", "user-a", "a1", "a2"), withJobs("m2", "user-b", "b1", "b2"), withJobs("m3", "user-a", "a3"))

@@ -22,8 +22,8 @@ type linkRow struct {
 
 // replay re-decides every link of a cluster with Unify and writes what
 // changed: profile membership, profile rows, and link decisions (each change
-// appended to the link log under actor).
-func (w *writer) replay(ctx context.Context, cluster int64, actor string) error {
+// appended to the link log under actor, with cause saying what triggered it).
+func (w *writer) replay(ctx context.Context, cluster int64, actor, cause string) error {
 	var idents []identity
 	if err := w.sel(ctx, &idents, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE cluster_id = ? ORDER BY id`, cluster); err != nil {
 		return fmt.Errorf("replay cluster %d: %w", cluster, err)
@@ -53,7 +53,7 @@ func (w *writer) replay(ctx context.Context, cluster int64, actor string) error 
 		if _, err := w.exec(ctx, `UPDATE links SET decision = ?, reason = ? WHERE id = ?`, out.Decisions[i], out.Reasons[i], l.ID); err != nil {
 			return fmt.Errorf("replay: update link %d: %w", l.ID, err)
 		}
-		if err := w.logLink(ctx, l.ID, out.Decisions[i], "re-decided after an earlier event arrived: "+out.Reasons[i], actor); err != nil {
+		if err := w.logLink(ctx, l.ID, out.Decisions[i], redecided(cause, out.Reasons[i]), actor); err != nil {
 			return err
 		}
 	}
@@ -139,6 +139,13 @@ func (w *writer) replay(ctx context.Context, cluster int64, actor string) error 
 	return nil
 }
 
+func redecided(cause, reason string) string {
+	if reason == "" {
+		return "re-decided after " + cause
+	}
+	return "re-decided after " + cause + ": " + reason
+}
+
 func (w *writer) logLink(ctx context.Context, linkID int64, d Decision, reason, actor string) error {
 	if _, err := w.exec(ctx, `INSERT INTO link_log (link_id, at, decision, reason, actor) VALUES (?, ?, ?, ?, ?)`,
 		linkID, w.now, d, reason, actor); err != nil {
@@ -201,7 +208,7 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 		return nil, fmt.Errorf("delete %s: %w", id, err)
 	}
 	if rest > 0 {
-		if err := w.replay(ctx, members[0].ClusterID, "privacy deletion"); err != nil {
+		if err := w.replay(ctx, members[0].ClusterID, "rules", "a profile in the cluster was deleted"); err != nil {
 			return nil, err
 		}
 	}

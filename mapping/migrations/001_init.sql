@@ -117,3 +117,5 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_state_run_at ON jobs (state, run_at);
 CREATE INDEX jobs_ordering ON jobs (destination, ordering_key, id);
+CREATE INDEX jobs_ordering_key ON jobs (ordering_key);
+CREATE INDEX jobs_state_updated_at ON jobs (state, updated_at);

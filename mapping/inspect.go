@@ -1,0 +1,436 @@
+package mapping
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// SearchQuery finds identifiers by value.
+type SearchQuery struct {
+	// Kind limits the search to one kind; "" searches user IDs, anonymous IDs
+	// and Jimo tokens, or emails when Value contains "@".
+	Kind   Kind
+	Value  string
+	Prefix bool // match values starting with Value
+	Limit  int  // default 50, at most 500
+	// After is the cursor from the previous page's SearchResult.Next.
+	After string
+}
+
+// SearchResult is one page of hits, in (kind, value) order.
+type SearchResult struct {
+	Hits []SearchHit `json:"hits"`
+	// Next is the cursor for the following page; "" when there is none.
+	Next string `json:"next"`
+}
+
+// SearchHit is an identifier and the profile holding it.
+type SearchHit struct {
+	Identifier
+	ProfileID   int64     `json:"profileId"`
+	UserID      string    `json:"userId"`
+	FirstSeenAt time.Time `json:"firstSeenAt"`
+}
+
+// Search finds identifiers equal to (or starting with) q.Value. Every query
+// walks the (kind, value) index; an email that is only an attribute is found
+// through the traits' email index.
+func (s *Store) Search(ctx context.Context, q SearchQuery) (SearchResult, error) {
+	v := strings.TrimSpace(q.Value)
+	if v == "" {
+		return SearchResult{Hits: []SearchHit{}}, nil
+	}
+	if q.Limit <= 0 {
+		q.Limit = 50
+	}
+	q.Limit = min(q.Limit, 500)
+	kinds := []Kind{q.Kind}
+	if q.Kind == "" {
+		kinds = []Kind{KindAnonymousID, KindJimoToken, KindUserID}
+		if strings.Contains(v, "@") {
+			kinds = []Kind{KindEmail}
+		}
+	}
+	if len(kinds) == 1 && kinds[0] == KindEmail && !s.opts.MergeOnEmail {
+		return s.searchEmails(ctx, v, q)
+	}
+	afterKind, afterValue, _ := strings.Cut(q.After, ":")
+	where, args := valueCondition("i.value", v, q.Prefix)
+	query, inArgs, err := sqlx.In(`SELECT i.kind, i.value, i.profile_id, i.first_seen_at, COALESCE(p.user_id, '') AS user_id
+		FROM identifiers i JOIN profiles p ON p.id = i.profile_id
+		WHERE i.kind IN (?) AND `+where+` AND (i.kind > ? OR (i.kind = ? AND i.value > ?))
+		ORDER BY i.kind, i.value LIMIT ?`, append(append([]any{kinds}, args...), afterKind, afterKind, afterValue, q.Limit+1)...)
+	if err != nil {
+		return SearchResult{}, err
+	}
+	var rows []struct {
+		Kind      Kind   `db:"kind"`
+		Value     string `db:"value"`
+		ProfileID int64  `db:"profile_id"`
+		FirstSeen int64  `db:"first_seen_at"`
+		UserID    string `db:"user_id"`
+	}
+	if err := s.read.SelectContext(ctx, &rows, s.read.Rebind(query), inArgs...); err != nil {
+		return SearchResult{}, fmt.Errorf("search: %w", err)
+	}
+	res := SearchResult{Hits: []SearchHit{}}
+	for i, r := range rows {
+		if i == q.Limit {
+			last := res.Hits[len(res.Hits)-1]
+			res.Next = last.Identifier.String()
+			break
+		}
+		res.Hits = append(res.Hits, SearchHit{Identifier: Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
+	}
+	return res, nil
+}
+
+// valueCondition matches column against v exactly or as a prefix (a range, so it uses the index).
+func valueCondition(column, v string, prefix bool) (string, []any) {
+	if !prefix {
+		return column + " = ?", []any{v}
+	}
+	return column + " >= ? AND " + column + " < ?", []any{v, v + "\U0010FFFF"}
+}
+
+func (s *Store) searchEmails(ctx context.Context, v string, q SearchQuery) (SearchResult, error) {
+	_, after, _ := strings.Cut(q.After, ":")
+	where, args := valueCondition("t.email", v, q.Prefix)
+	var rows []struct {
+		Email     string `db:"email"`
+		ProfileID int64  `db:"profile_id"`
+		FirstSeen int64  `db:"first_seen_at"`
+		UserID    string `db:"user_id"`
+	}
+	if err := s.read.SelectContext(ctx, &rows, `SELECT t.email, i.profile_id, i.first_seen_at, COALESCE(p.user_id, '') AS user_id
+		FROM traits t JOIN identifiers i ON i.id = t.identifier_id JOIN profiles p ON p.id = i.profile_id
+		WHERE `+where+` AND t.email > ? ORDER BY t.email LIMIT ?`, append(args, after, q.Limit+1)...); err != nil {
+		return SearchResult{}, fmt.Errorf("search emails: %w", err)
+	}
+	res := SearchResult{Hits: []SearchHit{}}
+	for i, r := range rows {
+		if i == q.Limit {
+			res.Next = res.Hits[len(res.Hits)-1].Identifier.String()
+			break
+		}
+		res.Hits = append(res.Hits, SearchHit{Identifier: Identifier{Kind: KindEmail, Value: r.Email}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
+	}
+	return res, nil
+}
+
+// ProfileByID returns profile id; CodeNotFound if it does not exist (merged away or deleted).
+func (s *Store) ProfileByID(ctx context.Context, id int64) (Profile, error) {
+	return s.profile(ctx, id)
+}
+
+// History is how a profile came to be: its links (with every decision
+// logged), its recent messages, its deliveries and its traits.
+type History struct {
+	Links    []LinkInfo    `json:"links"`
+	Messages []MessageInfo `json:"messages"`
+	Jobs     []JobInfo     `json:"jobs"`
+	Traits   []TraitInfo   `json:"traits"`
+}
+
+// LinkInfo is a link with its cause, current decision and log.
+type LinkInfo struct {
+	ID        int64          `json:"id"`
+	A         Identifier     `json:"a"`
+	B         Identifier     `json:"b"`
+	Source    Source         `json:"source"`
+	MessageID string         `json:"messageId"`
+	EventAt   time.Time      `json:"eventAt"`
+	Decision  Decision       `json:"decision"`
+	Reason    string         `json:"reason"`
+	Forced    bool           `json:"forced"`
+	Withdrawn bool           `json:"withdrawn"`
+	Log       []LinkLogEntry `json:"log"`
+}
+
+// LinkLogEntry is one entry of the append-only link log.
+type LinkLogEntry struct {
+	At       time.Time `json:"at"`
+	Decision Decision  `json:"decision"`
+	Reason   string    `json:"reason"`
+	Actor    string    `json:"actor"`
+}
+
+// MessageInfo is a stored message.
+type MessageInfo struct {
+	Source     Source    `json:"source"`
+	MessageID  string    `json:"messageId"`
+	Type       string    `json:"type"`
+	Event      string    `json:"event"`
+	EventAt    time.Time `json:"eventAt"`
+	ReceivedAt time.Time `json:"receivedAt"`
+	Rejected   string    `json:"rejected"`
+	Notes      []string  `json:"notes"`
+	Raw        string    `json:"raw"`
+}
+
+// TraitInfo is one merged trait with where and when it was last set.
+type TraitInfo struct {
+	Key    string    `json:"key"`
+	Value  any       `json:"value"`
+	Source Source    `json:"source"`
+	At     time.Time `json:"at"`
+}
+
+const linkColumns = `l.id, l.source, l.message_id, l.event_at, l.decision, l.reason, l.forced, l.withdrawn,
+	a.kind AS a_kind, a.value AS a_value, b.kind AS b_kind, b.value AS b_value`
+
+type linkInfoRow struct {
+	ID        int64    `db:"id"`
+	Source    Source   `db:"source"`
+	MessageID string   `db:"message_id"`
+	EventAt   int64    `db:"event_at"`
+	Decision  Decision `db:"decision"`
+	Reason    string   `db:"reason"`
+	Forced    bool     `db:"forced"`
+	Withdrawn bool     `db:"withdrawn"`
+	AKind     Kind     `db:"a_kind"`
+	AValue    string   `db:"a_value"`
+	BKind     Kind     `db:"b_kind"`
+	BValue    string   `db:"b_value"`
+}
+
+func (r linkInfoRow) info() LinkInfo {
+	return LinkInfo{ID: r.ID, A: Identifier{Kind: r.AKind, Value: r.AValue}, B: Identifier{Kind: r.BKind, Value: r.BValue},
+		Source: r.Source, MessageID: r.MessageID, EventAt: time.Unix(0, r.EventAt).UTC(), Decision: r.Decision, Reason: r.Reason,
+		Forced: r.Forced, Withdrawn: r.Withdrawn, Log: []LinkLogEntry{}}
+}
+
+// History returns the profile's history, newest first: up to 200 links, 50 messages and 50 jobs.
+func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
+	var members []identifierRow
+	if err := s.read.SelectContext(ctx, &members, `SELECT id, kind, value, profile_id, first_seen_at, first_source, first_message_id, warning
+		FROM identifiers WHERE profile_id = ?`, profileID); err != nil {
+		return History{}, fmt.Errorf("history of profile %d: %w", profileID, err)
+	}
+	if len(members) == 0 {
+		return History{}, Errorf(CodeNotFound, "profile %d does not exist (it may have been merged or deleted)", profileID)
+	}
+	ids := make([]int64, len(members))
+	values := make([]string, len(members))
+	for i, m := range members {
+		ids[i], values[i] = m.ID, m.Value
+	}
+	h := History{Links: []LinkInfo{}, Messages: []MessageInfo{}, Jobs: []JobInfo{}, Traits: []TraitInfo{}}
+
+	var links []linkInfoRow
+	if err := s.selectIn(ctx, &links, `SELECT `+linkColumns+` FROM links l
+		JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
+		WHERE l.a_id IN (?) OR l.b_id IN (?) ORDER BY l.order_key DESC LIMIT 200`, ids, ids); err != nil {
+		return History{}, fmt.Errorf("history links: %w", err)
+	}
+	if err := s.withLogs(ctx, links, &h.Links); err != nil {
+		return History{}, err
+	}
+
+	var msgs []struct {
+		Source     Source `db:"source"`
+		MessageID  string `db:"message_id"`
+		Type       string `db:"type"`
+		Event      string `db:"event"`
+		EventAt    int64  `db:"event_at"`
+		ReceivedAt int64  `db:"received_at"`
+		Rejected   string `db:"rejected"`
+		Notes      string `db:"notes"`
+		Raw        string `db:"raw"`
+	}
+	if err := s.selectIn(ctx, &msgs, `SELECT source, message_id, type, event, event_at, received_at, rejected, notes, raw FROM messages
+		WHERE user_id IN (?) OR anonymous_id IN (?) ORDER BY received_at DESC LIMIT 50`, values, values); err != nil {
+		return History{}, fmt.Errorf("history messages: %w", err)
+	}
+	for _, m := range msgs {
+		var notes []string
+		if m.Notes != "" {
+			json.Unmarshal([]byte(m.Notes), &notes)
+		}
+		h.Messages = append(h.Messages, MessageInfo{Source: m.Source, MessageID: m.MessageID, Type: m.Type, Event: m.Event,
+			EventAt: time.Unix(0, m.EventAt).UTC(), ReceivedAt: time.Unix(0, m.ReceivedAt).UTC(), Rejected: m.Rejected, Notes: notes, Raw: m.Raw})
+	}
+
+	var jobs []jobRow
+	if err := s.selectIn(ctx, &jobs, `SELECT id, destination, ordering_key, message_id, state, attempts, last_error, source_message, payload, created_at, updated_at, run_at
+		FROM jobs WHERE ordering_key IN (?) ORDER BY id DESC LIMIT 50`, values); err != nil {
+		return History{}, fmt.Errorf("history jobs: %w", err)
+	}
+	for _, j := range jobs {
+		info := j.JobInfo
+		info.CreatedAt, info.UpdatedAt, info.RunAt = time.Unix(0, j.Created).UTC(), time.Unix(0, j.Updated).UTC(), time.Unix(0, j.Run).UTC()
+		h.Jobs = append(h.Jobs, info)
+	}
+
+	var docs []string
+	if err := s.selectIn(ctx, &docs, `SELECT doc FROM traits WHERE identifier_id IN (?)`, ids); err != nil {
+		return History{}, fmt.Errorf("history traits: %w", err)
+	}
+	merged := traitDoc{}
+	for _, raw := range docs {
+		var d traitDoc
+		if err := json.Unmarshal([]byte(raw), &d); err != nil {
+			return History{}, fmt.Errorf("decode traits: %w", err)
+		}
+		for k, e := range d {
+			if old, ok := merged[k]; !ok || e.OrderKey > old.OrderKey {
+				merged[k] = e
+			}
+		}
+	}
+	for k, e := range merged {
+		h.Traits = append(h.Traits, TraitInfo{Key: k, Value: e.Value, Source: e.Source, At: orderKeyTime(e.OrderKey)})
+	}
+	sort.Slice(h.Traits, func(i, j int) bool { return h.Traits[i].Key < h.Traits[j].Key })
+	return h, nil
+}
+
+// orderKeyTime reads the event time at the start of an order key.
+func orderKeyTime(key string) time.Time {
+	ts, _, _ := strings.Cut(key, "|")
+	t, _ := time.Parse("2006-01-02T15:04:05.000000000Z", ts)
+	return t
+}
+
+// withLogs attaches every link's log entries and appends the links to out.
+func (s *Store) withLogs(ctx context.Context, rows []linkInfoRow, out *[]LinkInfo) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(rows))
+	index := map[int64]int{}
+	for i, r := range rows {
+		ids[i] = r.ID
+		index[r.ID] = len(*out) + i
+	}
+	for _, r := range rows {
+		*out = append(*out, r.info())
+	}
+	var logs []struct {
+		LinkID   int64    `db:"link_id"`
+		At       int64    `db:"at"`
+		Decision Decision `db:"decision"`
+		Reason   string   `db:"reason"`
+		Actor    string   `db:"actor"`
+	}
+	if err := s.selectIn(ctx, &logs, `SELECT link_id, at, decision, reason, actor FROM link_log WHERE link_id IN (?) ORDER BY id`, ids); err != nil {
+		return fmt.Errorf("link log: %w", err)
+	}
+	for _, l := range logs {
+		link := &(*out)[index[l.LinkID]]
+		link.Log = append(link.Log, LinkLogEntry{At: time.Unix(0, l.At).UTC(), Decision: l.Decision, Reason: l.Reason, Actor: l.Actor})
+	}
+	return nil
+}
+
+func (s *Store) selectIn(ctx context.Context, dest any, query string, args ...any) error {
+	q, a, err := sqlx.In(query, args...)
+	if err != nil {
+		return err
+	}
+	return s.read.SelectContext(ctx, dest, s.read.Rebind(q), a...)
+}
+
+// Conflicts lists links that the rules refused (conflict or over the cap)
+// and no operator has resolved, oldest first, after the link ID afterID.
+func (s *Store) Conflicts(ctx context.Context, limit int, afterID int64) ([]LinkInfo, error) {
+	if limit <= 0 {
+		limit = 50
+	}
+	var rows []linkInfoRow
+	if err := s.read.SelectContext(ctx, &rows, `SELECT `+linkColumns+` FROM links l
+		JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
+		WHERE l.decision IN ('conflict', 'over_cap') AND l.withdrawn = 0 AND l.id > ? ORDER BY l.id LIMIT ?`, afterID, limit); err != nil {
+		return nil, fmt.Errorf("conflicts: %w", err)
+	}
+	out := []LinkInfo{}
+	return out, s.withLogs(ctx, rows, &out)
+}
+
+// Overview is the state of the bridge at a glance.
+type Overview struct {
+	Profiles, Identifiers, Messages int
+	Conflicts, DeadJobs, Warnings   int
+	// MessagesLastHour counts messages received in the last hour (deleted ones included).
+	MessagesLastHour int
+	// DeliveredLastHour counts jobs delivered in the last hour.
+	DeliveredLastHour int
+	Backlogs          []Backlog
+}
+
+// Overview counts what the admin page's first screen shows.
+func (s *Store) Overview(ctx context.Context) (Overview, error) {
+	var o Overview
+	hourAgo := s.opts.Now().Add(-time.Hour).UnixNano()
+	for _, c := range []struct {
+		dest  *int
+		query string
+		args  []any
+	}{
+		{&o.Profiles, `SELECT COUNT(*) FROM profiles`, nil},
+		{&o.Identifiers, `SELECT COUNT(*) FROM identifiers`, nil},
+		{&o.Messages, `SELECT COUNT(*) FROM messages`, nil},
+		{&o.Conflicts, `SELECT COUNT(*) FROM links WHERE decision IN ('conflict', 'over_cap') AND withdrawn = 0`, nil},
+		{&o.DeadJobs, `SELECT COUNT(*) FROM jobs WHERE state = 'dead'`, nil},
+		{&o.Warnings, `SELECT COUNT(*) FROM identifiers WHERE warning <> ''`, nil},
+		{&o.DeliveredLastHour, `SELECT COUNT(*) FROM jobs WHERE state = 'done' AND updated_at >= ?`, []any{hourAgo}},
+	} {
+		if err := s.read.GetContext(ctx, c.dest, c.query, c.args...); err != nil {
+			return o, fmt.Errorf("overview: %w", err)
+		}
+	}
+	n, err := s.messagesSince(ctx, hourAgo)
+	if err != nil {
+		return o, err
+	}
+	o.MessagesLastHour = n
+	if o.Backlogs, err = s.Backlogs(ctx); err != nil {
+		return o, err
+	}
+	return o, nil
+}
+
+// messagesSince counts messages received at or after since. Message IDs grow
+// with arrival, so a binary search over IDs finds the first one in a few
+// index lookups, without an index on received_at.
+func (s *Store) messagesSince(ctx context.Context, since int64) (int, error) {
+	var bounds struct {
+		Lo sql.NullInt64 `db:"lo"`
+		Hi sql.NullInt64 `db:"hi"`
+	}
+	if err := s.read.GetContext(ctx, &bounds, `SELECT MIN(id) AS lo, MAX(id) AS hi FROM messages`); err != nil {
+		return 0, fmt.Errorf("count recent messages: %w", err)
+	}
+	if !bounds.Hi.Valid {
+		return 0, nil
+	}
+	lo, hi := bounds.Lo.Int64, bounds.Hi.Int64+1 // find the first id in [lo, hi) received at or after since
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		var at int64
+		err := s.read.GetContext(ctx, &at, `SELECT received_at FROM messages WHERE id >= ? ORDER BY id LIMIT 1`, mid)
+		if errors.Is(err, sql.ErrNoRows) {
+			hi = mid
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("count recent messages: %w", err)
+		}
+		if at >= since {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	var n int
+	err := s.read.GetContext(ctx, &n, `SELECT COUNT(*) FROM messages WHERE id >= ?`, lo)
+	return n, err
+}

@@ -1,0 +1,120 @@
+package mapping
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Decisions an operator's repair writes into the link log.
+const (
+	DecisionForced  Decision = "forced"  // "link anyway": decided before all other links
+	DecisionDeleted Decision = "deleted" // a profile was deleted (privacy request)
+)
+
+// Resolution actions for a conflict.
+const (
+	ResolveLink    = "link"    // link anyway
+	ResolveDismiss = "dismiss" // keep the identifiers apart and take the conflict off the list
+)
+
+func operatorActor(operator string) string {
+	if operator = strings.TrimSpace(operator); operator == "" {
+		return "operator"
+	}
+	return operator
+}
+
+// loadLink reads a link and the cluster it belongs to, inside a repair.
+func (w *writer) loadLink(ctx context.Context, id int64) (linkRow, int64, error) {
+	var l linkRow
+	err := w.get(ctx, &l, `SELECT id, a_id, b_id, order_key, forced, withdrawn, decision, reason FROM links WHERE id = ?`, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return l, 0, Errorf(CodeNotFound, "link %d does not exist (its profile may have been deleted)", id)
+	}
+	if err != nil {
+		return l, 0, fmt.Errorf("read link %d: %w", id, err)
+	}
+	var cluster int64
+	if err := w.get(ctx, &cluster, `SELECT cluster_id FROM identifiers WHERE id = ?`, l.AID); err != nil {
+		return l, 0, fmt.Errorf("read link %d: %w", id, err)
+	}
+	return l, cluster, nil
+}
+
+// ResolveConflict settles a refused link. "link" forces it: it is decided
+// before every other link of its cluster, so it wins over the links it
+// conflicted with (rule 3 still holds: those become the conflicts), and it
+// skips the caps. "dismiss" withdraws it. The action is logged with the
+// operator and reason, and the cluster is re-decided.
+func (s *Store) ResolveConflict(ctx context.Context, linkID int64, action, operator, reason string) error {
+	if action != ResolveLink && action != ResolveDismiss {
+		return Errorf(CodeInvalid, "action %q: want %q or %q", action, ResolveLink, ResolveDismiss)
+	}
+	return s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		l, cluster, err := w.loadLink(ctx, linkID)
+		if err != nil {
+			return err
+		}
+		if l.Withdrawn || (l.Decision != DecisionConflict && l.Decision != DecisionOverCap) {
+			return Errorf(CodeConflict, "link %d is not an open conflict (it is %s); reload the page", linkID, l.Decision)
+		}
+		actor := operatorActor(operator)
+		if action == ResolveLink {
+			if _, err := w.exec(ctx, `UPDATE links SET forced = 1 WHERE id = ?`, linkID); err != nil {
+				return fmt.Errorf("force link %d: %w", linkID, err)
+			}
+			if err := w.logLink(ctx, linkID, DecisionForced, reason, actor); err != nil {
+				return err
+			}
+		} else {
+			if _, err := w.exec(ctx, `UPDATE links SET withdrawn = 1, decision = ? WHERE id = ?`, DecisionDismissed, linkID); err != nil {
+				return fmt.Errorf("dismiss link %d: %w", linkID, err)
+			}
+			if err := w.logLink(ctx, linkID, DecisionDismissed, reason, actor); err != nil {
+				return err
+			}
+		}
+		return w.replay(ctx, cluster, actor, "an operator resolved link "+fmt.Sprint(linkID))
+	})
+}
+
+// Unmerge retracts an applied link and re-decides its cluster, which splits
+// the profile unless other links still join it. Logged with operator and reason.
+func (s *Store) Unmerge(ctx context.Context, linkID int64, operator, reason string) error {
+	return s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		l, cluster, err := w.loadLink(ctx, linkID)
+		if err != nil {
+			return err
+		}
+		if l.Withdrawn || l.Decision != DecisionApplied {
+			return Errorf(CodeConflict, "link %d is not applied (it is %s), so there is nothing to unmerge", linkID, l.Decision)
+		}
+		if _, err := w.exec(ctx, `UPDATE links SET withdrawn = 1, decision = ? WHERE id = ?`, DecisionRetracted, linkID); err != nil {
+			return fmt.Errorf("retract link %d: %w", linkID, err)
+		}
+		actor := operatorActor(operator)
+		if err := w.logLink(ctx, linkID, DecisionRetracted, reason, actor); err != nil {
+			return err
+		}
+		return w.replay(ctx, cluster, actor, "an operator unmerged link "+fmt.Sprint(linkID))
+	})
+}
+
+// DeleteProfile deletes the profile holding id (a privacy request): every
+// identifier, link, trait and message of it, leaving tombstones so the
+// identifiers do not come back. The log keeps who deleted how many
+// identifiers and why, never which.
+func (s *Store) DeleteProfile(ctx context.Context, id Identifier, operator, reason string) ([]Identifier, error) {
+	var deleted []Identifier
+	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		var err error
+		if deleted, err = w.deleteProfile(ctx, id); err != nil {
+			return err
+		}
+		return w.logLink(ctx, 0, DecisionDeleted, fmt.Sprintf("profile with %d identifiers deleted: %s", len(deleted), reason), operatorActor(operator))
+	})
+	return deleted, err
+}

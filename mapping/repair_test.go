@@ -1,0 +1,149 @@
+package mapping
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestResolveConflictAndUnmerge(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t, Options{})
+	submit(t, s, identify("m1", "user-1", "anon-1", 0))
+	submit(t, s, identify("m2", "user-2", "anon-1", time.Minute)) // conflict: anon-1 is user-1's
+	conflicts, err := s.Conflicts(ctx, 10, 0)
+	if err != nil || len(conflicts) != 1 {
+		t.Fatalf("conflicts: got %v, %v; want one", conflicts, err)
+	}
+	c := conflicts[0]
+
+	// Link anyway: anon-1 moves to user-2, and the older link becomes the conflict.
+	if err := s.ResolveConflict(ctx, c.ID, ResolveLink, "ops@example", "support ticket 42"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"anonymous_id:anon-1 user_id:user-2", "user_id:user-1"}
+	if got := takeSnapshot(t, s).Profiles; !slices.Equal(got, want) {
+		t.Fatalf("after link anyway: got %v, want %v", got, want)
+	}
+	p, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.History(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var forcedLogged bool
+	for _, l := range h.Links {
+		for _, e := range l.Log {
+			forcedLogged = forcedLogged || (e.Decision == DecisionForced && e.Actor == "ops@example" && e.Reason == "support ticket 42")
+		}
+	}
+	if !forcedLogged {
+		t.Errorf("history does not log the operator's decision: %+v", h.Links)
+	}
+	if err := s.ResolveConflict(ctx, c.ID, ResolveDismiss, "ops", ""); ErrorCode(err) != CodeConflict {
+		t.Errorf("resolving a link that is no longer a conflict: got %v, want conflict", err)
+	}
+
+	// Unmerge the forced link: anon-1 is alone again... and the older link to user-1 applies.
+	if err := s.Unmerge(ctx, c.ID, "ops", "wrong person"); err != nil {
+		t.Fatal(err)
+	}
+	want = []string{"anonymous_id:anon-1 user_id:user-1", "user_id:user-2"}
+	if got := takeSnapshot(t, s).Profiles; !slices.Equal(got, want) {
+		t.Fatalf("after unmerge: got %v, want %v", got, want)
+	}
+	if err := s.Unmerge(ctx, 9999, "ops", ""); ErrorCode(err) != CodeNotFound {
+		t.Errorf("unmerge unknown link: got %v, want not_found", err)
+	}
+}
+
+func TestDismissConflict(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t, Options{})
+	submit(t, s, identify("m1", "user-1", "anon-1", 0), identify("m2", "user-2", "anon-1", time.Minute))
+	conflicts, _ := s.Conflicts(ctx, 10, 0)
+	if len(conflicts) != 1 {
+		t.Fatalf("got %d conflicts, want 1", len(conflicts))
+	}
+	if err := s.ResolveConflict(ctx, conflicts[0].ID, ResolveDismiss, "ops", "not the same person"); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := s.Conflicts(ctx, 10, 0); len(left) != 0 {
+		t.Errorf("after dismiss: got %d conflicts, want 0", len(left))
+	}
+}
+
+func TestSearch(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t, Options{})
+	var msgs []Message
+	for i, u := range []string{"alpha-1", "alpha-2", "alpha-3", "beta-1"} {
+		m := identify("m"+u, u, "anon-"+u, time.Duration(i)*time.Minute)
+		m.Email = u + "@example.com"
+		msgs = append(msgs, m)
+	}
+	submit(t, s, msgs...)
+	tests := []struct {
+		name string
+		q    SearchQuery
+		want []string
+	}{
+		{"exact user", SearchQuery{Kind: KindUserID, Value: "alpha-2"}, []string{"user_id:alpha-2"}},
+		{"bare value across kinds", SearchQuery{Value: "anon-beta-1"}, []string{"anonymous_id:anon-beta-1"}},
+		{"prefix", SearchQuery{Kind: KindUserID, Value: "alpha", Prefix: true}, []string{"user_id:alpha-1", "user_id:alpha-2", "user_id:alpha-3"}},
+		{"page 1", SearchQuery{Value: "alpha", Prefix: true, Limit: 2}, []string{"user_id:alpha-1", "user_id:alpha-2"}},
+		{"page 2", SearchQuery{Value: "alpha", Prefix: true, Limit: 2, After: "user_id:alpha-2"}, []string{"user_id:alpha-3"}},
+		{"email attribute", SearchQuery{Value: "beta-1@example.com"}, []string{"email:beta-1@example.com"}},
+		{"no match", SearchQuery{Value: "gamma"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := s.Search(ctx, tt.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, h := range res.Hits {
+				got = append(got, h.Identifier.String())
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+	res, _ := s.Search(ctx, SearchQuery{Value: "alpha", Prefix: true, Limit: 2})
+	if res.Next != "user_id:alpha-2" {
+		t.Errorf("next cursor: got %q, want user_id:alpha-2", res.Next)
+	}
+}
+
+func TestOverviewAndHistory(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t, Options{Now: func() time.Time { return t0.Add(time.Minute) }})
+	m := identify("m1", "user-1", "anon-1", 0)
+	m.ReceivedAt = t0
+	m.Traits = map[string]any{"plan": "pro"}
+	m.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j1", Payload: []byte(`{}`)}}
+	submit(t, s, m)
+	o, err := s.Overview(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Profiles != 1 || o.Identifiers != 2 || o.Messages != 1 || o.MessagesLastHour != 1 || len(o.Backlogs) != 1 || o.Backlogs[0].Pending != 1 {
+		t.Errorf("overview: got %+v", o)
+	}
+	p, _ := s.ProfileOf(ctx, Identifier{Kind: KindAnonymousID, Value: "anon-1"})
+	h, err := s.History(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Links) != 1 || len(h.Messages) != 1 || len(h.Jobs) != 1 || len(h.Traits) != 1 || h.Traits[0].Key != "plan" {
+		t.Errorf("history: got %d links, %d messages, %d jobs, traits %+v", len(h.Links), len(h.Messages), len(h.Jobs), h.Traits)
+	}
+	if _, err := s.History(ctx, 424242); ErrorCode(err) != CodeNotFound {
+		t.Errorf("history of unknown profile: got %v, want not_found", err)
+	}
+}
