@@ -116,6 +116,7 @@ func SQLiteDSN(path string, writer bool) string {
 	q.Set("_foreign_keys", "on")
 	q.Set("_busy_timeout", "10000")
 	q.Set("_synchronous", "FULL")
+	q.Set("_cache_size", "-65536") // 64 MiB of page cache per connection
 	if writer {
 		q.Set("_txlock", "immediate")
 	}

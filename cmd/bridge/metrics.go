@@ -117,6 +117,12 @@ func (m *metrics) Committed(messages int, took time.Duration, err error) {
 	m.observe("bridge_commit_seconds", latencyBounds, took.Seconds())
 }
 
+// Delivered implements mapping.DeliveryObserver.
+func (m *metrics) Delivered(destination, result string, attempt int) {
+	m.add("bridge_deliveries_total", 1, "destination", destination, "result", result)
+	m.observe("bridge_delivery_attempts", sizeBounds, float64(attempt), "destination", destination)
+}
+
 func (m *metrics) write(w io.Writer) {
 	m.mu.Lock()
 	gauges := append([]gaugeFunc(nil), m.gauges...)

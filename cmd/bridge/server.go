@@ -300,6 +300,10 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(logger)
+	e.IPExtractor = echo.ExtractIPDirect()
+	if cfg.TrustProxy {
+		e.IPExtractor = echo.ExtractIPFromXFFHeader()
+	}
 	e.Use(observeRequests(a.metrics, logger))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		logger.Error("panic serving request", "path", c.Request().URL.Path, "err", err, "stack", string(stack))
@@ -327,12 +331,44 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		}
 		return c.String(http.StatusOK, "ready\n")
 	})
+	a.outboxGauges(logger)
 	e.GET("/metrics", func(c echo.Context) error {
 		c.Response().Header().Set(echo.HeaderContentType, "text/plain; version=0.0.4; charset=utf-8")
 		a.metrics.write(c.Response())
 		return nil
 	})
 	return e, nil
+}
+
+// outboxGauges reports the outbox per destination when metrics are scraped.
+func (a *app) outboxGauges(logger *slog.Logger) {
+	backlog := func(read func(b mapping.Backlog) float64) func() map[string]float64 {
+		return func() map[string]float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			bs, err := a.store.Backlogs(ctx)
+			if err != nil {
+				logger.Warn("read outbox backlog for metrics", "err", err)
+				return nil
+			}
+			out := map[string]float64{}
+			for _, b := range bs {
+				out[labels("destination", b.Destination)] = read(b)
+			}
+			return out
+		}
+	}
+	a.metrics.gauge("bridge_outbox_backlog", "Outbox jobs waiting or in flight, by destination.",
+		backlog(func(b mapping.Backlog) float64 { return float64(b.Pending) }))
+	a.metrics.gauge("bridge_outbox_dead_jobs", "Outbox jobs that failed for good and wait for an operator, by destination.",
+		backlog(func(b mapping.Backlog) float64 { return float64(b.Dead) }))
+	a.metrics.gauge("bridge_outbox_oldest_job_seconds", "Age of the oldest waiting outbox job, by destination.",
+		backlog(func(b mapping.Backlog) float64 {
+			if b.Oldest.IsZero() {
+				return 0
+			}
+			return time.Since(b.Oldest).Seconds()
+		}))
 }
 
 func describeMetrics(m *metrics) {
@@ -348,6 +384,8 @@ func describeMetrics(m *metrics) {
 		"bridge_commit_messages":          "Messages per group commit.",
 		"bridge_commit_seconds":           "Group commit latency.",
 		"bridge_commit_errors_total":      "Group commits that failed.",
+		"bridge_deliveries_total":         "Outbox delivery attempts by destination and result (done, retry, dead, released).",
+		"bridge_delivery_attempts":        "Attempt number of each delivery, by destination.",
 	} {
 		m.describe(name, help)
 	}
