@@ -44,6 +44,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Jobs, if set, attaches the outbox jobs a message causes (forwarding).
+	Jobs func(m *mapping.Message)
 }
 
 // Handler serves the Jimo routes. Register them as
@@ -63,6 +65,7 @@ type Handler struct {
 	limiter       *limiter
 	log           *slog.Logger
 	now           func() time.Time
+	jobs          func(m *mapping.Message)
 }
 
 // NewHandler checks cfg and builds the Handler.
@@ -95,6 +98,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		limiter:       newLimiter(cfg.RateLimit, cfg.Now),
 		log:           cfg.Logger,
 		now:           cfg.Now,
+		jobs:          cfg.Jobs,
 	}, nil
 }
 
@@ -216,6 +220,9 @@ func (h *Handler) CORS() echo.MiddlewareFunc {
 // as it is; any other becomes an internal error whose cause is logged by the
 // server's error handler.
 func (h *Handler) submit(ctx context.Context, msg mapping.Message) (mapping.Receipt, error) {
+	if h.jobs != nil {
+		h.jobs(&msg)
+	}
 	receipts, err := h.store.Submit(ctx, []mapping.Message{msg})
 	if err != nil {
 		var me *mapping.Error

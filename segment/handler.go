@@ -53,6 +53,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics counts stored and rejected messages; nil counts nothing.
 	Metrics Metrics
+	// Jobs, if set, attaches the outbox jobs a message causes (forwarding).
+	// forwarded is true for an event the bridge itself sent (the no-echo marker).
+	Jobs func(m *mapping.Message, forwarded bool)
 }
 
 // Handler serves the Segment endpoints: the HTTP Tracking API and the webhook
@@ -67,6 +70,7 @@ type Handler struct {
 	now             func() time.Time
 	log             *slog.Logger
 	metrics         Metrics
+	jobs            func(m *mapping.Message, forwarded bool)
 }
 
 // NewHandler returns a Handler for cfg; it fails when cfg.Store is nil.
@@ -83,6 +87,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		now:             cfg.Now,
 		log:             cfg.Logger,
 		metrics:         cfg.Metrics,
+		jobs:            cfg.Jobs,
 	}
 	if h.maxWebhookBytes <= 0 {
 		h.maxWebhookBytes = DefaultMaxWebhookBytes
@@ -256,13 +261,15 @@ func missingWriteKey() error {
 		`no write key: send Authorization: Basic base64(writeKey + ":"), or "writeKey" in the body`)
 }
 
-// messages builds the messages the store keeps from decoded events. It is the
-// one place where that happens: outbox jobs (forwarding, skipped for events
-// whose Forwarded is true) are to be attached here.
+// messages builds the messages the store keeps from decoded events, with the
+// outbox jobs the Jobs hook attaches.
 func (h *Handler) messages(events []Event) []mapping.Message {
 	msgs := make([]mapping.Message, len(events))
 	for i, ev := range events {
 		msgs[i] = ev.Message
+		if h.jobs != nil {
+			h.jobs(&msgs[i], ev.Forwarded)
+		}
 	}
 	return msgs
 }

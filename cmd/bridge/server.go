@@ -190,6 +190,37 @@ type app struct {
 	store   *mapping.Store
 	metrics *metrics
 	echo    *echo.Echo
+	senders map[string]mapping.Sender
+	closers []func() error // senders to close after the outbox stops
+}
+
+// buildSenders creates a sender per configured destination. The HTTP clients
+// do not retry: the outbox does.
+func (a *app) buildSenders() {
+	a.senders = map[string]mapping.Sender{}
+	if a.cfg.JimoAPIKey != "" && a.cfg.JimoEndpoint != "" {
+		a.senders[jimo.Destination] = jimo.NewClient(a.cfg.JimoEndpoint, a.cfg.JimoAPIKey, &http.Client{Timeout: 30 * time.Second})
+	}
+}
+
+// runOutbox delivers outbox jobs until ctx ends; done is closed when it has stopped.
+func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan struct{}) {
+	done = make(chan struct{})
+	go func() {
+		defer close(done)
+		a.store.RunOutbox(ctx, mapping.OutboxOptions{
+			Senders:     a.senders,
+			MaxAttempts: a.cfg.MaxDeliveryAttempts,
+			Logger:      logger,
+			Observer:    a.metrics,
+		})
+		for _, c := range a.closers {
+			if err := c(); err != nil {
+				logger.Warn("close sender", "err", err)
+			}
+		}
+	}()
+	return done
 }
 
 // secrets resolves the secrets that must exist, generating (and printing
@@ -253,6 +284,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 		return nil, err
 	}
 	a := &app{cfg: cfg, store: store, metrics: m}
+	a.buildSenders()
 	if a.echo, err = a.routes(logger, tokenSecret); err != nil {
 		store.Close()
 		return nil, err
@@ -264,7 +296,13 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error) {
 	cfg := a.cfg
 	counted := countingStore{Store: a.store, m: a.metrics}
+	mode, err := jimo.ParseMode(cfg.JimoTokenMode)
+	if err != nil {
+		return nil, err
+	}
+	fwd := newForwarding(cfg, mode, tokenSecret)
 	seg, err := segment.NewHandler(segment.Config{
+		Jobs:         fwd.segmentJobs,
 		Store:        counted,
 		WriteKeys:    segment.NewWriteKeys(cfg.SegmentWriteKeys),
 		SharedSecret: []byte(cfg.SegmentSharedSecret),
@@ -275,12 +313,9 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	if err != nil {
 		return nil, err
 	}
-	mode, err := jimo.ParseMode(cfg.JimoTokenMode)
-	if err != nil {
-		return nil, err
-	}
 	jim, err := jimo.NewHandler(jimo.Config{
 		Store: counted,
+		Jobs:  fwd.jimoJobs,
 		Session: jimo.SessionConfig{
 			Mode:             mode,
 			SigningSecret:    []byte(cfg.JimoSigningSecret),
@@ -414,19 +449,24 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Write
 	fmt.Fprintf(stdout, "bridge listening on http://%s\n", ln.Addr())
 	logger.Info("bridge started", "addr", ln.Addr().String(), "db", cfg.DB, "jimo_token_mode", cfg.JimoTokenMode)
 
+	outboxCtx, stopOutbox := context.WithCancel(context.Background())
+	outboxDone := a.runOutbox(outboxCtx, logger)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	var serveErr error
 	select {
 	case err := <-served:
-		a.store.Close()
-		return fmt.Errorf("serve: %w", err)
+		serveErr = fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
+		logger.Info("shutting down")
 	}
-	logger.Info("shutting down")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	shutdownErr := srv.Shutdown(shutdownCtx)
+	// Requests are finished and their commits durable; now the deliveries.
+	stopOutbox()
+	<-outboxDone
 	closeErr := a.store.Close()
 	logger.Info("stopped")
-	return errors.Join(shutdownErr, closeErr)
+	return errors.Join(serveErr, shutdownErr, closeErr)
 }
