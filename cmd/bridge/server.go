@@ -196,11 +196,37 @@ type app struct {
 
 // buildSenders creates a sender per configured destination. The HTTP clients
 // do not retry: the outbox does.
-func (a *app) buildSenders() {
+func (a *app) buildSenders(logger *slog.Logger) error {
 	a.senders = map[string]mapping.Sender{}
 	if a.cfg.JimoAPIKey != "" && a.cfg.JimoEndpoint != "" {
 		a.senders[jimo.Destination] = jimo.NewClient(a.cfg.JimoEndpoint, a.cfg.JimoAPIKey, &http.Client{Timeout: 30 * time.Second})
 	}
+	if a.cfg.SegmentForwardWriteKey != "" {
+		fwd, err := segment.NewForwarder(segment.ForwarderConfig{
+			Endpoint:      a.cfg.SegmentEndpoint,
+			WriteKey:      a.cfg.SegmentForwardWriteKey,
+			ResolveUserID: a.userIDOfToken,
+			Logger:        logger,
+		})
+		if err != nil {
+			return err
+		}
+		a.senders[segment.Destination] = fwd
+		a.closers = append(a.closers, fwd.Close)
+	}
+	return nil
+}
+
+// userIDOfToken translates a Jimo token (derived mode) to the user ID it belongs to.
+func (a *app) userIDOfToken(ctx context.Context, token string) (string, error) {
+	p, err := a.store.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindJimoToken, Value: token})
+	if err != nil {
+		return "", err
+	}
+	if p.UserID == "" {
+		return "", fmt.Errorf("jimo token %.6s… has no user ID yet", token)
+	}
+	return p.UserID, nil
 }
 
 // runOutbox delivers outbox jobs until ctx ends; done is closed when it has stopped.
@@ -284,7 +310,10 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 		return nil, err
 	}
 	a := &app{cfg: cfg, store: store, metrics: m}
-	a.buildSenders()
+	if err := a.buildSenders(logger); err != nil {
+		store.Close()
+		return nil, err
+	}
 	if a.echo, err = a.routes(logger, tokenSecret); err != nil {
 		store.Close()
 		return nil, err

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	analytics "github.com/segmentio/analytics-go/v3"
+
+	"github.com/bridgeworks/bridge/jimo/jimotest"
+	"github.com/bridgeworks/bridge/segment"
+	"github.com/bridgeworks/bridge/segment/segmenttest"
+)
+
+const (
+	jimoKey          = "jimo-server-key"
+	forwardWriteKey  = "forward-write-key"
+	webhookSecret    = "segment-shared-secret"
+	testPageOrigin   = "https://app.example.test"
+	deliveryDeadline = 20 * time.Second
+)
+
+// forwardingBridge starts a bridge that forwards to a fake Jimo and a fake Segment.
+func forwardingBridge(t *testing.T, extra ...string) (*testBridge, *jimotest.Server, *segmenttest.Server) {
+	t.Helper()
+	fakeJimo := jimotest.NewServer(t, jimoKey)
+	fakeSegment := segmenttest.NewServer(t, forwardWriteKey)
+	args := append([]string{
+		"-jimo-api-key", jimoKey, "-jimo-endpoint", fakeJimo.URL,
+		"-segment-forward-write-key", forwardWriteKey, "-segment-endpoint", fakeSegment.URL,
+		"-segment-shared-secret", webhookSecret, "-allowed-origins", testPageOrigin,
+	}, extra...)
+	return startBridge(t, "", args...), fakeJimo, fakeSegment
+}
+
+func TestSegmentIdentifyReachesJimo(t *testing.T) {
+	b, fakeJimo, fakeSegment := forwardingBridge(t)
+	client := newClient(t, b, nil)
+	must(t, client.Enqueue(analytics.Identify{
+		UserId: "user-fwd-5b2e9d7c41a8", AnonymousId: "anon-fwd-1",
+		Traits: analytics.NewTraits().SetEmail("grace@example.com").SetName("Grace").
+			Set("address", map[string]any{"city": "Paris"}).Set("bio", strings.Repeat("x", 800)),
+	}))
+	must(t, client.Enqueue(analytics.Identify{AnonymousId: "anon-only"})) // no user ID: not forwarded
+	must(t, client.Close())
+
+	reqs, err := fakeJimo.WaitFor(1, deliveryDeadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := reqs[0].Event
+	if ev.Type != "identify" || ev.UserID != "user-fwd-5b2e9d7c41a8" {
+		t.Fatalf("Jimo got %+v, want an identify of user-fwd-5b2e9d7c41a8", ev)
+	}
+	if ev.Traits["email"] != "grace@example.com" || ev.Traits["address.city"] != "Paris" {
+		t.Errorf("Jimo traits: got %v, want email kept and address flattened to address.city", ev.Traits)
+	}
+	if bio, _ := ev.Traits["bio"].(string); len(bio) != 700 {
+		t.Errorf("Jimo trait bio: got %d characters, want 700", len(bio))
+	}
+	if reqs[0].Header.Get("x-api-key") != jimoKey || reqs[0].IdempotencyKey == "" {
+		t.Errorf("Jimo request headers: got %v, want the API key and an Idempotency-Key", reqs[0].Header)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := len(fakeJimo.Requests()); n != 1 {
+		t.Errorf("Jimo got %d requests, want 1 (the anonymous identify is not forwarded)", n)
+	}
+	if n := len(fakeSegment.Messages()); n != 0 {
+		t.Errorf("Segment got %d messages, want 0 (what came from Segment does not go back)", n)
+	}
+}
+
+func TestPageResetReachesSegment(t *testing.T) {
+	b, fakeJimo, fakeSegment := forwardingBridge(t)
+	body := `{"token":"user-page-8c1f3a9e27d4","anonymousId":"anon-page-1","email":"lin@example.com","name":"Lin"}`
+	status, resp := b.post(t, "/jimo/session", []byte(body), map[string]string{"Origin": testPageOrigin, "Content-Type": "application/json"})
+	if status != http.StatusOK {
+		t.Fatalf("session: got %d %s, want 200", status, resp)
+	}
+	msgs, err := fakeSegment.WaitFor(1, deliveryDeadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := msgs[0]
+	if m.Type != "identify" || m.UserID != "user-page-8c1f3a9e27d4" || m.AnonymousID != "anon-page-1" || m.Traits["email"] != "lin@example.com" || !m.Forwarded {
+		t.Errorf("Segment got %+v, want an identify joining anon-page-1 to the user, with traits and the bridge marker", m)
+	}
+
+	// A Jimo webhook becomes a track for the user behind identifyToken.
+	hook := `{"event":"tour.completed","version":"0","time":1764000000000,"experience":{"id":"exp-1","name":"Onboarding"},` +
+		`"jimer":{"uid":"jimer-1","identifyToken":"user-page-8c1f3a9e27d4"}}`
+	status, resp = b.post(t, "/jimo/webhook?secret="+testWebhookSecret, []byte(hook), map[string]string{"Content-Type": "application/json"})
+	if status != http.StatusOK {
+		t.Fatalf("jimo webhook: got %d %s, want 200", status, resp)
+	}
+	msgs, err = fakeSegment.WaitFor(2, deliveryDeadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	track := msgs[1]
+	if track.Type != "track" || track.Event != "Jimo Tour Completed" || track.UserID != "user-page-8c1f3a9e27d4" {
+		t.Errorf("Segment got %+v, want track Jimo Tour Completed for the user", track)
+	}
+
+	// Feed what Segment received back in as Segment's webhook deliveries: stored, not forwarded again.
+	for _, m := range msgs {
+		raw := []byte(m.Raw)
+		sig := segment.Sign([]byte(webhookSecret), raw)
+		status, resp := b.post(t, "/segment/webhook", raw, map[string]string{"Content-Type": "application/json", "X-Signature": sig})
+		if status != http.StatusOK {
+			t.Fatalf("webhook echo: got %d %s, want 200", status, resp)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := len(fakeSegment.Messages()); n != 2 {
+		t.Errorf("Segment got %d messages after the echo, want still 2", n)
+	}
+	if n := len(fakeJimo.Requests()); n != 0 {
+		t.Errorf("Jimo got %d requests, want 0 (what came from Jimo or the bridge does not go to Jimo)", n)
+	}
+	if _, ok := b.profile(t, "user_id:user-page-8c1f3a9e27d4"); !ok {
+		t.Errorf("the echoed messages were not stored")
+	}
+}
+
+func TestDerivedModeForwardsTokens(t *testing.T) {
+	b, fakeJimo, fakeSegment := forwardingBridge(t, "-jimo-token-mode", "derived")
+	const user = "42" // a guessable app user ID is fine in derived mode: Jimo never sees it
+	sig := hmacHex(testSigningSecret, user)
+	status, resp := b.post(t, "/jimo/session", fmt.Appendf(nil, `{"userId":%q,"signature":%q,"anonymousId":"anon-derived"}`, user, sig),
+		map[string]string{"Origin": testPageOrigin})
+	if status != http.StatusOK {
+		t.Fatalf("session: got %d %s, want 200", status, resp)
+	}
+	client := newClient(t, b, nil)
+	must(t, client.Enqueue(analytics.Identify{UserId: user, Traits: analytics.NewTraits().SetName("Ann")}))
+	must(t, client.Close())
+	reqs, err := fakeJimo.WaitFor(1, deliveryDeadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := reqs[0].Event.UserID; got == user || len(got) < 22 {
+		t.Errorf("Jimo got user %q, want the derived token, never the app's user ID", got)
+	}
+	msgs, err := fakeSegment.WaitFor(1, deliveryDeadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs[0].UserID != user {
+		t.Errorf("Segment got user %q, want the app's user ID %q", msgs[0].UserID, user)
+	}
+}
+
+func hmacHex(secret, value string) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(value))
+	return hex.EncodeToString(m.Sum(nil))
+}
