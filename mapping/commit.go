@@ -203,17 +203,17 @@ func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Resul
 
 // savepoint runs fn; if fn fails, its changes are rolled back and the rest of the transaction stands.
 func (w *writer) savepoint(ctx context.Context, fn func(ctx context.Context, w *writer) error) error {
-	if _, err := w.tx.ExecContext(ctx, `SAVEPOINT fn`); err != nil {
+	if _, err := w.exec(ctx, `SAVEPOINT fn`); err != nil {
 		return fmt.Errorf("savepoint: %w", err)
 	}
 	if err := fn(ctx, w); err != nil {
-		if _, rerr := w.tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT fn`); rerr != nil {
+		if _, rerr := w.exec(ctx, `ROLLBACK TO SAVEPOINT fn`); rerr != nil {
 			return errors.Join(err, rerr)
 		}
-		w.tx.ExecContext(ctx, `RELEASE SAVEPOINT fn`)
+		w.exec(ctx, `RELEASE SAVEPOINT fn`)
 		return err
 	}
-	if _, err := w.tx.ExecContext(ctx, `RELEASE SAVEPOINT fn`); err != nil {
+	if _, err := w.exec(ctx, `RELEASE SAVEPOINT fn`); err != nil {
 		return fmt.Errorf("release savepoint: %w", err)
 	}
 	return nil

@@ -40,6 +40,7 @@ type config struct {
 	LogLevel            string
 	ShutdownTimeout     time.Duration
 	MaxDeliveryAttempts int
+	DeliveryWorkers     int
 	TrustProxy          bool
 }
 
@@ -101,6 +102,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long shutdown waits for in-flight requests")
 	fs.IntVar(&c.MaxDeliveryAttempts, "max-delivery-attempts", 12, "deliveries tried per outbox job before it is dead")
+	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", 128, "outbox deliveries in flight at once")
 	fs.BoolVar(&c.TrustProxy, "trust-proxy", false, "take the client IP from X-Forwarded-For (only behind a proxy that sets it)")
 
 	set := map[string]bool{}

@@ -199,7 +199,9 @@ type app struct {
 func (a *app) buildSenders(logger *slog.Logger) error {
 	a.senders = map[string]mapping.Sender{}
 	if a.cfg.JimoAPIKey != "" && a.cfg.JimoEndpoint != "" {
-		a.senders[jimo.Destination] = jimo.NewClient(a.cfg.JimoEndpoint, a.cfg.JimoAPIKey, &http.Client{Timeout: 30 * time.Second})
+		transport := http.DefaultTransport.(*http.Transport).Clone()
+		transport.MaxIdleConnsPerHost = a.cfg.DeliveryWorkers
+		a.senders[jimo.Destination] = jimo.NewClient(a.cfg.JimoEndpoint, a.cfg.JimoAPIKey, &http.Client{Timeout: 30 * time.Second, Transport: transport})
 	}
 	if a.cfg.SegmentForwardWriteKey != "" {
 		fwd, err := segment.NewForwarder(segment.ForwarderConfig{
@@ -237,6 +239,7 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 		a.store.RunOutbox(ctx, mapping.OutboxOptions{
 			Senders:     a.senders,
 			MaxAttempts: a.cfg.MaxDeliveryAttempts,
+			Workers:     a.cfg.DeliveryWorkers,
 			Logger:      logger,
 			Observer:    a.metrics,
 		})

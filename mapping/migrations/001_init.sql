@@ -115,7 +115,7 @@ CREATE TABLE jobs (
     updated_at     BIGINT  NOT NULL,
     UNIQUE (destination, message_id)
 );
-CREATE INDEX jobs_state_run_at ON jobs (state, run_at);
+CREATE INDEX jobs_state_id ON jobs (state, id);
 CREATE INDEX jobs_ordering ON jobs (destination, ordering_key, id);
 CREATE INDEX jobs_ordering_key ON jobs (ordering_key);
 CREATE INDEX jobs_state_updated_at ON jobs (state, updated_at);

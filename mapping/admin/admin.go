@@ -1,0 +1,364 @@
+// Package admin is the operator's admin page for the identity mapping, and
+// the same operations as JSON for scripts. Operators come here to find a
+// person by any identifier, see how the bridge joined their identities and
+// what it forwarded, and repair what is wrong: resolve conflicts, unmerge
+// links, delete profiles for privacy requests and retry dead deliveries.
+//
+// The HTML pages have their own login (a password, a server-side session in
+// an HttpOnly, SameSite=Strict cookie, a lockout after repeated wrong
+// passwords), a CSRF token on every form and a strict Content-Security-Policy.
+// Every page works without JavaScript: forms post, redirect and show a flash
+// message. Templates and static files are embedded and parsed once by New.
+package admin
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+//go:embed templates/*.html
+var templateFiles embed.FS
+
+//go:embed static
+var staticFiles embed.FS
+
+// Store is what the admin reads and repairs; *mapping.Store implements it.
+type Store interface {
+	Search(ctx context.Context, q mapping.SearchQuery) (mapping.SearchResult, error)
+	ProfileByID(ctx context.Context, id int64) (mapping.Profile, error)
+	ProfileOf(ctx context.Context, id mapping.Identifier) (mapping.Profile, error)
+	History(ctx context.Context, profileID int64) (mapping.History, error)
+	Conflicts(ctx context.Context, limit int, afterID int64) ([]mapping.LinkInfo, error)
+	ResolveConflict(ctx context.Context, linkID int64, action, operator, reason string) error
+	Unmerge(ctx context.Context, linkID int64, operator, reason string) error
+	DeleteProfile(ctx context.Context, id mapping.Identifier, operator, reason string) ([]mapping.Identifier, error)
+	RetryJobs(ctx context.Context, ids []int64) (int, error)
+	Jobs(ctx context.Context, state string, limit int) ([]mapping.JobInfo, error)
+	Warnings(ctx context.Context, limit int) ([]mapping.Warning, error)
+	Overview(ctx context.Context) (mapping.Overview, error)
+}
+
+// Config configures an Admin. Store and Password are required.
+type Config struct {
+	Store Store
+	// Password is the admin password the login form asks for (BRIDGE_ADMIN_PASSWORD).
+	Password string
+	// Logger receives internal errors; default: discard.
+	Logger *slog.Logger
+	// Now is the clock (sessions, lockouts, ages); default time.Now.
+	Now func() time.Time
+	// Secure marks cookies Secure on every request. They are also Secure
+	// when the request came over TLS or with X-Forwarded-Proto: https.
+	Secure bool
+	// Counters returns process counters shown as warnings, by name (for
+	// example "signature_failures", "blocked_values"); nil means none.
+	Counters func() map[string]float64
+	// SessionIdle and SessionMax bound a login session: it ends after
+	// SessionIdle without a request or SessionMax after the login, whichever
+	// comes first. Defaults: 2 hours and 12 hours.
+	SessionIdle, SessionMax time.Duration
+}
+
+// Operators recorded in the link log for repairs made here.
+const (
+	OperatorPage = "admin" // repairs made on the HTML pages
+	OperatorAPI  = "api"   // repairs made through /api/v1
+)
+
+// Admin serves the admin pages and the admin API. Create it with New.
+type Admin struct {
+	store    Store
+	password []byte
+	log      *slog.Logger
+	now      func() time.Time
+	secure   bool
+	counters func() map[string]float64
+
+	pages    map[string]*template.Template
+	static   fs.FS
+	sessions *sessions
+	throttle *throttle
+	base     string // the path the page group is mounted at, e.g. "/admin"
+}
+
+// New parses the embedded templates and returns an Admin. It fails if the
+// store or the password is missing, or a template does not parse.
+func New(cfg Config) (*Admin, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("admin: a store is required")
+	}
+	if cfg.Password == "" {
+		return nil, errors.New("admin: a password is required (BRIDGE_ADMIN_PASSWORD)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.SessionIdle <= 0 {
+		cfg.SessionIdle = 2 * time.Hour
+	}
+	if cfg.SessionMax <= 0 {
+		cfg.SessionMax = 12 * time.Hour
+	}
+	a := &Admin{
+		store:    cfg.Store,
+		password: []byte(cfg.Password),
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		secure:   cfg.Secure,
+		counters: cfg.Counters,
+		sessions: newSessions(cfg.SessionIdle, cfg.SessionMax),
+		throttle: newThrottle(),
+		base:     "/admin",
+	}
+	var err error
+	if a.pages, err = parsePages(a.funcs()); err != nil {
+		return nil, err
+	}
+	if a.static, err = fs.Sub(staticFiles, "static"); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// pageNames are the templates, one per page; each is parsed with the layout.
+var pageNames = []string{"login", "overview", "search", "profile", "conflicts", "jobs", "warnings", "delete", "error"}
+
+func parsePages(funcs template.FuncMap) (map[string]*template.Template, error) {
+	layout, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFiles, "templates/layout.html")
+	if err != nil {
+		return nil, fmt.Errorf("admin: parse layout: %w", err)
+	}
+	pages := make(map[string]*template.Template, len(pageNames))
+	for _, name := range pageNames {
+		t, err := template.Must(layout.Clone()).ParseFS(templateFiles, "templates/"+name+".html")
+		if err != nil {
+			return nil, fmt.Errorf("admin: parse %s page: %w", name, err)
+		}
+		pages[name] = t
+	}
+	return pages, nil
+}
+
+// Register adds the admin pages to g, which the caller mounts where the
+// pages live (for example "/admin"). g must not require other
+// authentication: the pages have their own login.
+func (a *Admin) Register(g *echo.Group) {
+	h := a.headers
+	root := g.GET("/", a.page(a.overview), h)
+	a.base = strings.TrimSuffix(root.Path, "/")
+	g.GET("", func(c echo.Context) error { return c.Redirect(http.StatusMovedPermanently, a.base+"/") }, h)
+	g.GET("/login", a.loginForm, h)
+	g.POST("/login", a.login, h)
+	g.POST("/logout", a.page(a.logout), h)
+	g.GET("/static/*", a.staticFile, h)
+
+	g.GET("/search", a.page(a.search), h)
+	g.GET("/profile", a.page(a.profileByIdentifier), h)
+	g.GET("/profiles/:id", a.page(a.profile), h)
+	g.GET("/conflicts", a.page(a.conflicts), h)
+	g.POST("/conflicts/:id/resolve", a.page(a.resolve), h)
+	g.POST("/links/:id/unmerge", a.page(a.unmerge), h)
+	g.GET("/delete", a.page(a.deleteForm), h)
+	g.POST("/delete", a.page(a.deleteProfile), h)
+	g.GET("/jobs", a.page(a.jobs), h)
+	g.POST("/jobs/retry", a.page(a.retry), h)
+	g.GET("/warnings", a.page(a.warnings), h)
+	g.RouteNotFound("/*", a.page(func(c echo.Context, s *session) error {
+		return mapping.Errorf(mapping.CodeNotFound, "there is no admin page at %s", c.Request().URL.Path)
+	}), h)
+}
+
+// headers sets the security headers of every admin response.
+func (a *Admin) headers(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Response().Header()
+		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Cache-Control", "no-store")
+		return next(c)
+	}
+}
+
+func (a *Admin) staticFile(c echo.Context) error {
+	name := c.Param("*")
+	b, err := fs.ReadFile(a.static, name)
+	if err != nil || strings.Contains(name, "..") {
+		return a.fail(c, nil, mapping.Errorf(mapping.CodeNotFound, "no static file %q", name))
+	}
+	ctype := "application/octet-stream"
+	switch {
+	case strings.HasSuffix(name, ".css"):
+		ctype = "text/css; charset=utf-8"
+	case strings.HasSuffix(name, ".js"):
+		ctype = "text/javascript; charset=utf-8"
+	case strings.HasSuffix(name, ".svg"):
+		ctype = "image/svg+xml"
+	}
+	return c.Blob(http.StatusOK, ctype, b)
+}
+
+// pageHandler is an admin page or action behind the login.
+type pageHandler func(c echo.Context, s *session) error
+
+// page wraps h: without a session it redirects to the login form; a POST
+// must carry the session's CSRF token (403 otherwise); an error from h is
+// rendered as an HTML error page.
+func (a *Admin) page(h pageHandler) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		s := a.sessions.get(a.sessionID(c), a.now())
+		if s == nil {
+			to := a.base + "/login"
+			if c.Request().Method == http.MethodGet && c.Request().URL.Path != a.base+"/" {
+				to += "?next=" + urlQueryEscape(c.Request().URL.RequestURI())
+			}
+			return c.Redirect(http.StatusSeeOther, to)
+		}
+		if c.Request().Method == http.MethodPost && !validToken(c.FormValue(csrfField), s.csrf) {
+			return a.render(c, http.StatusForbidden, "error", errorView{
+				frame:   a.frame(c, s, "Forbidden", ""),
+				Status:  http.StatusForbidden,
+				Heading: "This form has expired",
+				Message: "The form was missing its security token or carried a wrong one, so nothing was changed. Go back, reload the page and submit the form again.",
+			})
+		}
+		if err := h(c, s); err != nil {
+			return a.fail(c, s, err)
+		}
+		return nil
+	}
+}
+
+// pageStatus maps error codes to HTTP statuses for the HTML pages.
+var pageStatus = map[mapping.Code]int{
+	mapping.CodeInvalid:       http.StatusBadRequest,
+	mapping.CodeUnauthorized:  http.StatusUnauthorized,
+	mapping.CodeNotFound:      http.StatusNotFound,
+	mapping.CodeConflict:      http.StatusConflict,
+	mapping.CodeTooLarge:      http.StatusBadRequest,
+	mapping.CodeUnprocessable: http.StatusUnprocessableEntity,
+	mapping.CodeRateLimited:   http.StatusTooManyRequests,
+	mapping.CodeUnavailable:   http.StatusServiceUnavailable,
+	mapping.CodeInternal:      http.StatusInternalServerError,
+}
+
+var headingOf = map[int]string{
+	http.StatusBadRequest:          "That request cannot be understood",
+	http.StatusNotFound:            "Not found",
+	http.StatusConflict:            "That no longer applies",
+	http.StatusTooManyRequests:     "Too many attempts",
+	http.StatusServiceUnavailable:  "The bridge is busy or shutting down",
+	http.StatusInternalServerError: "Something went wrong",
+}
+
+// fail renders err as an error page. A *mapping.Error shows its message;
+// anything else is logged here and shown without its details.
+func (a *Admin) fail(c echo.Context, s *session, err error) error {
+	var me *mapping.Error
+	status, msg := http.StatusInternalServerError, "The bridge logged the details. Try again; if it keeps failing, look at the log."
+	switch {
+	case errors.As(err, &me):
+		status, msg = pageStatus[me.Code], me.Message
+		if status == 0 || me.Code == mapping.CodeInternal {
+			status = http.StatusInternalServerError
+			a.log.Error("admin page failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+			msg = "The bridge logged the details. Try again; if it keeps failing, look at the log."
+		}
+	case errors.Is(err, context.Canceled):
+		return nil // the operator went away
+	default:
+		a.log.Error("admin page failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+	}
+	heading := headingOf[status]
+	if heading == "" {
+		heading = http.StatusText(status)
+	}
+	return a.render(c, status, "error", errorView{frame: a.frame(c, s, heading, ""), Status: status, Heading: heading, Message: msg})
+}
+
+// render executes the page's template into a buffer and writes it with status.
+func (a *Admin) render(c echo.Context, status int, name string, data any) error {
+	var buf bytes.Buffer
+	if err := a.pages[name].ExecuteTemplate(&buf, "layout", data); err != nil {
+		a.log.Error("render admin page", "page", name, "err", err)
+		return c.String(http.StatusInternalServerError, "internal error rendering the page; the bridge logged the details\n")
+	}
+	return c.HTMLBlob(status, buf.Bytes())
+}
+
+// frame is what the layout needs on every page.
+type frame struct {
+	Title string
+	Base  string
+	// Nav names the active menu item.
+	Nav string
+	// LoggedIn shows the menu and the logout form.
+	LoggedIn bool
+	// CSRF is the session's token for the hidden field of every form.
+	CSRF  string
+	Flash *flash
+	// Self is the current page's path and query, for "back" fields.
+	Self string
+}
+
+func (a *Admin) frame(c echo.Context, s *session, title, nav string) frame {
+	f := frame{Title: title, Base: a.base, Nav: nav, Self: c.Request().URL.RequestURI()}
+	if s != nil {
+		f.LoggedIn = true
+		f.CSRF = s.csrf
+		f.Flash = a.sessions.popFlash(s)
+	}
+	return f
+}
+
+// redirect answers a form with 303 See Other to a page of the admin, after
+// leaving a flash message for it.
+func (a *Admin) redirect(c echo.Context, s *session, to string, f flash) error {
+	a.sessions.setFlash(s, f)
+	return c.Redirect(http.StatusSeeOther, to)
+}
+
+// back returns the form's "back" field if it is a path inside the admin
+// (never another site), else fallback.
+func (a *Admin) back(c echo.Context, fallback string) string {
+	if b := c.FormValue("back"); a.local(b) {
+		return b
+	}
+	return fallback
+}
+
+// local reports whether p is a path of the admin pages, safe to redirect to.
+func (a *Admin) local(p string) bool {
+	if !strings.HasPrefix(p, a.base+"/") || strings.HasPrefix(p, "//") || strings.ContainsAny(p, "\\\r\n\t \"'<>") || strings.Contains(p, "/../") {
+		return false
+	}
+	u, err := url.Parse(p)
+	return err == nil && u.Scheme == "" && u.Host == ""
+}
+
+// messageOf returns the client message of a *mapping.Error, or a generic one.
+func messageOf(err error) string {
+	var me *mapping.Error
+	if errors.As(err, &me) && me.Code != mapping.CodeInternal {
+		return me.Message
+	}
+	return "internal error; the bridge logged the details"
+}

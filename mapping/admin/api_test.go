@@ -1,0 +1,191 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+// api calls the JSON API and decodes the answer.
+func (e *env) api(method, target, contentType, body string) (int, map[string]any) {
+	e.t.Helper()
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	rec := httptest.NewRecorder()
+	e.echo.ServeHTTP(rec, req)
+	var out map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		e.t.Fatalf("%s %s: answer is not JSON: %v\n%s", method, target, err, rec.Body)
+	}
+	return rec.Code, out
+}
+
+const jsonType = "application/json"
+
+func TestAPIReads(t *testing.T) {
+	e := newEnv(t, nil)
+	e.seed()
+	pa := e.mustProfile("user_id:" + alice)
+	tests := []struct {
+		name       string
+		target     string
+		wantStatus int
+		check      func(t *testing.T, body map[string]any)
+	}{
+		{"search prefix", "/api/v1/search?q=anon-a&prefix=1", 200, func(t *testing.T, body map[string]any) {
+			hits := body["hits"].([]any)
+			if len(hits) != 2 || hits[0].(map[string]any)["value"] != anonA1 || hits[0].(map[string]any)["userId"] != alice {
+				t.Errorf("got hits %v, want anon-a1 and anon-a2 of alice", hits)
+			}
+		}},
+		{"search exact", "/api/v1/search?q=user_id:" + bob, 200, func(t *testing.T, body map[string]any) {
+			if hits := body["hits"].([]any); len(hits) != 1 {
+				t.Errorf("got %d hits, want 1", len(hits))
+			}
+		}},
+		{"search page size", "/api/v1/search?q=anon&prefix=1&limit=1", 200, func(t *testing.T, body map[string]any) {
+			if hits := body["hits"].([]any); len(hits) != 1 || body["next"] != "anonymous_id:"+anonA1 {
+				t.Errorf("got %d hits and next %v, want 1 and a cursor", len(hits), body["next"])
+			}
+		}},
+		{"search nothing found", "/api/v1/search?q=user_id:nobody", 200, func(t *testing.T, body map[string]any) {
+			if hits := body["hits"].([]any); len(hits) != 0 {
+				t.Errorf("got %d hits, want 0", len(hits))
+			}
+		}},
+		{"search without q", "/api/v1/search", 400, wantCode("invalid")},
+		{"search bad limit", "/api/v1/search?q=x&limit=0", 400, wantCode("invalid")},
+		{"profile", fmt.Sprintf("/api/v1/profiles/%d", pa.ID), 200, func(t *testing.T, body map[string]any) {
+			if got := body["profile"].(map[string]any)["userId"]; got != alice {
+				t.Errorf("got user ID %v, want %s", got, alice)
+			}
+		}},
+		{"profile unknown", "/api/v1/profiles/999999", 404, wantCode("not_found")},
+		{"profile malformed", "/api/v1/profiles/abc", 400, wantCode("invalid")},
+		{"history", fmt.Sprintf("/api/v1/profiles/%d/history", pa.ID), 200, func(t *testing.T, body map[string]any) {
+			h := body["history"].(map[string]any)
+			if len(h["links"].([]any)) != 3 || len(h["messages"].([]any)) != 3 || len(h["jobs"].([]any)) != 1 || len(h["traits"].([]any)) != 2 {
+				t.Errorf("got history %v, want 3 links, 3 messages, 1 job, 2 traits", h)
+			}
+		}},
+		{"history unknown", "/api/v1/profiles/999999/history", 404, wantCode("not_found")},
+		{"conflicts", "/api/v1/conflicts", 200, func(t *testing.T, body map[string]any) {
+			cs := body["conflicts"].([]any)
+			if len(cs) != 1 || cs[0].(map[string]any)["decision"] != "conflict" || body["next"] != "" {
+				t.Errorf("got conflicts %v next %v, want one conflict and no next page", cs, body["next"])
+			}
+		}},
+		{"conflicts bad cursor", "/api/v1/conflicts?after=x", 400, wantCode("invalid")},
+		{"dead jobs", "/api/v1/jobs", 200, func(t *testing.T, body map[string]any) {
+			if jobs := body["jobs"].([]any); len(jobs) != 2 {
+				t.Errorf("got %d dead jobs, want 2", len(jobs))
+			}
+		}},
+		{"jobs bad state", "/api/v1/jobs?state=lost", 400, wantCode("invalid")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, body := e.api(http.MethodGet, tt.target, "", "")
+			if status != tt.wantStatus {
+				t.Fatalf("got status %d, want %d: %v", status, tt.wantStatus, body)
+			}
+			tt.check(t, body)
+		})
+	}
+}
+
+func wantCode(code string) func(t *testing.T, body map[string]any) {
+	return func(t *testing.T, body map[string]any) {
+		t.Helper()
+		if body["code"] != code || body["message"] == "" {
+			t.Errorf("got %v, want code %q with a message", body, code)
+		}
+	}
+}
+
+func TestAPIRepairs(t *testing.T) {
+	e := newEnv(t, nil)
+	e.seed()
+	conflict := e.link("user_id:"+bob, "anonymous_id:"+anonA1)
+	applied := e.link("user_id:"+alice, "anonymous_id:"+anonA2)
+	dead, _ := e.store.Jobs(context.Background(), mapping.JobDead, 10)
+	resolve := fmt.Sprintf("/api/v1/conflicts/%d/resolve", conflict.ID)
+	unmerge := fmt.Sprintf("/api/v1/links/%d/unmerge", applied.ID)
+
+	// In order: refusals first, then each repair, then what the repair leaves behind.
+	steps := []struct {
+		name, method, target, ctype, body string
+		wantStatus                        int
+		check                             func(t *testing.T, body map[string]any)
+	}{
+		{"resolve as a form", "POST", resolve, "application/x-www-form-urlencoded", "action=dismiss&reason=x", 400, wantCode("invalid")},
+		{"resolve without a body", "POST", resolve, jsonType, "", 400, wantCode("invalid")},
+		{"resolve with broken JSON", "POST", resolve, jsonType, `{"action":`, 400, wantCode("invalid")},
+		{"resolve with an unknown field", "POST", resolve, jsonType, `{"action":"dismiss","reason":"x","operator":"me"}`, 400, wantCode("invalid")},
+		{"resolve with a bad action", "POST", resolve, jsonType, `{"action":"merge","reason":"x"}`, 400, wantCode("invalid")},
+		{"resolve without a reason", "POST", resolve, jsonType, `{"action":"dismiss"}`, 400, wantCode("invalid")},
+		{"resolve an unknown link", "POST", "/api/v1/conflicts/999999/resolve", jsonType, `{"action":"dismiss","reason":"x"}`, 404, wantCode("not_found")},
+		{"resolve", "POST", resolve, jsonType, `{"action":"dismiss","reason":"not the same person"}`, 200, func(t *testing.T, body map[string]any) {
+			if body["action"] != "dismiss" {
+				t.Errorf("got %v, want action dismiss", body)
+			}
+			l := e.link("user_id:"+bob, "anonymous_id:"+anonA1)
+			last := l.Log[len(l.Log)-1]
+			if l.Decision != mapping.DecisionDismissed || last.Actor != OperatorAPI || last.Reason != "not the same person" {
+				t.Errorf("got decision %s and last log %+v, want dismissed by %q with the reason", l.Decision, last, OperatorAPI)
+			}
+		}},
+		{"resolve again", "POST", resolve, jsonType, `{"action":"dismiss","reason":"x"}`, 409, wantCode("conflict")},
+		{"unmerge without a reason", "POST", unmerge, jsonType, `{}`, 400, wantCode("invalid")},
+		{"unmerge", "POST", unmerge, "application/json; charset=utf-8", `{"reason":"shared computer"}`, 200, func(t *testing.T, body map[string]any) {
+			if p := e.mustProfile("anonymous_id:" + anonA2); p.UserID != "" {
+				t.Errorf("after unmerge: got anon-a2 with user %q, want it alone", p.UserID)
+			}
+		}},
+		{"unmerge again", "POST", unmerge, jsonType, `{"reason":"x"}`, 409, wantCode("conflict")},
+		{"retry nothing", "POST", "/api/v1/jobs/retry", jsonType, `{}`, 400, wantCode("invalid")},
+		{"retry both ways", "POST", "/api/v1/jobs/retry", jsonType, `{"ids":[1],"all":true}`, 400, wantCode("invalid")},
+		{"retry an unknown job", "POST", "/api/v1/jobs/retry", jsonType, `{"ids":[999999]}`, 404, wantCode("not_found")},
+		{"retry one", "POST", "/api/v1/jobs/retry", jsonType, fmt.Sprintf(`{"ids":[%d]}`, dead[0].ID), 200, wantRetried(1)},
+		{"retry all", "POST", "/api/v1/jobs/retry", jsonType, `{"all":true}`, 200, wantRetried(1)},
+		{"retry all again", "POST", "/api/v1/jobs/retry", jsonType, `{"all":true}`, 200, wantRetried(0)},
+		{"delete without identifier", "POST", "/api/v1/profiles/delete", jsonType, `{"reason":"x"}`, 400, wantCode("invalid")},
+		{"delete a malformed identifier", "POST", "/api/v1/profiles/delete", jsonType, `{"identifier":"bob","reason":"x"}`, 400, wantCode("invalid")},
+		{"delete without a reason", "POST", "/api/v1/profiles/delete", jsonType, `{"identifier":"user_id:` + bob + `"}`, 400, wantCode("invalid")},
+		{"delete", "POST", "/api/v1/profiles/delete", jsonType, `{"identifier":"anonymous_id:` + anonB1 + `","reason":"privacy request 9"}`, 200, func(t *testing.T, body map[string]any) {
+			if body["deleted"] != float64(2) || len(body["identifiers"].([]any)) != 2 {
+				t.Errorf("got %v, want 2 identifiers deleted", body)
+			}
+			if _, err := e.profileOf("user_id:" + bob); mapping.ErrorCode(err) != mapping.CodeNotFound {
+				t.Errorf("bob after delete: got %v, want not found", err)
+			}
+		}},
+		{"delete again", "POST", "/api/v1/profiles/delete", jsonType, `{"identifier":"user_id:` + bob + `","reason":"x"}`, 404, wantCode("not_found")},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			status, body := e.api(st.method, st.target, st.ctype, st.body)
+			if status != st.wantStatus {
+				t.Fatalf("got status %d, want %d: %v", status, st.wantStatus, body)
+			}
+			st.check(t, body)
+		})
+	}
+}
+
+func wantRetried(n int) func(t *testing.T, body map[string]any) {
+	return func(t *testing.T, body map[string]any) {
+		t.Helper()
+		if body["retried"] != float64(n) {
+			t.Errorf("got %v, want retried %d", body, n)
+		}
+	}
+}

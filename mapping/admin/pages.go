@@ -1,0 +1,610 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+// Page sizes.
+const (
+	searchPageSize   = 50
+	conflictPageSize = 50
+	jobListSize      = 200
+	warningListSize  = 500
+	maxReasonLength  = 500
+)
+
+type errorView struct {
+	frame
+	Status  int
+	Heading string
+	Message string
+}
+
+// attention is one line of the overview's "needs attention" list.
+type attention struct {
+	Label string
+	Count string
+	Href  string
+	Help  string
+	Hot   bool
+}
+
+type backlogRow struct {
+	mapping.Backlog
+	Age string
+}
+
+type overviewView struct {
+	frame
+	O         mapping.Overview
+	Attention []attention
+	Backlogs  []backlogRow
+}
+
+// counterHelp explains the process counters the overview knows by name.
+var counterHelp = map[string]string{
+	"signature_failures": "Session reports or webhooks refused because their signature or secret did not verify.",
+	"blocked_values":     "Identifier values refused by the blocklist (placeholders such as \"null\" or \"anonymous\").",
+	"guessable_user_ids": "User IDs too guessable to hand to Jimo as a token.",
+}
+
+func (a *Admin) overview(c echo.Context, s *session) error {
+	o, err := a.store.Overview(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	v := overviewView{frame: a.frame(c, s, "Overview", "overview"), O: o}
+	now := a.now()
+	for _, b := range o.Backlogs {
+		row := backlogRow{Backlog: b}
+		if !b.Oldest.IsZero() {
+			row.Age = humanDuration(now.Sub(b.Oldest))
+		}
+		v.Backlogs = append(v.Backlogs, row)
+	}
+	v.Attention = []attention{
+		{Label: "Open conflicts", Count: strconv.Itoa(o.Conflicts), Href: a.base + "/conflicts", Hot: o.Conflicts > 0,
+			Help: "Links the rules refused (two user IDs, or over a cap); link anyway or dismiss."},
+		{Label: "Dead deliveries", Count: strconv.Itoa(o.DeadJobs), Href: a.base + "/jobs", Hot: o.DeadJobs > 0,
+			Help: "Outbox jobs that failed permanently or too often; retry them once the cause is fixed."},
+		{Label: "Guessable user IDs", Count: strconv.Itoa(o.Warnings), Href: a.base + "/warnings", Hot: o.Warnings > 0,
+			Help: "User IDs the bridge refused to hand to Jimo as tokens; consider derived token mode."},
+	}
+	if a.counters != nil {
+		counters := a.counters()
+		for _, name := range sortedKeys(counters) {
+			v.Attention = append(v.Attention, attention{
+				Label: counterLabel(name), Count: strconv.FormatFloat(counters[name], 'f', -1, 64),
+				Href: a.base + "/warnings#counter-" + name, Help: counterHelp[name], Hot: counters[name] > 0,
+			})
+		}
+	}
+	return a.render(c, http.StatusOK, "overview", v)
+}
+
+// counterLabel turns "signature_failures" into "Signature failures".
+func counterLabel(name string) string {
+	s := strings.ReplaceAll(name, "_", " ")
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+type searchView struct {
+	frame
+	Q        string
+	Kind     string
+	Kinds    []mapping.Kind
+	Prefix   bool
+	Searched bool
+	Error    string
+	Hits     []mapping.SearchHit
+	NextHref string
+	FirstHref string
+	After    string
+}
+
+// parseSearch reads the search box: KIND:VALUE searches one kind, a bare
+// value every kind (or the kind chosen in the form).
+func parseSearch(q, kind string) (mapping.Kind, string, error) {
+	q = strings.TrimSpace(q)
+	k := mapping.Kind(kind)
+	if prefix, rest, ok := strings.Cut(q, ":"); ok && mapping.Kind(prefix).Valid() {
+		k, q = mapping.Kind(prefix), rest
+	}
+	if k != "" && !k.Valid() {
+		return "", "", mapping.Errorf(mapping.CodeInvalid, "kind %q: want one of user_id, anonymous_id, jimo_token, email", kind)
+	}
+	v, reason := mapping.Normalize(q)
+	if reason != "" {
+		return "", "", mapping.Errorf(mapping.CodeInvalid, "search for a value: %s", strings.ReplaceAll(reason, "_", " "))
+	}
+	return k, v, nil
+}
+
+func (a *Admin) search(c echo.Context, s *session) error {
+	v := searchView{frame: a.frame(c, s, "Search", "search"), Q: c.QueryParam("q"), Kind: c.QueryParam("kind"), Kinds: mapping.Kinds,
+		Prefix: c.QueryParam("prefix") != "", After: c.QueryParam("after")}
+	if strings.TrimSpace(v.Q) == "" {
+		return a.render(c, http.StatusOK, "search", v)
+	}
+	v.Searched = true
+	kind, value, err := parseSearch(v.Q, v.Kind)
+	if err != nil {
+		v.Error = messageOf(err)
+		return a.render(c, http.StatusBadRequest, "search", v)
+	}
+	res, err := a.store.Search(c.Request().Context(), mapping.SearchQuery{Kind: kind, Value: value, Prefix: v.Prefix, Limit: searchPageSize, After: v.After})
+	if err != nil {
+		return err
+	}
+	v.Hits = res.Hits
+	q := url.Values{"q": {v.Q}}
+	if v.Kind != "" {
+		q.Set("kind", v.Kind)
+	}
+	if v.Prefix {
+		q.Set("prefix", "1")
+	}
+	if v.After != "" {
+		v.FirstHref = a.base + "/search?" + q.Encode()
+	}
+	if res.Next != "" {
+		q.Set("after", res.Next)
+		v.NextHref = a.base + "/search?" + q.Encode()
+	}
+	return a.render(c, http.StatusOK, "search", v)
+}
+
+// profileByIdentifier finds the profile holding ?identifier=KIND:VALUE and redirects to its page.
+func (a *Admin) profileByIdentifier(c echo.Context, s *session) error {
+	id, err := mapping.ParseIdentifier(c.QueryParam("identifier"))
+	if err != nil {
+		return err
+	}
+	p, err := a.store.ProfileOf(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.Redirect(http.StatusSeeOther, fmt.Sprintf("%s/profiles/%d", a.base, p.ID))
+}
+
+// identifierView is an identifier of the profile with how it joined.
+type identifierView struct {
+	mapping.ProfileIdentifier
+	// Joined describes the earliest applied link that brought it in; "" when it started the profile.
+	Joined string
+	LinkID int64
+	// Attribute is true for an email known only as a trait (not a linking identifier).
+	Attribute bool
+}
+
+type linkView struct {
+	mapping.LinkInfo
+	Open       bool // an open conflict: link anyway or dismiss
+	CanUnmerge bool
+}
+
+type messageView struct {
+	mapping.MessageInfo
+	Pretty string
+}
+
+type destinationView struct {
+	Destination string
+	Jobs        []mapping.JobInfo
+	Dead        int
+	Pending     int
+}
+
+type profileView struct {
+	frame
+	P           mapping.Profile
+	JimoTokens  []string
+	Identifiers []identifierView
+	Traits      []mapping.TraitInfo
+	Links       []linkView
+	Messages    []messageView
+	Deliveries  []destinationView
+	// DeleteKey is the identifier the delete form starts from.
+	DeleteKey string
+}
+
+func (a *Admin) profile(c echo.Context, s *session) error {
+	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return mapping.Errorf(mapping.CodeNotFound, "profile %q does not exist: a profile ID is a positive number", c.Param("id"))
+	}
+	ctx := c.Request().Context()
+	p, err := a.store.ProfileByID(ctx, id)
+	if err != nil {
+		return err
+	}
+	h, err := a.store.History(ctx, id)
+	if err != nil {
+		return err
+	}
+	title := fmt.Sprintf("Profile %d", p.ID)
+	if p.UserID != "" {
+		title = "Profile " + p.UserID
+	}
+	v := profileView{frame: a.frame(c, s, title, "search"), P: p, Traits: h.Traits}
+	for _, l := range h.Links {
+		open := !l.Withdrawn && (l.Decision == mapping.DecisionConflict || l.Decision == mapping.DecisionOverCap)
+		v.Links = append(v.Links, linkView{LinkInfo: l, Open: open, CanUnmerge: !l.Withdrawn && l.Decision == mapping.DecisionApplied})
+	}
+	for _, pi := range p.Identifiers {
+		iv := identifierView{ProfileIdentifier: pi, Attribute: pi.FirstSource == "" && pi.FirstSeenAt.IsZero()}
+		if pi.Kind == mapping.KindJimoToken {
+			v.JimoTokens = append(v.JimoTokens, pi.Value)
+		}
+		var first *mapping.LinkInfo
+		for i, l := range h.Links {
+			if l.Withdrawn || l.Decision != mapping.DecisionApplied || (l.A != pi.Identifier && l.B != pi.Identifier) {
+				continue
+			}
+			if first == nil || l.EventAt.Before(first.EventAt) {
+				first = &h.Links[i]
+			}
+		}
+		if first != nil {
+			other := first.A
+			if other == pi.Identifier {
+				other = first.B
+			}
+			iv.Joined = fmt.Sprintf("linked to %s by %s message %s", other, first.Source, first.MessageID)
+			iv.LinkID = first.ID
+		}
+		if v.DeleteKey == "" && !iv.Attribute {
+			v.DeleteKey = pi.Identifier.String()
+		}
+		v.Identifiers = append(v.Identifiers, iv)
+	}
+	for _, m := range h.Messages {
+		v.Messages = append(v.Messages, messageView{MessageInfo: m, Pretty: prettyRaw(m.Raw)})
+	}
+	byDest := map[string]*destinationView{}
+	for _, j := range h.Jobs {
+		d := byDest[j.Destination]
+		if d == nil {
+			d = &destinationView{Destination: j.Destination}
+			byDest[j.Destination] = d
+		}
+		d.Jobs = append(d.Jobs, j)
+		switch j.State {
+		case mapping.JobDead:
+			d.Dead++
+		case mapping.JobPending, mapping.JobRunning:
+			d.Pending++
+		}
+	}
+	for _, name := range sortedKeys(byDest) {
+		v.Deliveries = append(v.Deliveries, *byDest[name])
+	}
+	return a.render(c, http.StatusOK, "profile", v)
+}
+
+type conflictsView struct {
+	frame
+	Links    []linkView
+	NextHref string
+	First    bool
+}
+
+func (a *Admin) conflicts(c echo.Context, s *session) error {
+	var after int64
+	if p := c.QueryParam("after"); p != "" {
+		var err error
+		if after, err = strconv.ParseInt(p, 10, 64); err != nil {
+			return mapping.Errorf(mapping.CodeInvalid, "after=%q: want a link ID", p)
+		}
+	}
+	links, err := a.store.Conflicts(c.Request().Context(), conflictPageSize, after)
+	if err != nil {
+		return err
+	}
+	v := conflictsView{frame: a.frame(c, s, "Conflicts", "conflicts"), First: after == 0}
+	for _, l := range links {
+		v.Links = append(v.Links, linkView{LinkInfo: l, Open: true})
+	}
+	if len(links) == conflictPageSize {
+		v.NextHref = fmt.Sprintf("%s/conflicts?after=%d", a.base, links[len(links)-1].ID)
+	}
+	return a.render(c, http.StatusOK, "conflicts", v)
+}
+
+// reason reads the form's reason: required for every repair, at most maxReasonLength characters.
+func reason(raw string) (string, error) {
+	r := strings.TrimSpace(raw)
+	if r == "" {
+		return "", mapping.Errorf(mapping.CodeInvalid, "give a reason: it is recorded in the link log with the operator")
+	}
+	if len([]rune(r)) > maxReasonLength {
+		return "", mapping.Errorf(mapping.CodeInvalid, "the reason is longer than %d characters; shorten it", maxReasonLength)
+	}
+	return r, nil
+}
+
+// linkID reads the :id parameter.
+func linkID(c echo.Context) (int64, error) {
+	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, mapping.Errorf(mapping.CodeNotFound, "link %q does not exist: a link ID is a positive number", c.Param("id"))
+	}
+	return id, nil
+}
+
+// repairFailed turns a refused repair into a flash on the page the form came
+// from; errors that are not the operator's to fix fail the request.
+func (a *Admin) repairFailed(c echo.Context, s *session, err error, fallback string) error {
+	var me *mapping.Error
+	if errors.As(err, &me) {
+		switch me.Code {
+		case mapping.CodeInvalid, mapping.CodeConflict, mapping.CodeNotFound, mapping.CodeUnprocessable:
+			return a.redirect(c, s, a.back(c, fallback), flash{Error: true, Text: me.Message})
+		}
+	}
+	return err
+}
+
+func (a *Admin) resolve(c echo.Context, s *session) error {
+	fallback := a.base + "/conflicts"
+	id, err := linkID(c)
+	if err != nil {
+		return err
+	}
+	why, err := reason(c.FormValue("reason"))
+	if err != nil {
+		return a.repairFailed(c, s, err, fallback)
+	}
+	action := c.FormValue("action")
+	if err := a.store.ResolveConflict(c.Request().Context(), id, action, OperatorPage, why); err != nil {
+		return a.repairFailed(c, s, err, fallback)
+	}
+	text := fmt.Sprintf("Link %d dismissed: the identifiers stay apart.", id)
+	if action == mapping.ResolveLink {
+		text = fmt.Sprintf("Link %d linked anyway: the rules re-decided its cluster.", id)
+	}
+	f := flash{Text: text, Links: a.sideLinks(c.Request().Context(), c.FormValue("a"), c.FormValue("b"))}
+	return a.redirect(c, s, a.landing(c, fallback, f.Links), f)
+}
+
+func (a *Admin) unmerge(c echo.Context, s *session) error {
+	fallback := a.base + "/"
+	id, err := linkID(c)
+	if err != nil {
+		return err
+	}
+	why, err := reason(c.FormValue("reason"))
+	if err != nil {
+		return a.repairFailed(c, s, err, fallback)
+	}
+	if err := a.store.Unmerge(c.Request().Context(), id, OperatorPage, why); err != nil {
+		return a.repairFailed(c, s, err, fallback)
+	}
+	f := flash{Text: fmt.Sprintf("Link %d unmerged: the rules re-decided its cluster.", id), Links: a.sideLinks(c.Request().Context(), c.FormValue("a"), c.FormValue("b"))}
+	return a.redirect(c, s, a.landing(c, fallback, f.Links), f)
+}
+
+// sideLinks names the profiles the two identifiers of a repaired link are in now.
+func (a *Admin) sideLinks(ctx context.Context, ids ...string) []flashLink {
+	var out []flashLink
+	for _, raw := range ids {
+		id, err := mapping.ParseIdentifier(raw)
+		if err != nil {
+			continue
+		}
+		p, err := a.store.ProfileOf(ctx, id)
+		if err != nil {
+			continue
+		}
+		out = append(out, flashLink{Label: fmt.Sprintf("%s is in profile %d", id, p.ID), Href: fmt.Sprintf("%s/profiles/%d", a.base, p.ID)})
+	}
+	return out
+}
+
+// landing is where a repair's form goes back to: the page it came from,
+// unless that was a profile the repair took apart, then a profile of the link.
+func (a *Admin) landing(c echo.Context, fallback string, sides []flashLink) string {
+	to := a.back(c, fallback)
+	idText, ok := strings.CutPrefix(to, a.base+"/profiles/")
+	if !ok {
+		return to
+	}
+	id, err := strconv.ParseInt(idText, 10, 64)
+	if err != nil {
+		return to
+	}
+	if _, err := a.store.ProfileByID(c.Request().Context(), id); mapping.ErrorCode(err) == mapping.CodeNotFound && len(sides) > 0 {
+		return sides[0].Href
+	}
+	return to
+}
+
+type deleteView struct {
+	frame
+	// Identifier is what the operator asked to delete by; "" shows the form to enter one.
+	Identifier string
+	P          *mapping.Profile
+	Key        string
+}
+
+func (a *Admin) deleteForm(c echo.Context, s *session) error {
+	v := deleteView{frame: a.frame(c, s, "Delete a profile", "delete")}
+	raw := strings.TrimSpace(c.QueryParam("identifier"))
+	if raw == "" {
+		return a.render(c, http.StatusOK, "delete", v)
+	}
+	id, err := mapping.ParseIdentifier(raw)
+	if err != nil {
+		return err
+	}
+	p, err := a.store.ProfileOf(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	v.Identifier, v.P, v.Key = id.String(), &p, deletionKey(p, id)
+	return a.render(c, http.StatusOK, "delete", v)
+}
+
+// deletionKey is the identifier to delete p by: id itself when it links,
+// else the profile's first linking identifier (an email known only as an
+// attribute finds the profile but cannot name it for deletion).
+func deletionKey(p mapping.Profile, id mapping.Identifier) string {
+	for _, pi := range p.Identifiers {
+		if pi.Identifier == id && !pi.FirstSeenAt.IsZero() {
+			return id.String()
+		}
+	}
+	for _, pi := range p.Identifiers {
+		if !pi.FirstSeenAt.IsZero() {
+			return pi.Identifier.String()
+		}
+	}
+	return id.String()
+}
+
+func (a *Admin) deleteProfile(c echo.Context, s *session) error {
+	id, err := mapping.ParseIdentifier(strings.TrimSpace(c.FormValue("identifier")))
+	if err != nil {
+		return err
+	}
+	confirmPage := a.base + "/delete?identifier=" + url.QueryEscape(id.String())
+	why, err := reason(c.FormValue("reason"))
+	if err != nil {
+		return a.redirect(c, s, confirmPage, flash{Error: true, Text: messageOf(err)})
+	}
+	if strings.TrimSpace(c.FormValue("confirm")) != id.String() {
+		return a.redirect(c, s, confirmPage, flash{Error: true, Text: "Nothing was deleted: type the identifier exactly as shown to confirm."})
+	}
+	ctx := c.Request().Context()
+	p, err := a.store.ProfileOf(ctx, id)
+	if err != nil {
+		return err
+	}
+	key, err := mapping.ParseIdentifier(deletionKey(p, id))
+	if err != nil {
+		return err
+	}
+	deleted, err := a.store.DeleteProfile(ctx, key, OperatorPage, why)
+	if err != nil {
+		return err
+	}
+	return a.redirect(c, s, a.base+"/", flash{Text: fmt.Sprintf("Profile %d deleted with its %d identifier(s), links, traits and messages; tombstones keep the identifiers from coming back.", p.ID, len(deleted))})
+}
+
+// jobStates are the states the jobs page filters by.
+var jobStates = []string{mapping.JobDead, mapping.JobPending, mapping.JobRunning, mapping.JobDone, "all"}
+
+type jobsView struct {
+	frame
+	State  string
+	States []string
+	Jobs   []mapping.JobInfo
+	Dead   int
+	Limit  int
+}
+
+func (a *Admin) jobs(c echo.Context, s *session) error {
+	state := c.QueryParam("state")
+	if state == "" {
+		state = mapping.JobDead
+	}
+	valid := false
+	for _, st := range jobStates {
+		valid = valid || st == state
+	}
+	if !valid {
+		return mapping.Errorf(mapping.CodeInvalid, "state %q: want one of %s", state, strings.Join(jobStates, ", "))
+	}
+	query := state
+	if state == "all" {
+		query = ""
+	}
+	jobs, err := a.store.Jobs(c.Request().Context(), query, jobListSize)
+	if err != nil {
+		return err
+	}
+	title := "Deliveries: " + state
+	if state == mapping.JobDead {
+		title = "Dead deliveries"
+	}
+	v := jobsView{frame: a.frame(c, s, title, "jobs"), State: state, States: jobStates, Jobs: jobs, Limit: jobListSize}
+	for _, j := range jobs {
+		if j.State == mapping.JobDead {
+			v.Dead++
+		}
+	}
+	return a.render(c, http.StatusOK, "jobs", v)
+}
+
+func (a *Admin) retry(c echo.Context, s *session) error {
+	fallback := a.base + "/jobs"
+	form, err := c.FormParams()
+	if err != nil {
+		return mapping.Errorf(mapping.CodeInvalid, "the form could not be read")
+	}
+	var ids []int64
+	for _, raw := range form["id"] {
+		id, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil || id <= 0 {
+			return a.repairFailed(c, s, mapping.Errorf(mapping.CodeInvalid, "job ID %q is not a number", raw), fallback)
+		}
+		ids = append(ids, id)
+	}
+	all := form.Get("all") != ""
+	if len(ids) == 0 && !all {
+		return a.repairFailed(c, s, mapping.Errorf(mapping.CodeInvalid, "choose a job to retry, or retry all"), fallback)
+	}
+	if all {
+		ids = nil
+	}
+	n, err := a.store.RetryJobs(c.Request().Context(), ids)
+	if err != nil {
+		return a.repairFailed(c, s, err, fallback)
+	}
+	text := fmt.Sprintf("%d dead job(s) are due again; the outbox delivers them shortly.", n)
+	if n == 0 {
+		text = "There were no dead jobs to retry."
+	}
+	return a.redirect(c, s, a.back(c, fallback), flash{Text: text})
+}
+
+type counterView struct {
+	Name, Label, Help string
+	Value             string
+}
+
+type warningsView struct {
+	frame
+	Warnings []mapping.Warning
+	Counters []counterView
+	Limit    int
+}
+
+func (a *Admin) warnings(c echo.Context, s *session) error {
+	ws, err := a.store.Warnings(c.Request().Context(), warningListSize)
+	if err != nil {
+		return err
+	}
+	v := warningsView{frame: a.frame(c, s, "Warnings", "warnings"), Warnings: ws, Limit: warningListSize}
+	if a.counters != nil {
+		counters := a.counters()
+		for _, name := range sortedKeys(counters) {
+			v.Counters = append(v.Counters, counterView{Name: name, Label: counterLabel(name), Help: counterHelp[name],
+				Value: strconv.FormatFloat(counters[name], 'f', -1, 64)})
+		}
+	}
+	return a.render(c, http.StatusOK, "warnings", v)
+}
