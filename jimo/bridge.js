@@ -16,8 +16,8 @@
  * until it is sent (inside the callback, or up to 300 ms after it returns) are
  * added to it. The report is sent 300 ms after Jimo calls the callback, or after
  * 3 s if Jimo never does (Jimo not loaded). A set user:id that differs from the
- * token (legacy session:reset flows) is sent as userId; in shared token mode the
- * bridge refuses that with a message, because the token must be the user ID.
+ * token (legacy session:reset flows) is sent as userId: the bridge keeps the
+ * token as a legacy Jimo token of that user.
  * A reset with a null or empty token is a logout, reported at once.
  *
  * API:

@@ -92,8 +92,8 @@ func FuzzDecodeWebhook(f *testing.F) {
 			if msg.Timestamp.IsZero() {
 				t.Fatalf("message has no timestamp")
 			}
-			if (msg.UserID == "" && msg.JimoToken == "") != (msg.Rejected == RejectedMissingIdentifyToken) {
-				t.Fatalf("message: identity %q/%q but rejected %q", msg.UserID, msg.JimoToken, msg.Rejected)
+			if (msg.JimoTokenOrUserID == "" && msg.JimoToken == "") != (msg.Rejected == RejectedMissingIdentifyToken) {
+				t.Fatalf("message: identity %q/%q but rejected %q", msg.JimoTokenOrUserID, msg.JimoToken, msg.Rejected)
 			}
 			if again := w.Message(mode, mapping.NewBlocklist(nil), testReceivedAt.Add(1)); again.ID != msg.ID {
 				t.Fatalf("message ID depends on arrival: %q then %q", msg.ID, again.ID)

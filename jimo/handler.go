@@ -194,13 +194,17 @@ func (h *Handler) CORS() echo.MiddlewareFunc {
 			header := c.Response().Header()
 			header.Add(echo.HeaderVary, echo.HeaderOrigin)
 			allowed := origin != "" && h.origins[origin]
+			// A browser sends Origin on every cross-origin POST; a text/plain
+			// one needs no preflight, so a disallowed origin is refused here
+			// too, not only left without CORS headers. Requests without an
+			// Origin (servers, same-origin navigations) pass.
+			if !allowed && (origin != "" || c.Request().Method == http.MethodOptions) {
+				return c.JSON(http.StatusForbidden, map[string]string{
+					"code":    string(mapping.CodeUnauthorized),
+					"message": fmt.Sprintf("origin %q may not call the bridge; add it to BRIDGE_ALLOWED_ORIGINS", origin),
+				})
+			}
 			if c.Request().Method == http.MethodOptions {
-				if !allowed {
-					return c.JSON(http.StatusForbidden, map[string]string{
-						"code":    string(mapping.CodeUnauthorized),
-						"message": fmt.Sprintf("origin %q may not call the bridge; add it to BRIDGE_ALLOWED_ORIGINS", origin),
-					})
-				}
 				header.Set(echo.HeaderAccessControlAllowOrigin, origin)
 				header.Set(echo.HeaderAccessControlAllowMethods, http.MethodPost)
 				header.Set(echo.HeaderAccessControlAllowHeaders, echo.HeaderContentType)

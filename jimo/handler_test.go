@@ -316,8 +316,8 @@ func TestWebhookHandlerReplay(t *testing.T) {
 	if msgs[0].ID != msgs[1].ID {
 		t.Errorf("message IDs: got %q and %q, want the same", msgs[0].ID, msgs[1].ID)
 	}
-	if msgs[0].Source != mapping.SourceJimoWebhook || msgs[0].UserID != "0f8fad5b-d9cb-469f-a165-70867728950e" {
-		t.Errorf("message: got %+v, want source %q with the identify token as user ID", msgs[0], mapping.SourceJimoWebhook)
+	if msgs[0].Source != mapping.SourceJimoWebhook || msgs[0].JimoTokenOrUserID != "0f8fad5b-d9cb-469f-a165-70867728950e" {
+		t.Errorf("message: got %+v, want source %q with the identify token to resolve", msgs[0], mapping.SourceJimoWebhook)
 	}
 }
 
@@ -335,7 +335,7 @@ func TestCORS(t *testing.T) {
 		{name: "preflight without origin", method: http.MethodOptions, wantStatus: 403},
 		{name: "preflight near miss", method: http.MethodOptions, origin: allowed + ".evil.example", wantStatus: 403},
 		{name: "post allowed", method: http.MethodPost, origin: allowed, wantStatus: 200, wantAllow: allowed},
-		{name: "post disallowed", method: http.MethodPost, origin: "https://evil.example", wantStatus: 200},
+		{name: "post disallowed (a text/plain POST needs no preflight)", method: http.MethodPost, origin: "https://evil.example", wantStatus: 403},
 		{name: "post without origin", method: http.MethodPost, wantStatus: 200},
 	}
 	for _, tt := range tests {

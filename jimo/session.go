@@ -159,12 +159,25 @@ func (s *Sessions) Mode() Mode { return s.cfg.Mode }
 //
 //   - No token and no user ID: a logout, a Message of TypeLogout carrying only
 //     the anonymous ID; the answer is empty.
-//   - Shared mode: the token is the user ID (a userId that differs from it is
-//     an invalid error). With RequireSignature, or whenever a signature is
-//     sent and a signing secret is set, the signature over the user ID must
-//     verify (CodeUnauthorized). A guessable user ID (see Guessable) is a
-//     CodeUnprocessable error, returned together with a message to store that
-//     carries the warning and is Rejected (it links nothing).
+//   - Shared mode: the token is the user ID (userId may repeat it). With
+//     RequireSignature, or whenever a signature is sent and a signing secret
+//     is set, the signature over the user ID must verify (CodeUnauthorized).
+//     A guessable user ID (see Guessable) is a CodeUnprocessable error,
+//     returned together with a message to store that carries the warning and
+//     is Rejected (it links nothing).
+//   - Shared mode, legacy token: a token that differs from userId is a legacy
+//     Jimo session token (session:reset with a token, then set user:id with
+//     the user ID). The message links the user ID to the token as a jimo_token
+//     identifier, and the answer carries the user ID and that token. Both must
+//     be usable (CodeInvalid), the signature is over the user ID, and a
+//     blocked user ID is CodeUnprocessable (nothing stored). The token is
+//     what Jimo keys the session on, so a guessable token is refused like a
+//     guessable shared user ID: CodeUnprocessable with a Rejected message
+//     carrying the warning. A guessable user ID is accepted, because Jimo gets
+//     it only as an attribute (set user:id), never as the session key, and the
+//     app's Segment user ID must still join; it is stored with UserIDWarning
+//     so the admin page lists it (that user could not move to identify, the
+//     current way, in shared mode).
 //   - Derived mode: userId and its signature are required (CodeInvalid
 //     without userId, CodeUnauthorized without a valid signature, and
 //     CodeUnprocessable for a blocked placeholder such as "guest"); the answer
@@ -228,8 +241,11 @@ func (s *Sessions) Report(req SessionRequest, receivedAt time.Time) (SessionResp
 		resp = SessionResponse{UserID: userID, JimoToken: derived}
 	default:
 		if token != "" && userID != "" && token != userID {
-			return SessionResponse{}, mapping.Message{}, mapping.Errorf(mapping.CodeInvalid,
-				"token and userId differ; in shared token mode the Jimo token must be the user ID (pass the user ID to session:reset or identify), or set BRIDGE_JIMO_TOKEN_MODE=derived")
+			var err error
+			if resp, err = s.legacy(token, userID, req.Signature, &msg); err != nil {
+				return SessionResponse{}, msg, err
+			}
+			break
 		}
 		id := token
 		if id == "" {
@@ -253,6 +269,48 @@ func (s *Sessions) Report(req SessionRequest, receivedAt time.Time) (SessionResp
 		resp.JimoToken = ""
 	}
 	return resp, msg, nil
+}
+
+// legacy applies the shared-mode policy to a legacy session token that
+// differs from the user ID (see Report). On success it fills msg and returns
+// the answer. On failure msg is zeroed (store nothing), except for a
+// guessable token, whose msg is Rejected and carries the warning.
+func (s *Sessions) legacy(token, userID, signature string, msg *mapping.Message) (SessionResponse, error) {
+	refuse := func(err error) (SessionResponse, error) {
+		*msg = mapping.Message{}
+		return SessionResponse{}, err
+	}
+	if err := usable("userId", userID); err != nil {
+		return refuse(err)
+	}
+	if err := usable("token", token); err != nil {
+		return refuse(err)
+	}
+	if err := s.checkSignature(userID, signature, s.cfg.RequireSignature); err != nil {
+		return refuse(err)
+	}
+	if s.cfg.Blocklist.Blocked(userID) {
+		return refuse(mapping.Errorf(mapping.CodeUnprocessable,
+			"userId is a placeholder value that many users share (blocked), not a user; send the app's real user ID in set user:id"))
+	}
+	msg.UserID, msg.JimoToken = userID, token
+	if reason := Guessable(token, s.cfg.Blocklist); reason != "" {
+		reason = tokenReason(reason)
+		msg.UserIDWarning = reason
+		msg.Rejected = RejectedGuessableToken
+		return SessionResponse{}, mapping.Errorf(mapping.CodeUnprocessable, "%s", reason)
+	}
+	msg.UserIDWarning = Guessable(userID, s.cfg.Blocklist)
+	return SessionResponse{UserID: userID, JimoToken: token}, nil
+}
+
+// tokenReason rewords a Guessable reason about a user ID as one about the
+// legacy session token passed to session:reset.
+func tokenReason(reason string) string {
+	if rest, ok := strings.CutPrefix(reason, "user ID"); ok {
+		return "session token (the value passed to session:reset)" + rest
+	}
+	return reason
 }
 
 // checkSignature verifies sig over value when required, or when it is sent

@@ -19,6 +19,8 @@ var (
 const (
 	goodUserID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 	anonID     = "6d2a4f1e-8c3b-4a5d-b7e9-0f1a2b3c4d5e"
+	// legacyToken is a Jimo session token that is not the user ID (legacy session:reset).
+	legacyToken = "Vx9kQ2mT7bLr4NzW8cHs"
 )
 
 func newTestSessions(t *testing.T, cfg SessionConfig) *Sessions {
@@ -178,7 +180,71 @@ func TestReport(t *testing.T) {
 			req:      SessionRequest{UserID: " " + goodUserID + " "},
 			wantResp: SessionResponse{UserID: goodUserID, JimoToken: goodUserID}, wantStored: true,
 		},
-		{name: "shared token and userId differ", cfg: shared, req: SessionRequest{Token: goodUserID, UserID: "7c9e6679-7425-40de-944b-e07fc1f90ae7"}, wantCode: mapping.CodeInvalid},
+		{
+			name: "legacy token", cfg: shared,
+			req:        SessionRequest{Token: legacyToken, UserID: goodUserID, AnonymousID: anonID, Email: "ada@example.com"},
+			wantResp:   SessionResponse{UserID: goodUserID, JimoToken: legacyToken},
+			wantStored: true,
+			check: func(t *testing.T, msg mapping.Message) {
+				want := mapping.Message{
+					Source: mapping.SourceJimoSession, ID: msg.ID, Type: TypeSession,
+					UserID: goodUserID, JimoToken: legacyToken, AnonymousID: anonID, Email: "ada@example.com",
+					Traits:    map[string]any{"email": "ada@example.com"},
+					Timestamp: testReceivedAt, ReceivedAt: testReceivedAt, Raw: msg.Raw,
+				}
+				if !reflect.DeepEqual(msg, want) {
+					t.Errorf("message:\n got %+v\nwant %+v", msg, want)
+				}
+			},
+		},
+		{
+			name: "legacy token, guessable user ID accepted with a warning", cfg: shared,
+			req:        SessionRequest{Token: legacyToken, UserID: "42", AnonymousID: anonID},
+			wantResp:   SessionResponse{UserID: "42", JimoToken: legacyToken},
+			wantStored: true,
+			check: func(t *testing.T, msg mapping.Message) {
+				if msg.UserID != "42" || msg.JimoToken != legacyToken || msg.Rejected != "" {
+					t.Errorf("message: got user %q token %q rejected %q, want 42, %q, not rejected", msg.UserID, msg.JimoToken, msg.Rejected, legacyToken)
+				}
+				if !strings.Contains(msg.UserIDWarning, "all digits") {
+					t.Errorf("UserIDWarning = %q, want the reason the user ID is guessable", msg.UserIDWarning)
+				}
+			},
+		},
+		{
+			name: "legacy token guessable", cfg: shared,
+			req: SessionRequest{Token: "12345", UserID: goodUserID, AnonymousID: anonID}, wantCode: mapping.CodeUnprocessable, wantStored: true,
+			check: func(t *testing.T, msg mapping.Message) {
+				if msg.Rejected != RejectedGuessableToken {
+					t.Errorf("Rejected = %q, want %q", msg.Rejected, RejectedGuessableToken)
+				}
+				if !strings.HasPrefix(msg.UserIDWarning, "session token") || !strings.Contains(msg.UserIDWarning, "all digits") {
+					t.Errorf("UserIDWarning = %q, want the reason about the session token", msg.UserIDWarning)
+				}
+			},
+		},
+		{name: "legacy token short", cfg: shared, req: SessionRequest{Token: "abc123", UserID: goodUserID}, wantCode: mapping.CodeUnprocessable, wantStored: true},
+		{name: "legacy token blocked", cfg: shared, req: SessionRequest{Token: "undefined", UserID: goodUserID}, wantCode: mapping.CodeUnprocessable, wantStored: true},
+		{name: "legacy blocked user ID", cfg: shared, req: SessionRequest{Token: legacyToken, UserID: "null"}, wantCode: mapping.CodeUnprocessable},
+		{name: "legacy user ID with control characters", cfg: shared, req: SessionRequest{Token: legacyToken, UserID: "ab\x00cd"}, wantCode: mapping.CodeInvalid},
+		{name: "legacy token with control characters", cfg: shared, req: SessionRequest{Token: "tok\x07" + legacyToken, UserID: goodUserID}, wantCode: mapping.CodeInvalid},
+		{name: "legacy token over 400 characters", cfg: shared, req: SessionRequest{Token: strings.Repeat("x", 401), UserID: goodUserID}, wantCode: mapping.CodeInvalid},
+		{
+			name: "legacy signed over the user ID", cfg: sharedSigned,
+			req:      SessionRequest{Token: legacyToken, UserID: goodUserID, Signature: sig(goodUserID)},
+			wantResp: SessionResponse{UserID: goodUserID, JimoToken: legacyToken}, wantStored: true,
+		},
+		{name: "legacy signed over the token", cfg: sharedSigned, req: SessionRequest{Token: legacyToken, UserID: goodUserID, Signature: sig(legacyToken)}, wantCode: mapping.CodeUnauthorized},
+		{name: "legacy unsigned when required", cfg: sharedSigned, req: SessionRequest{Token: legacyToken, UserID: goodUserID}, wantCode: mapping.CodeUnauthorized},
+		{
+			name: "legacy impersonating", cfg: shared, req: SessionRequest{Token: legacyToken, UserID: goodUserID, Impersonating: true},
+			wantResp: SessionResponse{UserID: goodUserID}, wantStored: true,
+			check: func(t *testing.T, msg mapping.Message) {
+				if !msg.Impersonating || msg.JimoToken != legacyToken {
+					t.Errorf("message: got impersonating %v token %q, want true and the legacy token", msg.Impersonating, msg.JimoToken)
+				}
+			},
+		},
 		{name: "shared control characters", cfg: shared, req: SessionRequest{Token: "abc\x01def"}, wantCode: mapping.CodeInvalid},
 		{
 			name: "shared guessable", cfg: shared,

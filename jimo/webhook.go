@@ -138,7 +138,9 @@ func (w Webhook) Message(mode Mode, blocklist mapping.Blocklist, receivedAt time
 	case mode == ModeDerived:
 		msg.JimoToken = token
 	default:
-		msg.UserID = token
+		// Shared mode: the token is the user ID, unless the store knows it as
+		// a legacy token (session:reset with set user:id), which it resolves.
+		msg.JimoTokenOrUserID = token
 		msg.UserIDWarning = Guessable(token, blocklist)
 	}
 	if msg.Rejected == "" && w.Event == "" {

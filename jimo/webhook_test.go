@@ -31,7 +31,7 @@ func TestWebhookMessage(t *testing.T) {
 			name: "tour completed, shared", fixture: "webhook_tour_completed.json", mode: ModeShared,
 			want: mapping.Message{
 				Source: mapping.SourceJimoWebhook, Type: TypeJimoEvent, Event: "tour.completed",
-				UserID: "0f8fad5b-d9cb-469f-a165-70867728950e", Email: "ada@example.com",
+				JimoTokenOrUserID: "0f8fad5b-d9cb-469f-a165-70867728950e", Email: "ada@example.com",
 				Timestamp: time.UnixMilli(1763900000123).UTC(),
 			},
 		},
@@ -47,7 +47,7 @@ func TestWebhookMessage(t *testing.T) {
 			name: "numeric ids", fixture: "webhook_survey_answered.json", mode: ModeShared,
 			want: mapping.Message{
 				Source: mapping.SourceJimoWebhook, Type: TypeJimoEvent, Event: "survey.completed",
-				UserID: "7c9e6679-7425-40de-944b-e07fc1f90ae7", Email: "grace@example.com",
+				JimoTokenOrUserID: "7c9e6679-7425-40de-944b-e07fc1f90ae7", Email: "grace@example.com",
 				Timestamp: time.UnixMilli(1763900100456).UTC(),
 			},
 		},
@@ -78,7 +78,7 @@ func TestWebhookMessage(t *testing.T) {
 			}
 			got.ID, got.Raw, got.ReceivedAt = "", nil, time.Time{}
 			if got.Source != tt.want.Source || got.Type != tt.want.Type || got.Event != tt.want.Event ||
-				got.UserID != tt.want.UserID || got.JimoToken != tt.want.JimoToken || got.Email != tt.want.Email ||
+				got.JimoTokenOrUserID != tt.want.JimoTokenOrUserID || got.UserID != tt.want.UserID || got.JimoToken != tt.want.JimoToken || got.Email != tt.want.Email ||
 				!got.Timestamp.Equal(tt.want.Timestamp) || got.Rejected != tt.want.Rejected || got.UserIDWarning != "" {
 				t.Errorf("message:\n got %+v\nwant %+v", got, tt.want)
 			}
@@ -168,8 +168,8 @@ func TestWebhookGuessableTokenWarns(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg := w.Message(ModeShared, mapping.NewBlocklist(nil), testReceivedAt)
-	if msg.UserID != "12345" || !strings.Contains(msg.UserIDWarning, "all digits") {
-		t.Errorf("message: got user %q warning %q, want 12345 with the guessable warning", msg.UserID, msg.UserIDWarning)
+	if msg.JimoTokenOrUserID != "12345" || !strings.Contains(msg.UserIDWarning, "all digits") {
+		t.Errorf("message: got token %q warning %q, want 12345 with the guessable warning", msg.JimoTokenOrUserID, msg.UserIDWarning)
 	}
 	if msg = w.Message(ModeDerived, mapping.NewBlocklist(nil), testReceivedAt); msg.UserIDWarning != "" {
 		t.Errorf("derived mode: got warning %q, want none", msg.UserIDWarning)

@@ -35,6 +35,11 @@ type candidate struct {
 
 // apply stores one message and applies it. It must run inside w.tx.
 func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
+	if m.JimoTokenOrUserID != "" {
+		if err := w.resolveToken(ctx, &m); err != nil {
+			return Receipt{}, err
+		}
+	}
 	var notes []string
 	var ids []candidate
 	if m.Rejected == "" {
@@ -65,6 +70,9 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		return Receipt{Duplicate: true}, nil
 	}
 	if m.Rejected != "" {
+		if err := w.warnRefused(ctx, m); err != nil {
+			return Receipt{}, err
+		}
 		return Receipt{Notes: append(notes, "rejected: "+m.Rejected)}, nil
 	}
 	if m.Type == "delete" {
@@ -157,6 +165,52 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		}
 	}
 	return Receipt{Notes: notes}, nil
+}
+
+// resolveToken reads m.JimoTokenOrUserID as a known legacy Jimo token, or else as the user ID.
+func (w *writer) resolveToken(ctx context.Context, m *Message) error {
+	v, reason := w.opts.Blocklist.Check(m.JimoTokenOrUserID)
+	if reason != "" {
+		m.UserID = m.JimoTokenOrUserID // refused with its reason, like any user ID
+		return nil
+	}
+	var n int
+	if err := w.get(ctx, &n, `SELECT COUNT(*) FROM identifiers WHERE kind = ? AND value = ?`, KindJimoToken, v); err != nil {
+		return fmt.Errorf("resolve jimo token: %w", err)
+	}
+	if n > 0 {
+		m.JimoToken = v
+	} else {
+		m.UserID = v
+	}
+	return nil
+}
+
+// warnRefused keeps the warning of a message refused for its user ID (a
+// guessable Jimo token): the user ID is recorded, linked to nothing, so
+// operators see it listed with the reason.
+func (w *writer) warnRefused(ctx context.Context, m Message) error {
+	if m.UserIDWarning == "" || m.UserID == "" || m.JimoToken != "" {
+		return nil // no warning, or it is about a separate token, not the user ID
+	}
+	v, reason := w.opts.Blocklist.Check(m.UserID)
+	if reason != "" {
+		return nil
+	}
+	rows, missing, err := w.lookup(ctx, []candidate{{"userId", KindUserID, v}})
+	if err != nil {
+		return err
+	}
+	row := rows[0]
+	if missing == 1 {
+		if row, err = w.createIdentifier(ctx, candidate{"userId", KindUserID, v}, m); err != nil {
+			return err
+		}
+	}
+	if _, err := w.exec(ctx, `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, row.ID); err != nil {
+		return fmt.Errorf("record warning: %w", err)
+	}
+	return nil
 }
 
 func refusedNote(a, b string, d Decision, reason string) string {

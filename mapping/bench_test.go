@@ -50,7 +50,10 @@ func BenchmarkOutboxDrain(b *testing.B) {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { s.RunOutbox(ctx, OutboxOptions{Senders: map[string]Sender{"fake": nopSender{}}, Workers: 128}); close(done) }()
+	go func() {
+		s.RunOutbox(ctx, OutboxOptions{Senders: map[string]Sender{"fake": nopSender{}}, Workers: 128})
+		close(done)
+	}()
 	for {
 		bl, err := s.Backlogs(context.Background())
 		if err != nil {

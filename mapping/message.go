@@ -43,6 +43,10 @@ type Message struct {
 	PreviousID string
 	// JimoToken is a Jimo session token that is not the user ID (derived mode, legacy tokens).
 	JimoToken string
+	// JimoTokenOrUserID is a Jimo session token as Jimo reports it (its
+	// webhooks' identifyToken, shared mode): the store reads it as JimoToken
+	// when it knows a jimo_token of that value (a legacy token), else as UserID.
+	JimoTokenOrUserID string
 	// Email is the person's email address; it links only when merging on email is enabled.
 	Email string
 	// Traits are the person's traits or attributes, merged last-write-wins by Timestamp.

@@ -34,6 +34,10 @@ type OutboxOptions struct {
 	// Poll is how often an idle worker looks for due jobs; default 500 ms
 	// (new jobs wake it at once).
 	Poll time.Duration
+	// ReleaseOnStart makes jobs left running by a previous process due again
+	// at once instead of after their lease: right when this process is the
+	// only one delivering from the database (SQLite).
+	ReleaseOnStart bool
 	// ShutdownGrace is how long Run waits for deliveries in flight when ctx ends; default 10 s.
 	ShutdownGrace time.Duration
 	// Jitter returns a number in [0, 1); default math/rand/v2.
@@ -157,6 +161,14 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 		return nil
 	}
 
+	if opts.ReleaseOnStart {
+		if err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+			_, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', locked_until = 0 WHERE state = 'running'`)
+			return err
+		}); err != nil {
+			return fmt.Errorf("release jobs of a previous process: %w", err)
+		}
+	}
 	// Sends outlive ctx by the grace period, so a shutdown finishes them.
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSends()

@@ -219,9 +219,14 @@ func (a *app) buildSenders(logger *slog.Logger) error {
 	return nil
 }
 
-// userIDOfToken translates a Jimo token (derived mode) to the user ID it belongs to.
+// userIDOfToken translates a Jimo token to the user ID it belongs to: a
+// derived or legacy token through its jimo_token identifier; otherwise, in
+// shared mode, the token is the user ID.
 func (a *app) userIDOfToken(ctx context.Context, token string) (string, error) {
 	p, err := a.store.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindJimoToken, Value: token})
+	if mapping.ErrorCode(err) == mapping.CodeNotFound && a.cfg.JimoTokenMode == "shared" {
+		p, err = a.store.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: token})
+	}
 	if err != nil {
 		return "", err
 	}
@@ -240,8 +245,10 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 			Senders:     a.senders,
 			MaxAttempts: a.cfg.MaxDeliveryAttempts,
 			Workers:     a.cfg.DeliveryWorkers,
-			Logger:      logger,
-			Observer:    a.metrics,
+			// One process delivers from a SQLite file: what a crashed one held is due at once.
+			ReleaseOnStart: true,
+			Logger:         logger,
+			Observer:       a.metrics,
 		})
 		for _, c := range a.closers {
 			if err := c(); err != nil {

@@ -174,7 +174,9 @@ func TestGeneratedSecretsShownOnce(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		out := &syncBuffer{addr: make(chan string, 1)}
 		done := make(chan error, 1)
-		go func() { done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-db", db}, func(string) string { return "" }, out) }()
+		go func() {
+			done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-db", db}, func(string) string { return "" }, out)
+		}()
 		<-out.addr
 		cancel()
 		if err := <-done; err != nil {
