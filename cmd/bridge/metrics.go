@@ -100,6 +100,23 @@ func (m *metrics) observe(name string, bounds []float64, v float64, kv ...string
 	h.count++
 }
 
+// sum adds up the values of a counter family whose label sets contain every part.
+func (m *metrics) sum(name string, parts ...string) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var total float64
+	for l, v := range m.counters[name] {
+		match := true
+		for _, p := range parts {
+			match = match && strings.Contains(l, p)
+		}
+		if match {
+			total += v
+		}
+	}
+	return total
+}
+
 // gauge registers a family whose values are read when metrics are written.
 func (m *metrics) gauge(name, help string, read func() map[string]float64) {
 	m.mu.Lock()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/bridgeworks/bridge/jimo"
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/admin"
 	"github.com/bridgeworks/bridge/segment"
 )
 
@@ -397,6 +398,17 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	api := e.Group("/api/v1", requireAdmin(cfg.AdminPassword))
 	api.GET("/profiles", getProfile(a.store))
 	api.GET("/warnings", listWarnings(a.store))
+	adm, err := admin.New(admin.Config{
+		Store:    a.store,
+		Password: cfg.AdminPassword,
+		Logger:   logger,
+		Counters: a.adminCounters,
+	})
+	if err != nil {
+		return nil, err
+	}
+	adm.Register(e.Group("/admin"))
+	adm.RegisterAPI(api)
 
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", func(c echo.Context) error {
@@ -412,6 +424,18 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		return nil
 	})
 	return e, nil
+}
+
+// adminCounters are the process counters the admin overview shows as warnings.
+func (a *app) adminCounters() map[string]float64 {
+	var signatures float64
+	for _, route := range []string{"/segment/webhook", "/jimo/session", "/jimo/webhook", "/v1/:call"} {
+		signatures += a.metrics.sum("bridge_http_requests_total", `route="`+route+`"`, `status="401"`)
+	}
+	return map[string]float64{
+		"signature_failures": signatures,
+		"blocked_values":     a.metrics.sum("bridge_rules_fired_total", `rule="refused_blocked_value"`),
+	}
 }
 
 // outboxGauges reports the outbox per destination when metrics are scraped.

@@ -103,16 +103,16 @@ func counterLabel(name string) string {
 
 type searchView struct {
 	frame
-	Q        string
-	Kind     string
-	Kinds    []mapping.Kind
-	Prefix   bool
-	Searched bool
-	Error    string
-	Hits     []mapping.SearchHit
-	NextHref string
+	Q         string
+	Kind      string
+	Kinds     []mapping.Kind
+	Prefix    bool
+	Searched  bool
+	Error     string
+	Hits      []mapping.SearchHit
+	NextHref  string
 	FirstHref string
-	After    string
+	After     string
 }
 
 // parseSearch reads the search box: KIND:VALUE searches one kind, a bare

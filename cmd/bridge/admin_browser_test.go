@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/google/uuid"
+	analytics "github.com/segmentio/analytics-go/v3"
+
+	"github.com/bridgeworks/bridge/jimo/jimotest"
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+// adminGet reads an admin API answer as the admin (Basic auth) into out.
+func adminGet(t *testing.T, b *testBridge, path string, out any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, b.URL+path, nil)
+	req.SetBasicAuth("admin", testAdminPassword)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: got status %d, want 200: %s", path, resp.StatusCode, body)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		t.Fatalf("GET %s: %v: %s", path, err, body)
+	}
+}
+
+// waitDeadJob waits until the outbox holds a dead job for user and returns it.
+func waitDeadJob(t *testing.T, b *testBridge, user string) mapping.JobInfo {
+	t.Helper()
+	deadline := time.Now().Add(deliveryDeadline)
+	for {
+		var out struct{ Jobs []mapping.JobInfo }
+		adminGet(t, b, "/api/v1/jobs?state=dead", &out)
+		for _, j := range out.Jobs {
+			if j.OrderingKey == user {
+				return j
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no dead job for %s after %v: %+v", user, deliveryDeadline, out.Jobs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// pageText waits until the text of the first element matching css contains
+// want (the page may be navigating meanwhile) and returns it.
+func pageText(t *testing.T, ctx context.Context, css, want string) string {
+	t.Helper()
+	expr := fmt.Sprintf(`(document.querySelector(%q) || {textContent: ""}).textContent`, css)
+	deadline := time.Now().Add(15 * time.Second)
+	var got string
+	for time.Now().Before(deadline) {
+		text, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
+		if err == nil {
+			got = text
+			if strings.Contains(text, want) {
+				return text
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	loc, _ := chromedp.Run(ctx, chromedp.Location())
+	t.Fatalf("at %s: %s: got text %q, want it to contain %q", loc, css, strings.Join(strings.Fields(got), " "), want)
+	return ""
+}
+
+// TestAdminBrowser drives the admin page in headless Chromium the way an
+// operator would: log in, find a browser by its anonymous ID, open the
+// profile, dismiss a conflict, unmerge a link and retry a dead delivery,
+// checking what the page shows after each step.
+func TestAdminBrowser(t *testing.T) {
+	chromium := chromiumPath(t)
+	fakeJimo := jimotest.NewServer(t, jimoKey)
+	b := startBridge(t, "", "-jimo-api-key", jimoKey, "-jimo-endpoint", fakeJimo.URL)
+
+	// Seed through the real Tracking API: Ada's first browser (its Jimo
+	// delivery is refused once, so it is dead), her second browser, and Bob
+	// logging in on her first browser (a conflict: two user IDs).
+	ada, bob := "user-ada-"+uuid.NewString(), "user-bob-"+uuid.NewString()
+	anon1, anon2 := "anon-"+uuid.NewString(), "anon-"+uuid.NewString()
+	base := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	fakeJimo.FailWith(400, 1)
+	client := newClient(t, b, nil)
+	must(t, client.Enqueue(analytics.Identify{UserId: ada, AnonymousId: anon1, Timestamp: base, Traits: analytics.NewTraits().SetName("Ada Lovelace").Set("plan", "pro")}))
+	must(t, client.Close())
+	dead := waitDeadJob(t, b, ada)
+	client = newClient(t, b, nil)
+	must(t, client.Enqueue(analytics.Track{UserId: ada, AnonymousId: anon2, Event: "Viewed Pricing", Timestamp: base.Add(time.Minute)}))
+	must(t, client.Enqueue(analytics.Identify{UserId: bob, AnonymousId: anon1, Timestamp: base.Add(2 * time.Minute)}))
+	must(t, client.Close())
+
+	p, ok := b.profile(t, "anonymous_id:"+anon1)
+	if !ok || p.UserID != ada {
+		t.Fatalf("seed: got profile %+v, want %s's", p, ada)
+	}
+	var history struct{ History mapping.History }
+	adminGet(t, b, fmt.Sprintf("/api/v1/profiles/%d/history", p.ID), &history)
+	var conflict, second mapping.LinkInfo
+	for _, l := range history.History.Links {
+		switch {
+		case l.Decision == mapping.DecisionConflict:
+			conflict = l
+		case l.A.Value == anon2 || l.B.Value == anon2:
+			second = l
+		}
+	}
+	if conflict.ID == 0 || second.ID == 0 || second.Decision != mapping.DecisionApplied {
+		t.Fatalf("seed: got links %+v, want a conflict and an applied link to %s", history.History.Links, anon2)
+	}
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium),
+		chromedp.NoSandbox,
+		chromedp.Headless,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1366, 900),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelBrowser := chromedp.NewContext(allocCtx)
+	t.Cleanup(func() { cancelBrowser(); cancelAlloc() })
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium (%s): %v", chromium, err)
+	}
+	do := func(step string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			loc, _ := chromedp.Run(ctx, chromedp.Location())
+			t.Fatalf("%s (at %s): %v", step, loc, err)
+		}
+	}
+
+	// Log in: the admin sends an anonymous visitor to the login form.
+	do("open the admin", chromedp.Navigate(b.URL+"/admin/"))
+	pageText(t, ctx, "h1", "Sign in")
+	do("log in",
+		chromedp.SendKeys(chromedp.CSS("#password"), testAdminPassword),
+		chromedp.Click(chromedp.CSS("form button.primary")),
+	)
+	pageText(t, ctx, "h1", "Overview")
+	pageText(t, ctx, "a.card[href$='/admin/conflicts']", "1open conflicts")
+	pageText(t, ctx, "a.card[href$='/admin/jobs']", "1dead deliveries")
+	// The CSP lets the stylesheet and the script from /admin/static/ load.
+	bg, err := chromedp.Run(ctx, chromedp.Evaluate[string](`getComputedStyle(document.querySelector("header.top")).backgroundColor`))
+	if err != nil || bg != "rgb(29, 35, 48)" {
+		t.Errorf("header background: got %q (%v), want rgb(29, 35, 48) from admin.css", bg, err)
+	}
+
+	// Search for the anonymous ID from the header's search box.
+	do("search",
+		chromedp.SendKeys(chromedp.CSS("header input[name=q]"), "anonymous_id:"+anon1),
+		chromedp.Click(chromedp.CSS("header form.quick button")),
+	)
+	hit := pageText(t, ctx, "table.hits tbody", anon1)
+	if !strings.Contains(hit, ada) {
+		t.Errorf("search hit: got %q, want it to show the shared user ID %s", hit, ada)
+	}
+
+	// Open the profile.
+	do("open the profile", chromedp.Click(chromedp.CSS("table.hits tbody a")))
+	pageText(t, ctx, "h1", fmt.Sprintf("Profile %d", p.ID))
+	summary := pageText(t, ctx, "dl.summary", ada)
+	mustContainAll(t, "profile summary", summary, "Shared user ID", "Jimo token")
+	mustContainAll(t, "identifiers", pageText(t, ctx, "#identifiers", anon1), anon2, ada)
+	mustContainAll(t, "traits", pageText(t, ctx, "#traits", "Ada Lovelace"), "plan", "pro")
+	mustContainAll(t, "link history", pageText(t, ctx, "#links", "conflict"), "would join user IDs", "applied")
+	mustContainAll(t, "deliveries", pageText(t, ctx, "#deliveries", "dead"), "permanent", "400")
+	mustContainAll(t, "messages", pageText(t, ctx, "#messages", "Viewed Pricing"), "identify", "Raw JSON")
+	if title, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("time[datetime]").title`)); err != nil || title == "" {
+		t.Errorf("admin.js: got no local-time title on <time> (%q, %v), want one", title, err)
+	}
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	for _, path := range []string{filepath.Join(t.ArtifactDir(), "admin-profile.png"), "/tmp/admin-profile.png"} {
+		if err := os.WriteFile(path, png, 0o644); err != nil {
+			t.Errorf("save screenshot: %v", err)
+		} else {
+			t.Logf("profile screenshot: %s", path)
+		}
+	}
+
+	// Resolve the conflict: dismiss it, with a reason.
+	li := fmt.Sprintf("#link-%d", conflict.ID)
+	do("dismiss the conflict",
+		chromedp.SendKeys(chromedp.CSS(li+" form.resolve input[name=reason]"), "Bob used Ada's laptop once"),
+		chromedp.Click(chromedp.CSS(li+" form.resolve button[value=dismiss]")),
+	)
+	pageText(t, ctx, ".flash", fmt.Sprintf("Link %d dismissed", conflict.ID))
+	mustContainAll(t, "dismissed link", pageText(t, ctx, li, "dismissed"), "admin", "Bob used Ada's laptop once")
+	if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](fmt.Sprintf(`document.querySelectorAll(%q).length`, li+" form.resolve"))); n != 0 {
+		t.Errorf("dismissed link: got %d resolve forms, want none", n)
+	}
+
+	// Unmerge Ada's second browser.
+	li = fmt.Sprintf("#link-%d", second.ID)
+	do("unmerge",
+		chromedp.SendKeys(chromedp.CSS(li+" form.unmerge input[name=reason]"), "shared library computer"),
+		chromedp.Click(chromedp.CSS(li+" form.unmerge button")),
+	)
+	flash := pageText(t, ctx, ".flash", fmt.Sprintf("Link %d unmerged", second.ID))
+	mustContainAll(t, "unmerge flash", flash, "anonymous_id:"+anon2+" is in profile")
+	mustContainAll(t, "unmerged link", pageText(t, ctx, li, "retracted"), "shared library computer")
+	if ids := pageText(t, ctx, "#identifiers", anon1); strings.Contains(ids, anon2) {
+		t.Errorf("identifiers after unmerge: got %q, want %s gone", ids, anon2)
+	}
+	if split, ok := b.profile(t, "anonymous_id:"+anon2); !ok || split.ID == p.ID || split.UserID != "" {
+		t.Errorf("after unmerge: got %s in %+v, want a profile of its own", anon2, split)
+	}
+
+	// Retry the dead delivery: the fake Jimo accepts it this time.
+	row := fmt.Sprintf("#job-%d", dead.ID)
+	pageText(t, ctx, row, "dead")
+	do("retry", chromedp.Click(chromedp.CSS(row+" form.retry button")))
+	pageText(t, ctx, ".flash", "1 dead job(s) are due again")
+	delivered := false
+	for _, r := range mustRequests(t, fakeJimo, ada) {
+		delivered = delivered || r == ada
+	}
+	if !delivered {
+		t.Errorf("fake Jimo got no delivery for %s after the retry", ada)
+	}
+	deadline := time.Now().Add(deliveryDeadline)
+	for {
+		do("reload", chromedp.Reload())
+		text := pageText(t, ctx, row, fmt.Sprint(dead.ID))
+		if strings.Contains(text, "done") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %d after retry: got %q, want done", dead.ID, strings.Join(strings.Fields(text), " "))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](fmt.Sprintf(`document.querySelectorAll(%q).length`, row+" form.retry"))); n != 0 {
+		t.Errorf("delivered job: got %d retry forms, want none", n)
+	}
+}
+
+// mustRequests waits until fake Jimo received a delivery for user and returns the users of all deliveries.
+func mustRequests(t *testing.T, fake *jimotest.Server, user string) []string {
+	t.Helper()
+	deadline := time.Now().Add(deliveryDeadline)
+	for {
+		var users []string
+		for _, r := range fake.Requests() {
+			users = append(users, r.Event.UserID)
+		}
+		for _, u := range users {
+			if u == user {
+				return users
+			}
+		}
+		if time.Now().After(deadline) {
+			return users
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func mustContainAll(t *testing.T, what, got string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(got, w) {
+			t.Errorf("%s: got %q, want it to contain %q", what, strings.Join(strings.Fields(got), " "), w)
+		}
+	}
+}
