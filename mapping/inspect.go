@@ -63,32 +63,53 @@ func (s *Store) Search(ctx context.Context, q SearchQuery) (SearchResult, error)
 		return s.searchEmails(ctx, v, q)
 	}
 	afterKind, afterValue, _ := strings.Cut(q.After, ":")
-	where, args := valueCondition("i.value", v, q.Prefix)
-	query, inArgs, err := sqlx.In(`SELECT i.kind, i.value, i.profile_id, i.first_seen_at, COALESCE(p.user_id, '') AS user_id
-		FROM identifiers i JOIN profiles p ON p.id = i.profile_id
-		WHERE i.kind IN (?) AND `+where+` AND (i.kind > ? OR (i.kind = ? AND i.value > ?))
-		ORDER BY i.kind, i.value LIMIT ?`, append(append([]any{kinds}, args...), afterKind, afterKind, afterValue, q.Limit+1)...)
-	if err != nil {
-		return SearchResult{}, err
-	}
-	var rows []struct {
-		Kind      Kind   `db:"kind"`
-		Value     string `db:"value"`
-		ProfileID int64  `db:"profile_id"`
-		FirstSeen int64  `db:"first_seen_at"`
-		UserID    string `db:"user_id"`
-	}
-	if err := s.read.SelectContext(ctx, &rows, s.read.Rebind(query), inArgs...); err != nil {
-		return SearchResult{}, fmt.Errorf("search: %w", err)
-	}
+	sort.Slice(kinds, func(i, j int) bool { return kinds[i] < kinds[j] })
 	res := SearchResult{Hits: []SearchHit{}}
-	for i, r := range rows {
-		if i == q.Limit {
-			last := res.Hits[len(res.Hits)-1]
-			res.Next = last.Identifier.String()
-			break
+	// One index range per kind, in (kind, value) order, starting after the
+	// cursor: a page deep in a wide prefix costs what the first one does.
+	for _, kind := range kinds {
+		if string(kind) < afterKind {
+			continue
 		}
-		res.Hits = append(res.Hits, SearchHit{Identifier: Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
+		lo, loInclusive, hi := v, true, ""
+		if q.Prefix {
+			hi = v + "\U0010FFFF"
+		}
+		if string(kind) == afterKind && afterValue >= lo {
+			lo, loInclusive = afterValue, false
+		}
+		cond := "i.value > ?"
+		if loInclusive {
+			cond = "i.value >= ?"
+		}
+		args := []any{kind, lo}
+		if q.Prefix {
+			cond += " AND i.value < ?"
+			args = append(args, hi)
+		} else {
+			cond += " AND i.value <= ?"
+			args = append(args, v)
+		}
+		var rows []struct {
+			Kind      Kind   `db:"kind"`
+			Value     string `db:"value"`
+			ProfileID int64  `db:"profile_id"`
+			FirstSeen int64  `db:"first_seen_at"`
+			UserID    string `db:"user_id"`
+		}
+		need := q.Limit + 1 - len(res.Hits)
+		if err := s.read.SelectContext(ctx, &rows, `SELECT i.kind, i.value, i.profile_id, i.first_seen_at, COALESCE(p.user_id, '') AS user_id
+			FROM identifiers i JOIN profiles p ON p.id = i.profile_id
+			WHERE i.kind = ? AND `+cond+` ORDER BY i.value LIMIT ?`, append(args, need)...); err != nil {
+			return SearchResult{}, fmt.Errorf("search: %w", err)
+		}
+		for _, r := range rows {
+			if len(res.Hits) == q.Limit {
+				res.Next = res.Hits[len(res.Hits)-1].Identifier.String()
+				return res, nil
+			}
+			res.Hits = append(res.Hits, SearchHit{Identifier: Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
+		}
 	}
 	return res, nil
 }

@@ -209,6 +209,7 @@ func (a *app) buildSenders(logger *slog.Logger) error {
 			Endpoint:      a.cfg.SegmentEndpoint,
 			WriteKey:      a.cfg.SegmentForwardWriteKey,
 			ResolveUserID: a.userIDOfToken,
+			BatchSize:     a.cfg.DeliveryWorkers, // one batch can carry every delivery in flight
 			Logger:        logger,
 		})
 		if err != nil {
