@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"context"
+	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -15,8 +16,21 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
-	_ "github.com/mattn/go-sqlite3" // the SQLite driver
+	"github.com/mattn/go-sqlite3"
 )
+
+// SQLiteDriver is the driver name the store opens SQLite with: go-sqlite3
+// with automatic WAL checkpoints off, because a checkpoint inside a commit
+// would make the requests waiting on that commit pay for it. The store
+// checkpoints from its own goroutine instead (see checkpointLoop).
+const SQLiteDriver = "sqlite3_bridge"
+
+func init() {
+	sql.Register(SQLiteDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0", nil)
+		return err
+	}})
+}
 
 //go:embed migrations/*.sql
 var migrations embed.FS
@@ -104,6 +118,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		stopped:    make(chan struct{}),
 	}
 	go s.commitLoop()
+	go s.checkpointLoop()
 	return s, nil
 }
 
@@ -125,7 +140,7 @@ func SQLiteDSN(path string, writer bool) string {
 
 // openSQLite opens path with SQLiteDSN.
 func openSQLite(path string, writer bool) (*sqlx.DB, error) {
-	db, err := sqlx.Open("sqlite3", SQLiteDSN(path, writer))
+	db, err := sqlx.Open(SQLiteDriver, SQLiteDSN(path, writer))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -190,6 +205,24 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 	return nil
 }
 
+// checkpointLoop copies the write-ahead log into the database file every
+// second, beside the committer rather than inside its commits, and once more
+// (truncating the log) when the store closes.
+func (s *Store) checkpointLoop() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if _, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
+				s.log.Warn("checkpoint", "err", err)
+			}
+		case <-s.stopped:
+			return
+		}
+	}
+}
+
 // Ready reports whether the database answers and every migration is applied.
 func (s *Store) Ready(ctx context.Context) error {
 	var applied int
@@ -212,6 +245,9 @@ func (s *Store) Close() error {
 	}
 	s.mu.Unlock()
 	<-s.stopped
+	if _, err := s.write.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		s.log.Warn("final checkpoint", "err", err)
+	}
 	s.stmtMu.Lock()
 	for _, st := range s.stmts {
 		st.Close()

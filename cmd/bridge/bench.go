@@ -268,7 +268,7 @@ func drive(ctx context.Context, client *http.Client, name, url, auth string, bod
 // batchSize per transaction, with the store's durability settings.
 func rawInserts(ctx context.Context, path string, batchSize int, d time.Duration) (benchResult, error) {
 	res := benchResult{name: fmt.Sprintf("raw SQLite inserts (%d per commit)", batchSize)}
-	db, err := sqlx.Open("sqlite3", mapping.SQLiteDSN(path, true))
+	db, err := sqlx.Open(mapping.SQLiteDriver, mapping.SQLiteDSN(path, true))
 	if err != nil {
 		return res, err
 	}

@@ -116,6 +116,6 @@ CREATE TABLE jobs (
     UNIQUE (destination, message_id)
 );
 CREATE INDEX jobs_state_id ON jobs (state, id);
-CREATE INDEX jobs_ordering ON jobs (destination, ordering_key, id);
-CREATE INDEX jobs_ordering_key ON jobs (ordering_key);
+-- Serves per-user ordering in claims and a profile's deliveries.
+CREATE INDEX jobs_ordering ON jobs (ordering_key, destination, id);
 CREATE INDEX jobs_state_updated_at ON jobs (state, updated_at);
