@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -102,7 +101,7 @@ func (c *Client) Send(ctx context.Context, job mapping.Job) error {
 	if s := snippet(c.redactString(string(body)), maxErrorBody); s != "" {
 		msg += ": " + s
 	}
-	return mapping.ClassifyStatus(resp.StatusCode, ParseRetryAfter(resp.Header.Get("Retry-After"), c.now()), errors.New(msg))
+	return mapping.ClassifyStatus(resp.StatusCode, mapping.ParseRetryAfter(resp.Header.Get("Retry-After"), c.now()), errors.New(msg))
 }
 
 // redact returns err with the API key, should it appear in its text, masked.
@@ -132,24 +131,3 @@ func snippet(s string, n int) string {
 	return strings.TrimSpace(strings.ToValidUTF8(s, ""))
 }
 
-// ParseRetryAfter reads a Retry-After header value: a number of seconds, or an
-// HTTP date (taken relative to now). It returns 0 for an absent, malformed,
-// negative or past value.
-func ParseRetryAfter(value string, now time.Time) time.Duration {
-	value = strings.TrimSpace(value)
-	if value == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseInt(value, 10, 64); err == nil {
-		if secs <= 0 {
-			return 0
-		}
-		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
-	}
-	if t, err := http.ParseTime(value); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d
-		}
-	}
-	return 0
-}

@@ -3,6 +3,9 @@ package mapping
 import (
 	"context"
 	"errors"
+	"net/http"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -47,4 +50,26 @@ func ClassifyStatus(status int, retryAfter time.Duration, err error) error {
 	default:
 		return &DeliveryError{Permanent: true, Err: err}
 	}
+}
+
+// ParseRetryAfter reads a Retry-After header value: a number of seconds, or an
+// HTTP date (taken relative to now). It returns 0 for an absent, malformed,
+// negative or past value.
+func ParseRetryAfter(value string, now time.Time) time.Duration {
+	value = strings.TrimSpace(value)
+	if value == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(value, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(value); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d
+		}
+	}
+	return 0
 }

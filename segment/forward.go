@@ -609,7 +609,7 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	if s := strings.TrimSpace(strings.ToValidUTF8(string(answer[:min(len(answer), maxErrorSnippet)]), "")); s != "" {
 		what += ": " + s
 	}
-	derr, _ := mapping.ClassifyStatus(resp.StatusCode, retryAfter(resp.Header.Get("Retry-After"), time.Now()),
+	derr, _ := mapping.ClassifyStatus(resp.StatusCode, mapping.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		fmt.Errorf("segment: POST /v1/batch: %s", what)).(*mapping.DeliveryError)
 	if derr != nil && (derr.Permanent || resp.StatusCode == http.StatusTooManyRequests) {
 		g.f.refused(b, derr)
@@ -653,24 +653,6 @@ func batchMessageIDs(body []byte) (string, []string) {
 	return b.MessageID, ids
 }
 
-// retryAfter reads a Retry-After value: seconds, or an HTTP date relative to
-// now; 0 when absent, malformed or past.
-func retryAfter(value string, now time.Time) time.Duration {
-	value = strings.TrimSpace(value)
-	if value == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseInt(value, 10, 64); err == nil {
-		if secs <= 0 {
-			return 0
-		}
-		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
-	}
-	if t, err := http.ParseTime(value); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
-}
 
 // logAdapter passes analytics-go's log lines to slog at debug level: the
 // outbox logs each job's result once, where it is handled.

@@ -6,6 +6,8 @@
 package jimotest
 
 import (
+	"github.com/bridgeworks/bridge/segment/segmenttest"
+
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -46,7 +48,7 @@ type Event struct {
 // Server is the fake Jimo API. Its failure controls (FailWith, RetryAfter,
 // Hang, Refuse, Recover) can be used while clients send.
 type Server struct {
-	*faults
+	*segmenttest.Faults
 	// URL is the base URL to configure as the Jimo endpoint.
 	URL    string
 	apiKey string
@@ -61,8 +63,8 @@ type Server struct {
 // when the test ends.
 func NewServer(tb testing.TB, apiKey string) *Server {
 	s := &Server{apiKey: apiKey, changed: make(chan struct{})}
-	s.faults = newFaults(http.HandlerFunc(s.serve))
-	s.URL = s.faults.ts.URL
+	s.Faults = segmenttest.NewFaults(http.HandlerFunc(s.serve))
+	s.URL = s.Faults.URL()
 	tb.Cleanup(s.Close)
 	return s
 }
@@ -77,7 +79,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the client went away
 	}
-	if !s.before(w, r) {
+	if !s.Before(w, r) {
 		return
 	}
 	if r.URL.Path != Path {

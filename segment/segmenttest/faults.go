@@ -9,9 +9,10 @@ import (
 	"time"
 )
 
-// faults is the failure behaviour a fake server applies, settable at run time.
-// It owns the httptest.Server so that it can stop and resume listening.
-type faults struct {
+// Faults is the failure behaviour a fake server applies, settable at run
+// time. It owns the httptest.Server so that it can stop and resume
+// listening. The fake Segment and Jimo servers (jimotest) share it.
+type Faults struct {
 	ts   *httptest.Server
 	gate *gate
 
@@ -25,8 +26,10 @@ type faults struct {
 	closed     bool
 }
 
-func newFaults(h http.Handler) *faults {
-	f := &faults{release: make(chan struct{})}
+// NewFaults starts an httptest.Server for h whose failures can be set at run
+// time; h must call Before first on every request.
+func NewFaults(h http.Handler) *Faults {
+	f := &Faults{release: make(chan struct{})}
 	f.ts = httptest.NewUnstartedServer(h)
 	f.gate = &gate{cur: f.ts.Listener, addr: f.ts.Listener.Addr()}
 	f.ts.Listener = f.gate
@@ -36,7 +39,7 @@ func newFaults(h http.Handler) *faults {
 
 // FailWith makes the next n requests fail with status (n < 0: every request
 // until Recover). The answer's body is a short JSON error.
-func (f *faults) FailWith(status, n int) {
+func (f *Faults) FailWith(status, n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failStatus, f.failN, f.retryAfter = status, n, 0
@@ -44,7 +47,7 @@ func (f *faults) FailWith(status, n int) {
 
 // RetryAfter makes the next n requests (n < 0: every request until Recover)
 // fail with 429 Too Many Requests and Retry-After: seconds.
-func (f *faults) RetryAfter(seconds, n int) {
+func (f *Faults) RetryAfter(seconds, n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failStatus, f.failN, f.retryAfter = http.StatusTooManyRequests, n, seconds
@@ -54,7 +57,7 @@ func (f *faults) RetryAfter(seconds, n int) {
 // enough, the client times out first. A request whose client goes away while
 // it hangs is neither answered nor recorded; Close drops the connection of a
 // request still hanging.
-func (f *faults) Hang(d time.Duration) {
+func (f *Faults) Hang(d time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.hang = d
@@ -62,7 +65,7 @@ func (f *faults) Hang(d time.Duration) {
 
 // Refuse stops listening and closes every open connection: new connections
 // are refused until Recover.
-func (f *faults) Refuse() {
+func (f *Faults) Refuse() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.refused || f.closed {
@@ -77,7 +80,7 @@ func (f *faults) Refuse() {
 // address) if it was refusing, and new requests are answered normally.
 // Requests already hanging wait out their time (or their client leaving, or
 // Close). It panics if the address cannot be listened on again.
-func (f *faults) Recover() {
+func (f *Faults) Recover() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failStatus, f.failN, f.retryAfter, f.hang = 0, 0, 0, 0
@@ -90,7 +93,7 @@ func (f *faults) Recover() {
 }
 
 // Close shuts the server down; hung requests are released first.
-func (f *faults) Close() {
+func (f *Faults) Close() {
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
@@ -102,9 +105,12 @@ func (f *faults) Close() {
 	f.ts.Close()
 }
 
-// before applies the faults to one request. It returns false when the
+// URL is the server's base URL.
+func (f *Faults) URL() string { return f.ts.URL }
+
+// Before applies the faults to one request. It returns false when the
 // request has been dealt with (failed, or abandoned by its client).
-func (f *faults) before(w http.ResponseWriter, r *http.Request) bool {
+func (f *Faults) Before(w http.ResponseWriter, r *http.Request) bool {
 	f.mu.Lock()
 	hang := f.hang
 	f.mu.Unlock()

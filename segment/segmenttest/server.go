@@ -62,7 +62,7 @@ type Batch struct {
 // Server is the fake Segment API. Its failure controls (FailWith,
 // RetryAfter, Hang, Refuse, Recover) can be used while clients send.
 type Server struct {
-	*faults
+	*Faults
 	// URL is the endpoint to configure (analytics.Config.Endpoint).
 	URL      string
 	writeKey string
@@ -78,8 +78,8 @@ type Server struct {
 // empty password, as Segment's libraries send it); it is closed when the test ends.
 func NewServer(tb testing.TB, writeKey string) *Server {
 	s := &Server{writeKey: writeKey, changed: make(chan struct{})}
-	s.faults = newFaults(http.HandlerFunc(s.serve))
-	s.URL = s.faults.ts.URL
+	s.Faults = NewFaults(http.HandlerFunc(s.serve))
+	s.URL = s.Faults.URL()
 	tb.Cleanup(s.Close)
 	return s
 }
@@ -97,7 +97,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the client went away
 	}
-	if !s.before(w, r) {
+	if !s.Before(w, r) {
 		return
 	}
 	route, ok := strings.CutPrefix(r.URL.Path, "/v1/")
