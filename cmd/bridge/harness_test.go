@@ -9,11 +9,14 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 
 	"github.com/bridgeworks/bridge/mapping"
 )
@@ -173,4 +176,42 @@ func requireAll(t testing.TB, format string, args ...any) {
 		t.Fatalf("%s (BRIDGE_TEST_REQUIRE_ALL=1: nothing may skip)", msg)
 	}
 	t.Skip(msg)
+}
+
+// chromiumPath finds Chromium, or skips (fails under BRIDGE_TEST_REQUIRE_ALL=1).
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/chromium"); err == nil {
+		return "/usr/bin/chromium"
+	}
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	requireAll(t, "chromium not installed (neither /usr/bin/chromium nor chromium on PATH): the browser test needs it (apt-get install -y chromium)")
+	return ""
+}
+
+// newBrowser starts headless Chromium at path with a fresh profile and a
+// window of the given size; it is stopped when the test ends.
+func newBrowser(t *testing.T, path string, width, height int) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path),
+		chromedp.NoSandbox,
+		chromedp.Headless,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(width, height),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelBrowser := chromedp.NewContext(allocCtx)
+	t.Cleanup(func() { cancelBrowser(); cancelAlloc() })
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium (%s): %v", path, err)
+	}
+	return ctx
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -26,21 +25,6 @@ import (
 
 // pageDir holds the browser test's page, its script and the stand-in for Jimo's SDK.
 var pageDir = filepath.Join("..", "..", "testdata", "jimo", "page")
-
-// chromiumPath finds Chromium, or skips (fails under BRIDGE_TEST_REQUIRE_ALL=1).
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	if _, err := os.Stat("/usr/bin/chromium"); err == nil {
-		return "/usr/bin/chromium"
-	}
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	requireAll(t, "chromium not installed (neither /usr/bin/chromium nor chromium on PATH): the browser test needs it (apt-get install -y chromium)")
-	return ""
-}
 
 // pageData is what page.html is rendered with.
 type pageData struct {
@@ -260,22 +244,7 @@ func TestJimoBrowser(t *testing.T) {
 	stopped := startBridge(t, "", "-allowed-origins", pages.URL)
 	stopped.stop(t)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium),
-		chromedp.NoSandbox,
-		chromedp.Headless,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1000, 900),
-	)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	browserCtx, cancelBrowser := chromedp.NewContext(allocCtx)
-	t.Cleanup(func() { cancelBrowser(); cancelAlloc() })
-	if err := chromedp.Do(browserCtx); err != nil {
-		t.Fatalf("start chromium (%s): %v", chromium, err)
-	}
+	browserCtx := newBrowser(t, chromium, 1000, 900)
 	t.Logf("bridges and chromium started in %v", time.Since(start).Round(time.Millisecond))
 
 	standIn := "/assets/jimo-standin.js"
