@@ -130,4 +130,3 @@ func snippet(s string, n int) string {
 	}
 	return strings.TrimSpace(strings.ToValidUTF8(s, ""))
 }
-

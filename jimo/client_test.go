@@ -172,7 +172,6 @@ func TestClientBadPayloadIsPermanent(t *testing.T) {
 	}
 }
 
-
 // BenchmarkClientSend measures deliveries per second to a fake Jimo that
 // answers at once, from 32 concurrent senders (the outbox's default workers).
 func BenchmarkClientSend(b *testing.B) {

@@ -653,7 +653,6 @@ func batchMessageIDs(body []byte) (string, []string) {
 	return b.MessageID, ids
 }
 
-
 // logAdapter passes analytics-go's log lines to slog at debug level: the
 // outbox logs each job's result once, where it is handled.
 type logAdapter struct{ log *slog.Logger }
