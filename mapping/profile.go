@@ -163,8 +163,8 @@ func (s *Store) profile(ctx context.Context, profileID int64) (Profile, error) {
 		}
 		out.Traits = traits
 		for _, e := range emails {
-			if !hasEmail[e] {
-				out.Identifiers = append(out.Identifiers, ProfileIdentifier{Identifier: Identifier{Kind: KindEmail, Value: e}})
+			if !hasEmail[e.Value] {
+				out.Identifiers = append(out.Identifiers, e)
 			}
 		}
 	}
@@ -174,24 +174,23 @@ func (s *Store) profile(ctx context.Context, profileID int64) (Profile, error) {
 func (r identifierRow) Identifier() Identifier { return Identifier{Kind: r.Kind, Value: r.Value} }
 
 // traits merges the traits of the given identifiers, last write wins, and
-// returns the distinct emails they carry (as attributes).
-func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []string, error) {
-	q, args, err := sqlx.In(`SELECT doc, email FROM traits WHERE identifier_id IN (?)`, ids)
+// returns the distinct emails they carry as attributes, each with when and
+// from where it was set.
+func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []ProfileIdentifier, error) {
+	q, args, err := sqlx.In(`SELECT doc FROM traits WHERE identifier_id IN (?)`, ids)
 	if err != nil {
 		return nil, nil, err
 	}
-	var rows []struct {
-		Doc   string         `db:"doc"`
-		Email sql.NullString `db:"email"`
-	}
-	if err := s.read.SelectContext(ctx, &rows, s.read.Rebind(q), args...); err != nil {
+	var docs []string
+	if err := s.read.SelectContext(ctx, &docs, s.read.Rebind(q), args...); err != nil {
 		return nil, nil, fmt.Errorf("read traits: %w", err)
 	}
 	merged := traitDoc{}
-	var emails []string
-	for _, r := range rows {
+	var emails []ProfileIdentifier
+	seen := map[string]bool{}
+	for _, raw := range docs {
 		var d traitDoc
-		if err := json.Unmarshal([]byte(r.Doc), &d); err != nil {
+		if err := json.Unmarshal([]byte(raw), &d); err != nil {
 			return nil, nil, fmt.Errorf("decode traits: %w", err)
 		}
 		for k, e := range d {
@@ -199,18 +198,20 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []stri
 				merged[k] = e
 			}
 		}
-		if r.Email.Valid {
-			emails = append(emails, r.Email.String)
+		if e, ok := d["email"]; ok {
+			if v, ok := e.Value.(string); ok && v != "" && !seen[v] {
+				seen[v] = true
+				emails = append(emails, ProfileIdentifier{Identifier: Identifier{Kind: KindEmail, Value: v}, FirstSeenAt: orderKeyTime(e.OrderKey), FirstSource: e.Source})
+			}
 		}
 	}
-	sort.Strings(emails)
+	sort.Slice(emails, func(i, j int) bool { return emails[i].Value < emails[j].Value })
 	out := make(map[string]any, len(merged))
 	for k, e := range merged {
 		out[k] = e.Value
 	}
 	return out, emails, nil
 }
-
 // Warning is an identifier an operator should look at, with the reason.
 type Warning struct {
 	Identifier
