@@ -161,3 +161,36 @@ func hmacHex(secret, value string) string {
 	m.Write([]byte(value))
 	return hex.EncodeToString(m.Sum(nil))
 }
+
+// TestRelay: with BRIDGE_SEGMENT_RELAY, everything received on the Tracking
+// API reaches Segment as received: same message IDs and timestamps.
+func TestRelay(t *testing.T) {
+	b, _, fakeSegment := forwardingBridge(t, "-segment-relay")
+	at := time.Date(2026, 11, 20, 9, 30, 0, 0, time.UTC)
+	client := newClient(t, b, nil)
+	must(t, client.Enqueue(analytics.Track{MessageId: "relay-track-1", AnonymousId: "anon-relay", Event: "Clicked", Timestamp: at,
+		Properties: analytics.NewProperties().Set("button", "buy")}))
+	must(t, client.Enqueue(analytics.Page{MessageId: "relay-page-1", AnonymousId: "anon-relay", Name: "Pricing", Timestamp: at}))
+	must(t, client.Close())
+	msgs, err := fakeSegment.WaitFor(2, deliveryDeadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, m := range msgs {
+		got[m.MessageID] = m.Type
+		if !m.Forwarded {
+			t.Errorf("relayed %s lacks the bridge marker", m.MessageID)
+		}
+		// The event time, corrected for client clock skew as Segment would
+		// (here the client's clock is right, so it is off by transit time only).
+		ts, err := time.Parse(time.RFC3339Nano, m.Timestamp)
+		if err != nil || ts.Sub(at).Abs() > time.Second {
+			t.Errorf("relayed %s timestamp: got %s, want %s", m.MessageID, m.Timestamp, at.Format(time.RFC3339))
+		}
+	}
+	want := map[string]string{"relay-track-1": "track", "relay-page-1": "page"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Segment got %v, want %v", got, want)
+	}
+}
