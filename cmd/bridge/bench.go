@@ -142,12 +142,16 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 
 	fmt.Fprintf(stdout, "bridge bench: %d clients, %s per run, batches of %d, GOMAXPROCS-bound machine\n\n", *concurrency, *duration, *batchSize)
 	bareRun := drive(ctx, client, "bare Echo (read body, 200)", bareURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+	commitsBefore := a.metrics.commits()
 	single := drive(ctx, client, "bridge /v1/identify", bridgeURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+	singleCommits := a.metrics.commits().since(commitsBefore)
 	raw, err := rawInserts(ctx, filepath.Join(*dir, "raw.db"), *batchSize, *duration)
 	if err != nil {
 		return err
 	}
+	commitsBefore = a.metrics.commits()
 	batch := drive(ctx, client, fmt.Sprintf("bridge /v1/batch (%d events)", *batchSize), bridgeURL+"/v1/batch", auth, batchBody, *batchSize, *concurrency/4+1, *duration)
+	batchCommits := a.metrics.commits().since(commitsBefore)
 
 	delivery, err := drainOutbox(ctx, a, *duration)
 	if err != nil {
@@ -158,6 +162,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	for _, r := range []benchResult{bareRun, single, raw, batch} {
 		fmt.Fprintf(stdout, "%-34s %12.0f %10s %10s %9d\n", r.name, r.rate(), r.percentile(0.50).Round(time.Microsecond), r.percentile(0.99).Round(time.Microsecond), r.failures)
 	}
+	fmt.Fprintf(stdout, "\ngroup commits during /v1/identify: %s\ngroup commits during /v1/batch:    %s\n", singleCommits, batchCommits)
 	fmt.Fprintf(stdout, "\nsingle-event ingest / bare Echo:   %.0f%% (target ≥ 50%%)\n", 100*single.rate()/bareRun.rate())
 	fmt.Fprintf(stdout, "batched ingest / raw SQLite inserts: %.0f%% (target ≥ 50%%)\n", 100*batch.rate()/raw.rate())
 	fmt.Fprintf(stdout, "outbox delivery to Jimo (fake answering at once): %.0f jobs/s (%d jobs in %s); %.0f%% of the batched ingest rate\n",

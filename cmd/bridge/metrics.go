@@ -134,6 +134,38 @@ func (m *metrics) Committed(messages int, took time.Duration, err error) {
 	m.observe("bridge_commit_seconds", latencyBounds, took.Seconds())
 }
 
+// commitStats sums the group commits so far: how many, the messages they held, the time they took.
+type commitStats struct {
+	commits  uint64
+	messages float64
+	seconds  float64
+}
+
+func (m *metrics) commits() commitStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var c commitStats
+	if h := m.histograms["bridge_commit_messages"][""]; h != nil {
+		c.commits, c.messages = h.count, h.sum
+	}
+	if h := m.histograms["bridge_commit_seconds"][""]; h != nil {
+		c.seconds = h.sum
+	}
+	return c
+}
+
+func (c commitStats) since(before commitStats) commitStats {
+	return commitStats{c.commits - before.commits, c.messages - before.messages, c.seconds - before.seconds}
+}
+
+func (c commitStats) String() string {
+	if c.commits == 0 {
+		return "none"
+	}
+	n := float64(c.commits)
+	return fmt.Sprintf("%d, %.0f messages and %.1f ms each on average", c.commits, c.messages/n, 1000*c.seconds/n)
+}
+
 // Delivered implements mapping.DeliveryObserver.
 func (m *metrics) Delivered(destination, result string, attempt int) {
 	m.add("bridge_deliveries_total", 1, "destination", destination, "result", result)

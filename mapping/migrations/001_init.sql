@@ -68,7 +68,8 @@ CREATE TABLE links (
     UNIQUE (a_id, b_id)
 );
 CREATE INDEX links_b_id ON links (b_id);
-CREATE INDEX links_decision ON links (decision);
+-- Only refused links are indexed: the conflict list, not every applied link.
+CREATE INDEX links_open_conflicts ON links (id) WHERE decision IN ('conflict', 'over_cap') AND withdrawn = 0;
 
 -- Append-only history of every link decision and every operator action.
 CREATE TABLE link_log (
