@@ -40,16 +40,15 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 			return Receipt{}, err
 		}
 	}
-	var notes []string
-	var ids []candidate
-	if m.Rejected == "" {
-		ids, notes = w.identifiers(m)
-	}
+	// Identifiers are read even from a rejected message, so that a privacy
+	// deletion finds the message by them.
+	ids, notes := w.identifiers(m)
 	if m.Rejected == "" && m.Type != "delete" && m.Type != "logout" && len(ids) == 0 {
 		m.Rejected = "no_usable_identity"
 	}
 
-	// Identifiers that were deleted stay deleted: the message is kept without them.
+	// Identifiers that were deleted stay deleted: a message naming one is
+	// kept only as a trace (no content), applies nothing and sends nothing.
 	live, dead, err := w.withoutTombstoned(ctx, ids)
 	if err != nil {
 		return Receipt{}, err
@@ -57,12 +56,18 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	for _, c := range dead {
 		notes = append(notes, fmt.Sprintf("%s: %s", c.field, NoteDeletedID))
 	}
-	if len(dead) > 0 && len(live) == 0 && m.Type != "delete" {
+	if len(dead) > 0 && m.Type != "delete" {
 		m.Rejected = "deleted_identity"
 		m.Raw = json.RawMessage(`{}`)
+		live = nil
 	}
 
-	inserted, err := w.insertMessage(ctx, m, live, notes)
+	columns := live
+	if m.Type == "delete" {
+		// A privacy request keeps no trace of whom it was about.
+		m.Raw, columns = json.RawMessage(`{"type":"delete"}`), nil
+	}
+	inserted, err := w.insertMessage(ctx, m, columns, notes)
 	if err != nil {
 		return Receipt{}, err
 	}
@@ -80,8 +85,16 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 			if _, err := w.deleteProfile(ctx, Identifier{Kind: c.kind, Value: c.value}); err != nil && ErrorCode(err) != CodeNotFound {
 				return Receipt{}, err
 			}
+			// Unknown yet (the deletion overtook the identity): the tombstone
+			// keeps it from appearing later all the same.
+			if err := w.tombstone(ctx, c.kind, c.value); err != nil {
+				return Receipt{}, err
+			}
 		}
 		return Receipt{Notes: notes}, nil
+	}
+	if len(live) == 0 {
+		return Receipt{Notes: notes}, nil // a logout without a usable anonymous ID: stored, nothing to apply
 	}
 
 	rows, fresh, err := w.lookup(ctx, live)
@@ -290,12 +303,15 @@ func (w *writer) withoutTombstoned(ctx context.Context, ids []candidate) (live, 
 // insertMessage stores the message unless its (source, ID) is already stored; it reports whether it inserted.
 func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, notes []string) (bool, error) {
 	var userID, anonymousID sql.NullString
+	var jimoToken sql.NullString
 	for _, c := range ids {
-		switch {
-		case c.field == "userId":
+		switch c.field {
+		case "userId":
 			userID = sql.NullString{String: c.value, Valid: true}
-		case c.field == "anonymousId":
+		case "anonymousId":
 			anonymousID = sql.NullString{String: c.value, Valid: true}
+		case "jimoToken":
+			jimoToken = sql.NullString{String: c.value, Valid: true}
 		}
 	}
 	notesJSON := ""
@@ -308,10 +324,10 @@ func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, 
 		raw = "{}"
 	}
 	res, err := w.exec(ctx, `INSERT INTO messages
-		(source, message_id, type, event, user_id, anonymous_id, event_at, received_at, rejected, notes, raw)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		(source, message_id, type, event, user_id, anonymous_id, jimo_token, event_at, received_at, rejected, notes, raw)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (source, message_id) DO NOTHING`,
-		m.Source, m.ID, m.Type, m.Event, userID, anonymousID, m.Timestamp.UnixNano(), m.ReceivedAt.UnixNano(), m.Rejected, notesJSON, raw)
+		m.Source, m.ID, m.Type, m.Event, userID, anonymousID, jimoToken, m.Timestamp.UnixNano(), m.ReceivedAt.UnixNano(), m.Rejected, notesJSON, raw)
 	if err != nil {
 		return false, fmt.Errorf("insert message: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -127,6 +128,13 @@ func (s *Store) commitGroup(group []*submission) {
 func (s *Store) commit(group []*submission) (err error) {
 	start := time.Now()
 	n := 0
+	// A bug must fail its group, not stop the committer (and the process).
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic in group commit", "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("group commit: panic: %v", r)
+		}
+	}()
 	defer func() {
 		if s.opts.Observer != nil {
 			s.opts.Observer.Committed(n, time.Since(start), err)

@@ -234,6 +234,7 @@ func sleep(ctx context.Context, d time.Duration) {
 func (s *Store) claim(ctx context.Context, destinations []string, n int, lease time.Duration) ([]claimedJob, error) {
 	var jobs []claimedJob
 	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		jobs = jobs[:0] // the function runs again if its group is retried
 		now := s.opts.Now().UnixNano()
 		if _, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', locked_until = 0 WHERE state = 'running' AND locked_until <= ?`, now); err != nil {
 			return err
@@ -334,6 +335,7 @@ func (s *Store) Jobs(ctx context.Context, state string, limit int) ([]JobInfo, e
 func (s *Store) RetryJobs(ctx context.Context, ids []int64) (int, error) {
 	var n int64
 	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		n = 0 // the function runs again if its group is retried
 		now := s.opts.Now().UnixNano()
 		if len(ids) == 0 {
 			res, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ? WHERE state = 'dead'`, now, now)

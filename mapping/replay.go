@@ -178,9 +178,8 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 		deleted = append(deleted, Identifier{Kind: m.Kind, Value: m.Value})
 		ids = append(ids, m.ID)
 		values = append(values, m.Value)
-		if _, err := w.exec(ctx, `INSERT INTO tombstones (kind, value_hash, deleted_at) VALUES (?, ?, ?) ON CONFLICT (kind, value_hash) DO NOTHING`,
-			m.Kind, valueHash(m.Value), w.now); err != nil {
-			return nil, fmt.Errorf("tombstone: %w", err)
+		if err := w.tombstone(ctx, m.Kind, m.Value); err != nil {
+			return nil, err
 		}
 	}
 	statements := []string{
@@ -197,7 +196,11 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 			return nil, fmt.Errorf("delete %s: %w", id, err)
 		}
 	}
-	if err := w.execIn(ctx, `DELETE FROM messages WHERE user_id IN (?) OR anonymous_id IN (?)`, values, values); err != nil {
+	if err := w.execIn(ctx, `DELETE FROM messages WHERE user_id IN (?) OR anonymous_id IN (?) OR jimo_token IN (?)`, values, values, values); err != nil {
+		return nil, fmt.Errorf("delete %s: %w", id, err)
+	}
+	// Deliveries carry traits too: none is sent (or kept) after the deletion.
+	if err := w.execIn(ctx, `DELETE FROM jobs WHERE ordering_key IN (?)`, values); err != nil {
 		return nil, fmt.Errorf("delete %s: %w", id, err)
 	}
 	if _, err := w.exec(ctx, `DELETE FROM profiles WHERE id = ?`, profileID); err != nil {
@@ -213,6 +216,17 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 		}
 	}
 	return deleted, nil
+}
+
+// tombstone records that an identifier was deleted, by hash, so it never comes back.
+func (w *writer) tombstone(ctx context.Context, kind Kind, value string) error {
+	if _, err := w.exec(ctx, `INSERT INTO tombstones (kind, value_hash, deleted_at) VALUES (?, ?, ?) ON CONFLICT (kind, value_hash) DO NOTHING`,
+		kind, valueHash(value), w.now); err != nil {
+		return fmt.Errorf("tombstone: %w", err)
+	}
+	yes := true
+	w.anyTombstones = &yes // later messages of this transaction must look
+	return nil
 }
 
 // execIn runs a statement whose IN (?) lists are expanded from slices. Such

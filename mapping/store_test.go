@@ -237,3 +237,58 @@ func TestDeleteLeavesTombstone(t *testing.T) {
 		t.Errorf("got %d messages still naming the deleted user, want 0", raw)
 	}
 }
+
+func TestLogoutWithoutIdentity(t *testing.T) {
+	s := openTestStore(t, Options{})
+	r := submit(t, s, Message{Source: SourceJimoSession, ID: "logout-1", Type: "logout", AnonymousID: "null", Timestamp: t0, ReceivedAt: t0})
+	if r[0].Duplicate {
+		t.Fatalf("got duplicate, want stored")
+	}
+	// The committer survived: the store still works.
+	submit(t, s, identify("m1", "user-1", "anon-1", 0))
+}
+
+func TestDeletionIsFinalWhateverTheGrouping(t *testing.T) {
+	del := Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Hour), ReceivedAt: t0}
+	later := identify("m2", "user-1", "anon-2", 2*time.Hour)
+	later.Email = "u1@example.com"
+	later.Raw = []byte(`{"userId":"user-1","traits":{"email":"u1@example.com"}}`)
+	later.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j2", Payload: []byte(`{"traits":{"email":"u1@example.com"}}`)}}
+	older := identify("m0", "user-1", "anon-0", 0)
+	older.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j0", Payload: []byte(`{}`)}}
+	tests := []struct {
+		name   string
+		groups [][]Message
+	}{
+		{"identify, then delete and a later identify in one group", [][]Message{{older}, {del, later}}},
+		{"all in one group", [][]Message{{older, del, later}}},
+		{"delete overtakes the identity", [][]Message{{del}, {older}, {later}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openTestStore(t, Options{})
+			for _, g := range tt.groups {
+				submit(t, s, g...)
+			}
+			for _, id := range []Identifier{{KindUserID, "user-1"}, {KindAnonymousID, "anon-2"}, {KindAnonymousID, "anon-0"}, {KindEmail, "u1@example.com"}} {
+				if _, err := s.ProfileOf(context.Background(), id); ErrorCode(err) != CodeNotFound {
+					t.Errorf("%s after deletion: got %v, want not_found", id, err)
+				}
+			}
+			var left int
+			if err := s.read.Get(&left, `SELECT COUNT(*) FROM jobs`); err != nil {
+				t.Fatal(err)
+			}
+			if left != 0 {
+				t.Errorf("got %d jobs about the deleted user, want 0", left)
+			}
+			var traces int
+			if err := s.read.Get(&traces, `SELECT COUNT(*) FROM messages WHERE raw LIKE '%user-1%' OR user_id = 'user-1' OR raw LIKE '%u1@%'`); err != nil {
+				t.Fatal(err)
+			}
+			if traces != 0 {
+				t.Errorf("got %d messages still naming the deleted user, want 0", traces)
+			}
+		})
+	}
+}

@@ -16,6 +16,8 @@ import (
 // and label the rejected-events metric. A rejected event never fails its request.
 const (
 	ReasonUnknownType        = "unknown_type"          // type missing, not a string, or not a Segment call type
+	ReasonDeleteNotAccepted  = "delete_not_accepted"   // a deletion on the Tracking API: only Segment's webhook deletes
+	ReasonUnsignedDelete     = "unsigned_delete"       // a deletion past element 0 of a webhook array, which the signature does not cover
 	ReasonBadUserIDType      = "bad_user_id_type"      // userId is an object, array or boolean
 	ReasonBadAnonymousIDType = "bad_anonymous_id_type" // anonymousId is an object, array or boolean
 	ReasonBadPreviousIDType  = "bad_previous_id_type"  // an alias's previousId is an object, array or boolean
@@ -242,6 +244,11 @@ func (t *translator) event(raw []byte, route string) Event {
 	m := &ev.Message
 	m.Source, m.ReceivedAt = t.source, t.receivedAt
 	m.Type = eventType(f, route, &why)
+	if m.Type == "delete" && !t.delivered {
+		// Deletions are Segment's to send (regulations, through the webhook);
+		// browser write keys are public, so the Tracking API never deletes.
+		why.add(ReasonDeleteNotAccepted)
+	}
 	m.UserID = idField(f, "userId", ReasonBadUserIDType, &why)
 	m.AnonymousID = idField(f, "anonymousId", ReasonBadAnonymousIDType, &why)
 	if m.Type == "alias" {

@@ -437,8 +437,8 @@ func TestDecodeRejected(t *testing.T) {
 		{"context string", `{"type":"identify","userId":"u","context":"x"}`, ReasonBadContext},
 		{"traits string", `{"type":"identify","userId":"u","traits":"x"}`, ReasonBadTraits},
 		{"context.traits array", `{"type":"track","event":"E","userId":"u","context":{"traits":[]}}`, ReasonBadTraits},
-		{"delete", `{"type":"delete","userId":"u"}`, ""},
-		{"delete without identity", `{"type":"delete"}`, ReasonMissingIdentity},
+		{"delete on the Tracking API", `{"type":"delete","userId":"u"}`, ReasonDeleteNotAccepted},
+		{"delete without identity", `{"type":"delete"}`, ReasonDeleteNotAccepted},
 		{"first reason wins", `{"type":"nope","userId":{}}`, ReasonUnknownType},
 	}
 	for _, tt := range tests {

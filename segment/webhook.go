@@ -41,7 +41,13 @@ func DecodeWebhook(body []byte, receivedAt time.Time) ([]Event, error) {
 			if !isObject(raw) {
 				return nil, mapping.Errorf(mapping.CodeInvalid, "element %d of the delivery is not a JSON object; every element must be an event", i)
 			}
-			events = append(events, t.event(raw, ""))
+			ev := t.event(raw, "")
+			if i > 0 && ev.Message.Type == "delete" && ev.Message.Rejected == "" {
+				// Segment's signature covers element 0 only: a deletion
+				// appended to a captured delivery must not delete anyone.
+				ev.Message.Rejected = ReasonUnsignedDelete
+			}
+			events = append(events, ev)
 		}
 		return events, nil
 	default:

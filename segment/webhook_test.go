@@ -226,3 +226,20 @@ func TestDecodeWebhookBad(t *testing.T) {
 		}
 	})
 }
+
+// TestWebhookDeleteOnlyWhereSigned: Segment signs element 0 of an array, so
+// a deletion appended after it is stored as rejected, never applied.
+func TestWebhookDeleteOnlyWhereSigned(t *testing.T) {
+	body := []byte(`[{"type":"identify","userId":"u-1","messageId":"m1"},{"type":"delete","userId":"victim","messageId":"m2"}]`)
+	events, err := DecodeWebhook(body, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := events[1].Message.Rejected; got != ReasonUnsignedDelete {
+		t.Errorf("appended delete: got rejected %q, want %q", got, ReasonUnsignedDelete)
+	}
+	single, err := DecodeWebhook([]byte(`{"type":"delete","userId":"u-1","messageId":"m3"}`), time.Now())
+	if err != nil || single[0].Message.Rejected != "" || single[0].Message.Type != "delete" {
+		t.Errorf("signed single delete: got %+v, %v; want it accepted", single, err)
+	}
+}

@@ -7,6 +7,7 @@ CREATE TABLE messages (
     event        TEXT    NOT NULL DEFAULT '',
     user_id      TEXT,
     anonymous_id TEXT,
+    jimo_token   TEXT,
     event_at     BIGINT  NOT NULL,
     received_at  BIGINT  NOT NULL,
     rejected     TEXT    NOT NULL DEFAULT '',
@@ -16,6 +17,7 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_user_id ON messages (user_id);
 CREATE INDEX messages_anonymous_id ON messages (anonymous_id);
+CREATE INDEX messages_jimo_token ON messages (jimo_token) WHERE jimo_token IS NOT NULL;
 
 -- A cluster is a connected component of all links, applied or not: the unit
 -- that is re-decided when a link arrives out of order.
