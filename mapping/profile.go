@@ -212,6 +212,7 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []Prof
 	}
 	return out, emails, nil
 }
+
 // Warning is an identifier an operator should look at, with the reason.
 type Warning struct {
 	Identifier

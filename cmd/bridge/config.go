@@ -91,7 +91,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.StringVar(&c.JimoWebhookSecret, "jimo-webhook-secret", "", "authenticates Jimo's outgoing webhooks (generated when empty)")
 	fs.BoolVar(&c.JimoForwardTrack, "jimo-forward-track", false, "forward Segment track calls to Jimo as server-side events")
 	fs.BoolVar(&c.JimoRequireSigned, "jimo-require-signature", false, "require a signature on every session report, also in shared mode")
-	fs.Float64Var(&c.JimoSessionRate, "jimo-session-rate", 10, "session reports per second accepted per client IP")
+	fs.Float64Var(&c.JimoSessionRate, "jimo-session-rate", 10, "session reports per second accepted per client IP (0: no limit)")
 	fs.Var(listValue{&c.AllowedOrigins}, "allowed-origins", "comma-separated origins allowed to call /jimo/session from the page")
 	fs.StringVar(&c.AdminPassword, "admin-password", "", "admin page and /api/v1 password (generated when empty)")
 	fs.Var(listValue{&c.BlockedIDs}, "blocked-ids", "comma-separated extra values that are never identifiers")

@@ -35,7 +35,7 @@ func newForwarding(cfg config, mode jimo.Mode, tokenSecret string) forwarding {
 // segmentJobs attaches the jobs of a message received from Segment. An event
 // the bridge itself sent (forwarded) is stored but causes nothing: no loops.
 func (f forwarding) segmentJobs(m *mapping.Message, forwarded bool) {
-	if forwarded || m.Rejected != "" {
+	if forwarded || m.Rejected != "" || !f.usable(m) {
 		return
 	}
 	// In shared mode the user ID is what Jimo sees as the token: a guessable
@@ -64,7 +64,7 @@ func (f forwarding) segmentJobs(m *mapping.Message, forwarded bool) {
 // a session that ties an anonymous ID to a user becomes a Segment identify,
 // a Jimo webhook event a Segment track. Nothing goes back to Jimo.
 func (f forwarding) jimoJobs(m *mapping.Message) {
-	if !f.toSegment || m.Rejected != "" {
+	if !f.toSegment || m.Rejected != "" || !f.usable(m) {
 		return
 	}
 	switch m.Source {
@@ -77,4 +77,20 @@ func (f forwarding) jimoJobs(m *mapping.Message) {
 			m.Jobs = append(m.Jobs, j)
 		}
 	}
+}
+
+// usable reports whether the user ID and token a message names are real
+// identifiers: a placeholder ("undefined", "null", a nil UUID, a configured
+// blocked value) is never forwarded, in any token mode, or every person
+// sending it would become one user downstream.
+func (f forwarding) usable(m *mapping.Message) bool {
+	for _, v := range []string{m.UserID, m.JimoToken, m.JimoTokenOrUserID} {
+		if v == "" {
+			continue
+		}
+		if _, reason := f.blocklist.Check(v); reason != "" {
+			return false
+		}
+	}
+	return true
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -36,7 +37,12 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	open := func() (*mapping.Store, error) { return mapping.Open(ctx, *db, mapping.Options{}) }
+	open := func() (*mapping.Store, error) {
+		if _, err := os.Stat(*db); err != nil {
+			return nil, fmt.Errorf("no bridge database at %s (pass -db or BRIDGE_DB): %w", *db, err)
+		}
+		return mapping.Open(ctx, *db, mapping.Options{})
+	}
 
 	switch args[0] {
 	case "list":

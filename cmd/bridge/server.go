@@ -304,6 +304,9 @@ func resolveSecrets(ctx context.Context, cfg *config, store *mapping.Store, stdo
 
 // newApp opens the store and builds the server with every route.
 func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writer) (*app, error) {
+	if strings.HasPrefix(cfg.DB, "postgres://") || strings.HasPrefix(cfg.DB, "postgresql://") {
+		return nil, fmt.Errorf("BRIDGE_DB: PostgreSQL is not supported by this version yet; give a SQLite file path")
+	}
 	m := newMetrics()
 	describeMetrics(m)
 	store, err := mapping.Open(ctx, cfg.DB, mapping.Options{
@@ -366,7 +369,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		},
 		WebhookSecret:  cfg.JimoWebhookSecret,
 		AllowedOrigins: cfg.AllowedOrigins,
-		RateLimit:      jimo.RateLimit{PerSecond: cfg.JimoSessionRate},
+		RateLimit:      jimo.RateLimit{PerSecond: sessionRate(cfg.JimoSessionRate)},
 		Logger:         logger,
 	})
 	if err != nil {
@@ -396,9 +399,6 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	e.Match([]string{http.MethodPost, http.MethodOptions}, "/jimo/session", jim.Session, jim.CORS())
 	e.POST("/jimo/webhook", jim.Webhook)
 
-	api := e.Group("/api/v1", requireAdmin(cfg.AdminPassword))
-	api.GET("/profiles", getProfile(a.store))
-	api.GET("/warnings", listWarnings(a.store))
 	adm, err := admin.New(admin.Config{
 		Store:    a.store,
 		Password: cfg.AdminPassword,
@@ -409,6 +409,9 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		return nil, err
 	}
 	adm.Register(e.Group("/admin"))
+	api := e.Group("/api/v1", adm.RequireAPI())
+	api.GET("/profiles", getProfile(a.store))
+	api.GET("/warnings", listWarnings(a.store))
 	adm.RegisterAPI(api)
 
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
@@ -425,6 +428,14 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		return nil
 	})
 	return e, nil
+}
+
+// sessionRate maps the configured rate to jimo's: 0 means no limit, as for the Tracking API.
+func sessionRate(perSecond float64) float64 {
+	if perSecond <= 0 {
+		return -1
+	}
+	return perSecond
 }
 
 // adminCounters are the process counters the admin overview shows as warnings.

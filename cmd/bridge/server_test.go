@@ -217,3 +217,23 @@ func TestConfigFromEnvironment(t *testing.T) {
 		t.Errorf("bad number: got %v, want an error naming the variable", err)
 	}
 }
+
+// TestAPIPasswordGuessingIsThrottled: wrong passwords on /api/v1 count
+// toward the same lockout as the login form.
+func TestAPIPasswordGuessingIsThrottled(t *testing.T) {
+	b := startBridge(t, "")
+	var statuses []int
+	for range 7 {
+		req, _ := http.NewRequest(http.MethodGet, b.URL+"/api/v1/profiles?identifier=user_id:x", nil)
+		req.Header.Set("Authorization", "Bearer guess")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		statuses = append(statuses, resp.StatusCode)
+	}
+	if statuses[0] != http.StatusUnauthorized || statuses[len(statuses)-1] != http.StatusTooManyRequests {
+		t.Errorf("got statuses %v, want 401 at first and 429 once locked out", statuses)
+	}
+}

@@ -1,0 +1,56 @@
+package admin
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/bridgeworks/bridge/mapping"
+)
+
+// RequireAPI is the middleware of the JSON API (/api/v1): it accepts the
+// admin password as Basic auth for user "admin" or as "Authorization: Bearer
+// <password>", compared in constant time. Wrong passwords count against the
+// client IP in the same lockout as the login form, so guessing through the
+// API is as slow as through the page.
+func (a *Admin) RequireAPI() echo.MiddlewareFunc {
+	want := sha256.Sum256(a.password)
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			ip, now := clientIP(c), a.now()
+			if wait := a.throttle.locked(ip, now); wait > 0 {
+				return apiLockedOut(c, wait.Seconds())
+			}
+			var got []byte
+			req := c.Request()
+			if user, pass, ok := req.BasicAuth(); ok && user == "admin" {
+				got = []byte(pass)
+			} else if token, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer "); ok {
+				got = []byte(strings.TrimSpace(token))
+			}
+			sum := sha256.Sum256(got)
+			if len(got) == 0 || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+				if len(got) > 0 {
+					if wait := a.throttle.fail(ip, now); wait > 0 {
+						return apiLockedOut(c, wait.Seconds())
+					}
+				}
+				c.Response().Header().Set("WWW-Authenticate", `Basic realm="bridge admin", charset="UTF-8"`)
+				return mapping.Errorf(mapping.CodeUnauthorized, "the admin API needs the admin password: Basic auth as user admin, or Authorization: Bearer <password>")
+			}
+			a.throttle.succeed(ip)
+			return next(c)
+		}
+	}
+}
+
+func apiLockedOut(c echo.Context, seconds float64) error {
+	secs := int(math.Ceil(seconds))
+	c.Response().Header().Set(echo.HeaderRetryAfter, strconv.Itoa(secs))
+	return mapping.Errorf(mapping.CodeRateLimited, "too many wrong passwords from this address; retry after %s", fmt.Sprint(secs, " s"))
+}
