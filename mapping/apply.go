@@ -657,11 +657,12 @@ func (w *writer) saveProfile(ctx context.Context, id int64, st profileState) err
 	return nil
 }
 
-// enqueue writes an outbox job unless the same destination already has that message ID.
+// enqueue writes an outbox job. It runs only for a message stored for the
+// first time, so a job is never written twice.
 func (w *writer) enqueue(ctx context.Context, j Job, m Message) error {
 	if _, err := w.exec(ctx, `INSERT INTO jobs
 		(destination, ordering_key, message_id, payload, state, attempts, run_at, source_message, created_at, updated_at)
-		VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?) ON CONFLICT (destination, message_id) DO NOTHING`,
+		VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)`,
 		j.Destination, j.OrderingKey, j.MessageID, string(j.Payload), w.now, string(m.Source)+":"+m.ID, w.now, w.now); err != nil {
 		return fmt.Errorf("enqueue %s job: %w", j.Destination, err)
 	}

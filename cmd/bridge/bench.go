@@ -14,10 +14,11 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
 	"github.com/labstack/echo/v4"
 
@@ -125,8 +126,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	defer stopBare()
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *concurrency * 2, MaxIdleConns: *concurrency * 4}}
-	var seq atomic.Int64
-	identifyBody := func() []byte { return identifyEvent(seq.Add(1)) }
+	identifyBody := func() []byte { b, _ := identifyEvent(); return b }
 	batchBody := func() []byte {
 		var b bytes.Buffer
 		b.WriteString(`{"batch":[`)
@@ -134,7 +134,8 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			b.Write(identifyEvent(seq.Add(1)))
+			event, _ := identifyEvent()
+			b.Write(event)
 		}
 		b.WriteString(`],"sentAt":"` + time.Now().UTC().Format(time.RFC3339Nano) + `"}`)
 		return b.Bytes()
@@ -205,12 +206,16 @@ func drainOutbox(ctx context.Context, a *app, d time.Duration) (benchResult, err
 	return res, nil
 }
 
-// identifyEvent is an analytics-go-shaped identify with a fresh user and anonymous ID.
-func identifyEvent(n int64) []byte {
+// identifyEvent is an analytics-go-shaped identify for a new person, with
+// the random IDs real clients send: a UUID message ID and anonymous ID, and
+// an opaque user ID. It returns the event and its message ID.
+func identifyEvent() ([]byte, string) {
+	messageID := uuid.NewString()
 	now := time.Now().UTC().Format(time.RFC3339Nano)
-	return fmt.Appendf(nil, `{"type":"identify","messageId":"bench-%d-%d","userId":"user-%016x","anonymousId":"bench-anon-%d",`+
-		`"traits":{"email":"user%d@example.com","plan":"pro","name":"Bench User %d"},"timestamp":%q,`+
-		`"context":{"library":{"name":"analytics-go","version":"3.3.0"}}}`, time.Now().UnixNano(), n, uint64(n)*0x9E3779B97F4A7C15, n, n, n, now)
+	return fmt.Appendf(nil, `{"type":"identify","messageId":%q,"userId":"u_%s","anonymousId":%q,`+
+		`"traits":{"email":"%s@example.com","plan":"pro","name":"Bench User"},"timestamp":%q,`+
+		`"context":{"library":{"name":"analytics-go","version":"3.3.0"}}}`,
+		messageID, strings.ReplaceAll(uuid.NewString(), "-", ""), uuid.NewString(), messageID[:8], now), messageID
 }
 
 func listen(h http.Handler) (string, func(), error) {
@@ -284,7 +289,6 @@ func rawInserts(ctx context.Context, path string, batchSize int, d time.Duration
 	}
 	start := time.Now()
 	deadline := start.Add(d)
-	var n int64
 	for time.Now().Before(deadline) {
 		t := time.Now()
 		tx, err := db.BeginTxx(ctx, nil)
@@ -292,8 +296,8 @@ func rawInserts(ctx context.Context, path string, batchSize int, d time.Duration
 			return res, err
 		}
 		for range batchSize {
-			n++
-			if _, err := tx.ExecContext(ctx, `INSERT INTO messages (message_id, raw) VALUES (?, ?)`, fmt.Sprint("raw-", n), identifyEvent(n)); err != nil {
+			event, messageID := identifyEvent()
+			if _, err := tx.ExecContext(ctx, `INSERT INTO messages (message_id, raw) VALUES (?, ?)`, messageID, event); err != nil {
 				tx.Rollback()
 				return res, err
 			}

@@ -87,7 +87,7 @@ CREATE INDEX link_log_link_id ON link_log (link_id);
 -- Traits per identifier: a JSON object of key -> {"v": value, "k": order key, "s": source}.
 -- A profile's traits merge those of its identifiers, last write wins by order key.
 CREATE TABLE traits (
-    identifier_id BIGINT PRIMARY KEY,
+    identifier_id INTEGER PRIMARY KEY,
     email         TEXT,
     doc           TEXT NOT NULL
 );
@@ -102,6 +102,8 @@ CREATE TABLE tombstones (
 );
 
 -- The outbox: deliveries written in the same transaction as their cause.
+-- (A message is stored once, so its jobs are written once: no unique index
+-- on message_id is needed, and every random-key index costs each commit.)
 CREATE TABLE jobs (
     id             INTEGER PRIMARY KEY,
     destination    TEXT    NOT NULL,
@@ -115,8 +117,7 @@ CREATE TABLE jobs (
     last_error     TEXT    NOT NULL DEFAULT '',
     source_message TEXT    NOT NULL DEFAULT '',
     created_at     BIGINT  NOT NULL,
-    updated_at     BIGINT  NOT NULL,
-    UNIQUE (destination, message_id)
+    updated_at     BIGINT  NOT NULL
 );
 CREATE INDEX jobs_state_id ON jobs (state, id);
 -- Serves per-user ordering in claims and a profile's deliveries.
