@@ -53,7 +53,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bridge bench", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	duration := fs.Duration("duration", 5*time.Second, "how long each load run lasts")
-	concurrency := fs.Int("concurrency", 32, "concurrent clients")
+	concurrency := fs.Int("concurrency", 128, "concurrent clients")
 	batchSize := fs.Int("batch", 100, "events per /v1/batch request")
 	dir := fs.String("dir", "", "directory for the benchmark databases (default: a temporary one)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
