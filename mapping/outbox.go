@@ -172,6 +172,12 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 	// Sends outlive ctx by the grace period, so a shutdown finishes them.
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSends()
+	// Outcomes are recorded in batches by one goroutine: one transaction for
+	// many deliveries. A job stays claimed (running) until its outcome is
+	// committed, so neither it nor its user's next job is claimed meanwhile.
+	results := make(chan delivery, opts.Workers)
+	recorded := make(chan struct{})
+	go func() { s.recordLoop(results, opts); close(recorded) }()
 	slots := make(chan struct{}, opts.Workers)
 	var inflight sync.WaitGroup
 	for ctx.Err() == nil {
@@ -204,7 +210,7 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 			inflight.Add(1)
 			go func() {
 				defer func() { <-slots; inflight.Done() }()
-				s.deliver(sendCtx, j, opts)
+				results <- s.deliver(sendCtx, j, opts)
 			}()
 		}
 	}
@@ -216,6 +222,8 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 		cancelSends() // deliver releases what it could not finish
 		<-done
 	}
+	close(results)
+	<-recorded
 	return nil
 }
 
@@ -257,8 +265,14 @@ func (s *Store) claim(ctx context.Context, destinations []string, n int, lease t
 	return jobs, err
 }
 
-// deliver sends one job and records the outcome.
-func (s *Store) deliver(ctx context.Context, j claimedJob, opts OutboxOptions) {
+// delivery is a job sent and what it led to, waiting to be recorded.
+type delivery struct {
+	job claimedJob
+	out outcome
+}
+
+// deliver sends one job and decides its outcome.
+func (s *Store) deliver(ctx context.Context, j claimedJob, opts OutboxOptions) delivery {
 	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease)
 	err := opts.Senders[j.Destination].Send(sendCtx, Job{Destination: j.Destination, OrderingKey: j.OrderingKey, MessageID: j.MessageID, Payload: []byte(j.Payload)})
 	cancel()
@@ -268,20 +282,51 @@ func (s *Store) deliver(ctx context.Context, j claimedJob, opts OutboxOptions) {
 		o = outcome{state: JobPending, runAt: s.opts.Now(), lastErr: "released at shutdown", result: "released"}
 		j.Attempts--
 	}
-	rec := context.WithoutCancel(ctx)
-	if err := s.inTx(rec, func(ctx context.Context, w *writer) error {
-		_, err := w.exec(ctx, `UPDATE jobs SET state = ?, run_at = ?, attempts = ?, locked_until = 0, last_error = ?, updated_at = ? WHERE id = ?`,
-			o.state, o.runAt.UnixNano(), j.Attempts, o.lastErr, s.opts.Now().UnixNano(), j.ID)
-		return err
-	}); err != nil {
-		opts.Logger.Error("record delivery", "job_id", j.ID, "err", err)
-		return
-	}
-	if o.state == JobDead {
-		opts.Logger.Warn("outbox job dead", "job_id", j.ID, "destination", j.Destination, "message_id", j.MessageID, "attempts", j.Attempts, "err", o.lastErr)
-	}
-	if opts.Observer != nil {
-		opts.Observer.Delivered(j.Destination, o.result, j.Attempts)
+	return delivery{job: j, out: o}
+}
+
+// recordLoop commits delivery outcomes, as many as are waiting in one
+// transaction, until results is closed and drained. An outcome that cannot
+// be recorded leaves its job claimed until the lease ends; it is then sent
+// again, with the same message ID.
+func (s *Store) recordLoop(results <-chan delivery, opts OutboxOptions) {
+	for d := range results {
+		batch := []delivery{d}
+	gather:
+		for len(batch) < 512 {
+			select {
+			case d, ok := <-results:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, d)
+			default:
+				break gather
+			}
+		}
+		err := s.inTx(context.Background(), func(ctx context.Context, w *writer) error {
+			now := s.opts.Now().UnixNano()
+			for _, d := range batch {
+				if _, err := w.exec(ctx, `UPDATE jobs SET state = ?, run_at = ?, attempts = ?, locked_until = 0, last_error = ?, updated_at = ? WHERE id = ?`,
+					d.out.state, d.out.runAt.UnixNano(), d.job.Attempts, d.out.lastErr, now, d.job.ID); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			opts.Logger.Error("record deliveries", "jobs", len(batch), "err", err)
+			continue
+		}
+		for _, d := range batch {
+			j, o := d.job, d.out
+			if o.state == JobDead {
+				opts.Logger.Warn("outbox job dead", "job_id", j.ID, "destination", j.Destination, "message_id", j.MessageID, "attempts", j.Attempts, "err", o.lastErr)
+			}
+			if opts.Observer != nil {
+				opts.Observer.Delivered(j.Destination, o.result, j.Attempts)
+			}
+		}
 	}
 }
 
