@@ -30,13 +30,18 @@ func genMessages(t *rapid.T) []Message {
 			Timestamp: t0.Add(time.Duration(rapid.IntRange(0, 4).Draw(t, "minute")) * time.Minute),
 			Raw:       []byte(`{}`),
 		}
-		if m.Type == "alias" {
+		switch m.Type {
+		case "alias":
 			m.PreviousID = rapid.SampledFrom(anonIDs).Draw(t, "previousId")
+		case "session":
+			// A Jimo session report in derived mode: user, token and browser.
+			m.Source = SourceJimoSession
+			m.JimoToken = rapid.SampledFrom([]string{"", "token-x", "token-y"}).Draw(t, "jimoToken")
 		}
 		if rapid.IntRange(0, 9).Draw(t, "impersonating") == 0 {
 			m.Impersonating = true
 		}
-		if m.UserID == "" && m.AnonymousID == "" && m.PreviousID == "" {
+		if m.UserID == "" && m.AnonymousID == "" && m.PreviousID == "" && m.JimoToken == "" {
 			m.AnonymousID = "anon-1"
 		}
 		m.ReceivedAt = m.Timestamp
