@@ -137,11 +137,12 @@ func New(cfg Config) (*Admin, error) {
 	return a, nil
 }
 
-// pageNames are the templates, one per page; each is parsed with the layout.
+// pageNames are the templates, one per page; each is parsed with the layout
+// and the shared partials (templates/partials.html).
 var pageNames = []string{"login", "overview", "search", "profile", "conflicts", "jobs", "warnings", "delete", "error"}
 
 func parsePages(funcs template.FuncMap) (map[string]*template.Template, error) {
-	layout, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFiles, "templates/layout.html")
+	layout, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFiles, "templates/layout.html", "templates/partials.html")
 	if err != nil {
 		return nil, fmt.Errorf("admin: parse layout: %w", err)
 	}
@@ -318,6 +319,17 @@ type frame struct {
 	// Self is the current page's path and query, for "back" fields.
 	Self string
 }
+
+// row is what a shared template that posts a form is given: the page's
+// frame (for Base, CSRF and Self) and the item it shows.
+type row struct {
+	frame
+	Row any
+}
+
+// With pairs the page's frame with an item for a shared template:
+// {{template "job-cells" $.With .}}.
+func (f frame) With(item any) row { return row{frame: f, Row: item} }
 
 func (a *Admin) frame(c echo.Context, s *session, title, nav string) frame {
 	f := frame{Title: title, Base: a.base, Nav: nav, Self: c.Request().URL.RequestURI()}

@@ -229,16 +229,7 @@ func (a *Admin) apiDelete(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx := c.Request().Context()
-	p, err := a.store.ProfileOf(ctx, id)
-	if err != nil {
-		return err
-	}
-	key, err := mapping.ParseIdentifier(deletionKey(p, id))
-	if err != nil {
-		return err
-	}
-	deleted, err := a.store.DeleteProfile(ctx, key, OperatorAPI, why)
+	_, deleted, err := a.deleteProfileOf(c.Request().Context(), id, OperatorAPI, why)
 	if err != nil {
 		return err
 	}
@@ -270,25 +261,15 @@ func (a *Admin) apiRetry(c echo.Context) error {
 }
 
 func (a *Admin) apiJobs(c echo.Context) error {
-	state := c.QueryParam("state")
-	if state == "" {
-		state = mapping.JobDead
-	}
-	valid := false
-	for _, st := range jobStates {
-		valid = valid || st == state
-	}
-	if !valid {
+	state, query, ok := jobState(c)
+	if !ok {
 		return mapping.Errorf(mapping.CodeInvalid, "state=%q: want dead, pending, running, done or all", state)
-	}
-	if state == "all" {
-		state = ""
 	}
 	limit, err := limitParam(c, 100, 1000)
 	if err != nil {
 		return err
 	}
-	jobs, err := a.store.Jobs(c.Request().Context(), state, limit)
+	jobs, err := a.store.Jobs(c.Request().Context(), query, limit)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -359,29 +360,32 @@ func (a *Admin) repairFailed(c echo.Context, s *session, err error, fallback str
 }
 
 func (a *Admin) resolve(c echo.Context, s *session) error {
-	fallback := a.base + "/conflicts"
-	id, err := linkID(c)
-	if err != nil {
-		return err
-	}
-	why, err := reason(c.FormValue("reason"))
-	if err != nil {
-		return a.repairFailed(c, s, err, fallback)
-	}
 	action := c.FormValue("action")
-	if err := a.store.ResolveConflict(c.Request().Context(), id, action, OperatorPage, why); err != nil {
-		return a.repairFailed(c, s, err, fallback)
-	}
-	text := fmt.Sprintf("Link %d dismissed: the identifiers stay apart.", id)
-	if action == mapping.ResolveLink {
-		text = fmt.Sprintf("Link %d linked anyway: the rules re-decided its cluster.", id)
-	}
-	f := flash{Text: text, Links: a.sideLinks(c.Request().Context(), c.FormValue("a"), c.FormValue("b"))}
-	return a.redirect(c, s, a.landing(c, fallback, f.Links), f)
+	return a.repairLink(c, s, a.base+"/conflicts", func(ctx context.Context, id int64, why string) (string, error) {
+		if err := a.store.ResolveConflict(ctx, id, action, OperatorPage, why); err != nil {
+			return "", err
+		}
+		if action == mapping.ResolveLink {
+			return fmt.Sprintf("Link %d linked anyway: the rules re-decided its cluster.", id), nil
+		}
+		return fmt.Sprintf("Link %d dismissed: the identifiers stay apart.", id), nil
+	})
 }
 
 func (a *Admin) unmerge(c echo.Context, s *session) error {
-	fallback := a.base + "/"
+	return a.repairLink(c, s, a.base+"/", func(ctx context.Context, id int64, why string) (string, error) {
+		if err := a.store.Unmerge(ctx, id, OperatorPage, why); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("Link %d unmerged: the rules re-decided its cluster.", id), nil
+	})
+}
+
+// repairLink runs repair on the link named by :id with the form's reason,
+// then goes back (see landing) with repair's text and the profiles the
+// link's two identifiers are in now. A refused repair goes back to the
+// page the form came from, or fallback, with the reason it was refused.
+func (a *Admin) repairLink(c echo.Context, s *session, fallback string, repair func(ctx context.Context, id int64, why string) (string, error)) error {
 	id, err := linkID(c)
 	if err != nil {
 		return err
@@ -390,10 +394,11 @@ func (a *Admin) unmerge(c echo.Context, s *session) error {
 	if err != nil {
 		return a.repairFailed(c, s, err, fallback)
 	}
-	if err := a.store.Unmerge(c.Request().Context(), id, OperatorPage, why); err != nil {
+	text, err := repair(c.Request().Context(), id, why)
+	if err != nil {
 		return a.repairFailed(c, s, err, fallback)
 	}
-	f := flash{Text: fmt.Sprintf("Link %d unmerged: the rules re-decided its cluster.", id), Links: a.sideLinks(c.Request().Context(), c.FormValue("a"), c.FormValue("b"))}
+	f := flash{Text: text, Links: a.sideLinks(c.Request().Context(), c.FormValue("a"), c.FormValue("b"))}
 	return a.redirect(c, s, a.landing(c, fallback, f.Links), f)
 }
 
@@ -475,6 +480,25 @@ func deletionKey(p mapping.Profile, id mapping.Identifier) string {
 	return id.String()
 }
 
+// deleteProfileOf deletes the profile holding id, by its deletionKey, for
+// the page and the API alike. It returns the profile and the identifiers
+// deleted.
+func (a *Admin) deleteProfileOf(ctx context.Context, id mapping.Identifier, operator, why string) (mapping.Profile, []mapping.Identifier, error) {
+	p, err := a.store.ProfileOf(ctx, id)
+	if err != nil {
+		return mapping.Profile{}, nil, err
+	}
+	key, err := mapping.ParseIdentifier(deletionKey(p, id))
+	if err != nil {
+		return mapping.Profile{}, nil, err
+	}
+	deleted, err := a.store.DeleteProfile(ctx, key, operator, why)
+	if err != nil {
+		return mapping.Profile{}, nil, err
+	}
+	return p, deleted, nil
+}
+
 func (a *Admin) deleteProfile(c echo.Context, s *session) error {
 	id, err := mapping.ParseIdentifier(strings.TrimSpace(c.FormValue("identifier")))
 	if err != nil {
@@ -488,16 +512,7 @@ func (a *Admin) deleteProfile(c echo.Context, s *session) error {
 	if strings.TrimSpace(c.FormValue("confirm")) != id.String() {
 		return a.redirect(c, s, confirmPage, flash{Error: true, Text: "Nothing was deleted: type the identifier exactly as shown to confirm."})
 	}
-	ctx := c.Request().Context()
-	p, err := a.store.ProfileOf(ctx, id)
-	if err != nil {
-		return err
-	}
-	key, err := mapping.ParseIdentifier(deletionKey(p, id))
-	if err != nil {
-		return err
-	}
-	deleted, err := a.store.DeleteProfile(ctx, key, OperatorPage, why)
+	p, deleted, err := a.deleteProfileOf(c.Request().Context(), id, OperatorPage, why)
 	if err != nil {
 		return err
 	}
@@ -506,6 +521,23 @@ func (a *Admin) deleteProfile(c echo.Context, s *session) error {
 
 // jobStates are the states the jobs page filters by.
 var jobStates = []string{mapping.JobDead, mapping.JobPending, mapping.JobRunning, mapping.JobDone, "all"}
+
+// jobState reads ?state= for the jobs page and the API: state is the one
+// asked for (dead when none), query what to ask the store for ("" for all),
+// and ok false when state is not one of jobStates.
+func jobState(c echo.Context) (state, query string, ok bool) {
+	state = c.QueryParam("state")
+	if state == "" {
+		state = mapping.JobDead
+	}
+	if !slices.Contains(jobStates, state) {
+		return state, "", false
+	}
+	if state == "all" {
+		return state, "", true
+	}
+	return state, state, true
+}
 
 type jobsView struct {
 	frame
@@ -517,20 +549,9 @@ type jobsView struct {
 }
 
 func (a *Admin) jobs(c echo.Context, s *session) error {
-	state := c.QueryParam("state")
-	if state == "" {
-		state = mapping.JobDead
-	}
-	valid := false
-	for _, st := range jobStates {
-		valid = valid || st == state
-	}
-	if !valid {
+	state, query, ok := jobState(c)
+	if !ok {
 		return mapping.Errorf(mapping.CodeInvalid, "state %q: want one of %s", state, strings.Join(jobStates, ", "))
-	}
-	query := state
-	if state == "all" {
-		query = ""
 	}
 	jobs, err := a.store.Jobs(c.Request().Context(), query, jobListSize)
 	if err != nil {
