@@ -38,6 +38,9 @@ type OutboxOptions struct {
 	// at once instead of after their lease: right when this process is the
 	// only one delivering from the database (SQLite).
 	ReleaseOnStart bool
+	// KeepDone is how long delivered jobs stay visible (on the profile page,
+	// in `bridge outbox list -state done`) before they are removed; default 7 days.
+	KeepDone time.Duration
 	// ShutdownGrace is how long Run waits for deliveries in flight when ctx ends; default 10 s.
 	ShutdownGrace time.Duration
 	// Jitter returns a number in [0, 1); default math/rand/v2.
@@ -149,6 +152,9 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 	if opts.Jitter == nil {
 		opts.Jitter = rand.Float64
 	}
+	if opts.KeepDone <= 0 {
+		opts.KeepDone = 7 * 24 * time.Hour
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -180,7 +186,14 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 	go func() { s.recordLoop(results, opts); close(recorded) }()
 	slots := make(chan struct{}, opts.Workers)
 	var inflight sync.WaitGroup
+	nextPrune := time.Now()
 	for ctx.Err() == nil {
+		if time.Now().After(nextPrune) {
+			if _, err := s.PruneDone(ctx, opts.KeepDone); err != nil && ctx.Err() == nil {
+				opts.Logger.Warn("prune delivered jobs", "err", err)
+			}
+			nextPrune = time.Now().Add(time.Hour)
+		}
 		// Wait for at least one free slot.
 		select {
 		case slots <- struct{}{}:
@@ -328,6 +341,21 @@ func (s *Store) recordLoop(results <-chan delivery, opts OutboxOptions) {
 			}
 		}
 	}
+}
+
+// PruneDone removes delivered jobs last updated more than keep ago and
+// returns how many; the outbox worker calls it every hour.
+func (s *Store) PruneDone(ctx context.Context, keep time.Duration) (int, error) {
+	var n int64
+	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		res, err := w.exec(ctx, `DELETE FROM jobs WHERE state = 'done' AND updated_at < ?`, s.opts.Now().Add(-keep).UnixNano())
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
 }
 
 // JobInfo is an outbox job as operators see it.

@@ -189,3 +189,27 @@ func contains(xs []string, x string) bool {
 	}
 	return false
 }
+
+func TestPruneDone(t *testing.T) {
+	now := t0
+	s := openTestStore(t, Options{Now: func() time.Time { return now }})
+	submit(t, s, withJobs("m1", "user-a", "a1", "a2"))
+	jobs, err := s.claim(context.Background(), []string{"fake"}, 10, time.Minute)
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("claim: %v %v", jobs, err)
+	}
+	results := make(chan delivery, 1)
+	results <- delivery{job: jobs[0], out: outcome{state: JobDone, result: "done"}}
+	close(results)
+	s.recordLoop(results, OutboxOptions{})
+
+	now = now.Add(8 * 24 * time.Hour)
+	n, err := s.PruneDone(context.Background(), 7*24*time.Hour)
+	if err != nil || n != 1 {
+		t.Fatalf("prune: got %d, %v; want the one delivered job", n, err)
+	}
+	left, _ := s.Jobs(context.Background(), "", 10)
+	if len(left) != 1 || left[0].MessageID != "a2" {
+		t.Errorf("after pruning: got %+v, want only the pending a2", left)
+	}
+}

@@ -41,6 +41,7 @@ type config struct {
 	ShutdownTimeout     time.Duration
 	MaxDeliveryAttempts int
 	DeliveryWorkers     int
+	KeepDeliveredJobs   time.Duration
 	TrustProxy          bool
 }
 
@@ -103,6 +104,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long shutdown waits for in-flight requests")
 	fs.IntVar(&c.MaxDeliveryAttempts, "max-delivery-attempts", 12, "deliveries tried per outbox job before it is dead")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", 128, "outbox deliveries in flight at once")
+	fs.DurationVar(&c.KeepDeliveredJobs, "keep-delivered-jobs", 7*24*time.Hour, "how long delivered outbox jobs stay visible before they are removed")
 	fs.BoolVar(&c.TrustProxy, "trust-proxy", false, "take the client IP from X-Forwarded-For (only behind a proxy that sets it)")
 
 	set := map[string]bool{}

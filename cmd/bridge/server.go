@@ -247,6 +247,7 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 			Senders:     a.senders,
 			MaxAttempts: a.cfg.MaxDeliveryAttempts,
 			Workers:     a.cfg.DeliveryWorkers,
+			KeepDone:    a.cfg.KeepDeliveredJobs,
 			// One process delivers from a SQLite file: what a crashed one held is due at once.
 			ReleaseOnStart: true,
 			Logger:         logger,
