@@ -67,12 +67,11 @@ const MaxIdentifierLength = 400
 
 // Reasons an identifier value is refused; they appear in metrics and on the admin page.
 const (
-	ReasonEmpty    = "empty"
-	ReasonTooLong  = "too_long"
-	ReasonControl  = "control_characters"
-	ReasonInvalid  = "invalid_utf8"
-	ReasonBlocked  = "blocked_value"
-	ReasonNotAText = "not_a_string"
+	ReasonEmpty   = "empty"
+	ReasonTooLong = "too_long"
+	ReasonControl = "control_characters"
+	ReasonInvalid = "invalid_utf8"
+	ReasonBlocked = "blocked_value"
 )
 
 // Normalize trims v and checks rule 1 of the identity model. It returns the
