@@ -292,3 +292,30 @@ func TestDeletionIsFinalWhateverTheGrouping(t *testing.T) {
 		})
 	}
 }
+
+func TestMergeOnEmailIsOptIn(t *testing.T) {
+	browse := func(id, anon string) Message {
+		return Message{Source: SourceSegmentAPI, ID: id, Type: "identify", AnonymousID: anon, Email: "pat@example.com", Timestamp: t0, ReceivedAt: t0}
+	}
+	tests := []struct {
+		name  string
+		merge bool
+		want  []string
+	}{
+		{"attribute by default", false, []string{"anonymous_id:anon-1", "anonymous_id:anon-2"}},
+		{"merging when enabled", true, []string{"anonymous_id:anon-1 anonymous_id:anon-2 email:pat@example.com"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openTestStore(t, Options{MergeOnEmail: tt.merge})
+			submit(t, s, browse("m1", "anon-1"), browse("m2", "anon-2"))
+			if got := takeSnapshot(t, s).Profiles; !slices.Equal(got, tt.want) {
+				t.Errorf("got profiles %v, want %v", got, tt.want)
+			}
+			p, err := s.ProfileOf(context.Background(), Identifier{Kind: KindEmail, Value: "pat@example.com"})
+			if err != nil || !slices.ContainsFunc(p.Identifiers, func(id ProfileIdentifier) bool { return id.Value == "anon-1" }) {
+				t.Errorf("lookup by email: got %+v, %v; want the first browser's profile", p, err)
+			}
+		})
+	}
+}
