@@ -35,11 +35,6 @@ type candidate struct {
 
 // apply stores one message and applies it. It must run inside w.tx.
 func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
-	if m.JimoTokenOrUserID != "" {
-		if err := w.resolveToken(ctx, &m); err != nil {
-			return Receipt{}, err
-		}
-	}
 	// Identifiers are read even from a rejected message, so that a privacy
 	// deletion finds the message by them.
 	ids, notes := w.identifiers(m)
@@ -180,25 +175,6 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	return Receipt{Notes: notes}, nil
 }
 
-// resolveToken reads m.JimoTokenOrUserID as a known legacy Jimo token, or else as the user ID.
-func (w *writer) resolveToken(ctx context.Context, m *Message) error {
-	v, reason := w.opts.Blocklist.Check(m.JimoTokenOrUserID)
-	if reason != "" {
-		m.UserID = m.JimoTokenOrUserID // refused with its reason, like any user ID
-		return nil
-	}
-	var n int
-	if err := w.get(ctx, &n, `SELECT COUNT(*) FROM identifiers WHERE kind = ? AND value = ?`, KindJimoToken, v); err != nil {
-		return fmt.Errorf("resolve jimo token: %w", err)
-	}
-	if n > 0 {
-		m.JimoToken = v
-	} else {
-		m.UserID = v
-	}
-	return nil
-}
-
 // warnRefused keeps the warning of a message refused for its user ID (a
 // guessable Jimo token): the user ID is recorded, linked to nothing, so
 // operators see it listed with the reason.
@@ -238,6 +214,15 @@ func (w *writer) identifiers(m Message) ([]candidate, []string) {
 		{"jimoToken", KindJimoToken, m.JimoToken},
 		{"anonymousId", KindAnonymousID, m.AnonymousID},
 		{"previousId", KindAnonymousID, m.PreviousID},
+	}
+	if t := m.JimoTokenOrUserID; t != "" && m.UserID == "" && m.JimoToken == "" {
+		// The token Jimo reports, which is the user ID unless the page made it
+		// a legacy token of another user: it is recorded as the Jimo token
+		// (first, so the message's traits land wherever the token belongs)
+		// linked to the user ID of the same value. For a legacy token the
+		// session report's earlier link to the real user wins that
+		// contest (rule 3, decided by event time), whatever the arrival order.
+		fields[0], fields[1] = candidate{"jimoToken", KindJimoToken, t}, candidate{"userId", KindUserID, t}
 	}
 	if w.opts.MergeOnEmail {
 		fields = append(fields, candidate{"email", KindEmail, m.Email})

@@ -44,8 +44,10 @@ type Message struct {
 	// JimoToken is a Jimo session token that is not the user ID (derived mode, legacy tokens).
 	JimoToken string
 	// JimoTokenOrUserID is a Jimo session token as Jimo reports it (its
-	// webhooks' identifyToken, shared mode): the store reads it as JimoToken
-	// when it knows a jimo_token of that value (a legacy token), else as UserID.
+	// webhooks' identifyToken, shared mode): the user ID, or a legacy token
+	// of another user. The store records it as a jimo_token linked to the
+	// user_id of the same value; for a legacy token, the session report's
+	// link to the real user wins by event time.
 	JimoTokenOrUserID string
 	// Email is the person's email address; it links only when merging on email is enabled.
 	Email string

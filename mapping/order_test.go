@@ -34,14 +34,18 @@ func genMessages(t *rapid.T) []Message {
 		case "alias":
 			m.PreviousID = rapid.SampledFrom(anonIDs).Draw(t, "previousId")
 		case "session":
-			// A Jimo session report in derived mode: user, token and browser.
+			// A Jimo session report in derived mode or with a legacy token: user, token and browser.
 			m.Source = SourceJimoSession
 			m.JimoToken = rapid.SampledFrom([]string{"", "token-x", "token-y"}).Draw(t, "jimoToken")
+		case "webhook":
+			// A Jimo webhook in shared mode: a token that is a user ID or a legacy token.
+			m.Source, m.UserID, m.AnonymousID = SourceJimoWebhook, "", ""
+			m.JimoTokenOrUserID = rapid.SampledFrom([]string{"user-a", "user-b", "token-x", "token-y"}).Draw(t, "identifyToken")
 		}
 		if rapid.IntRange(0, 9).Draw(t, "impersonating") == 0 {
 			m.Impersonating = true
 		}
-		if m.UserID == "" && m.AnonymousID == "" && m.PreviousID == "" && m.JimoToken == "" {
+		if m.UserID == "" && m.AnonymousID == "" && m.PreviousID == "" && m.JimoToken == "" && m.JimoTokenOrUserID == "" {
 			m.AnonymousID = "anon-1"
 		}
 		m.ReceivedAt = m.Timestamp

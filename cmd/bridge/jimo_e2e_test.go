@@ -439,3 +439,45 @@ func TestJimoWebhookEndToEnd(t *testing.T) {
 		t.Errorf("webhook with a bearer secret: got status %d, want 200: %s", r.status, r.body)
 	}
 }
+
+// TestJimoLegacyTokenWebhookAnyOrder: in shared mode a legacy session token T
+// of user U (session:reset with T, then set user:id U) reaches the bridge from
+// the page and from a Jimo webhook about a tour completed later. Whichever
+// arrives first, the webhook's email ends on U's profile, with T.
+func TestJimoLegacyTokenWebhookAnyOrder(t *testing.T) {
+	for _, webhookFirst := range []bool{false, true} {
+		t.Run(fmt.Sprint("webhook first: ", webhookFirst), func(t *testing.T) {
+			b := startBridge(t, "", "-allowed-origins", jimoPageOrigin)
+			u, token, a := newUUID(t), newUUID(t), newUUID(t)
+			email := "legacy-" + newUUID(t)[:8] + "@example.com"
+			hook, err := json.Marshal(map[string]any{
+				"event": "tour.completed", "version": "0", "time": time.Now().Add(time.Minute).UnixMilli(),
+				"experience": map[string]any{"id": newUUID(t), "name": "Welcome tour"},
+				"jimer":      map[string]any{"uid": newUUID(t), "identifyToken": token, "email": email},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sendHook := func() {
+				if r := b.do(t, http.MethodPost, "/jimo/webhook?secret="+testWebhookSecret, hook, map[string]string{"Content-Type": "application/json"}); r.status != http.StatusOK {
+					t.Fatalf("webhook: got %d %s", r.status, r.body)
+				}
+			}
+			sendSession := func() {
+				sessionAnswer(t, b.session(t, jimoPageOrigin, map[string]any{"token": token, "userId": u, "anonymousId": a}))
+			}
+			if webhookFirst {
+				sendHook()
+				sendSession()
+			} else {
+				sendSession()
+				sendHook()
+			}
+			p := mustProfile(t, b, "jimo_token:"+token)
+			if p.UserID != u {
+				t.Fatalf("profile of the legacy token: got user %q, want %q", p.UserID, u)
+			}
+			wantIdentifiers(t, p, "user_id:"+u, "jimo_token:"+token, "anonymous_id:"+a, "email:"+email)
+		})
+	}
+}
