@@ -66,9 +66,11 @@ func (s *Store) enqueue(ctx context.Context, sub *submission) error {
 
 // commitLoop takes the first waiting submission, adds every other one already
 // waiting (up to MaxGroup messages), and commits them in one transaction.
-// Under load, requests arriving during one commit's fsync form the next group.
+// It does not wait for the disk: syncLoop syncs the log beside it and only
+// then releases the callers, so one group is applied while the last syncs.
 func (s *Store) commitLoop() {
 	defer close(s.stopped)
+	defer close(s.syncQueue)
 	for {
 		var first *submission
 		select {
@@ -105,6 +107,7 @@ func (s *Store) gather(first *submission) []*submission {
 
 // commitGroup commits a group in one transaction. If that fails, it commits
 // each submission alone, so one bad submission cannot fail the others.
+// The callers are released by syncLoop, once the commit is on disk.
 func (s *Store) commitGroup(group []*submission) {
 	err := s.commit(group)
 	if err != nil && len(group) > 1 {
@@ -113,16 +116,16 @@ func (s *Store) commitGroup(group []*submission) {
 			if err := s.commit([]*submission{sub}); err != nil {
 				sub.err = err
 			}
-			close(sub.done)
 		}
+		s.syncQueue <- group
 		return
 	}
 	for _, sub := range group {
 		if err != nil || sub.fn == nil {
 			sub.err = err
 		}
-		close(sub.done)
 	}
+	s.syncQueue <- group
 }
 
 func (s *Store) commit(group []*submission) (err error) {

@@ -34,5 +34,8 @@ func (s *Store) Secret(ctx context.Context, name string) (value string, created 
 		// Another process stored one first: use theirs.
 		return s.Secret(ctx, name)
 	}
+	if err := s.syncLog(); err != nil {
+		return "", false, err
+	}
 	return value, true, nil
 }

@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -70,10 +72,15 @@ type Store struct {
 
 	queue      chan *submission
 	outboxWake chan struct{}
-	mu         sync.RWMutex // guards closed; held shared while queueing
-	closed     bool
-	closing    chan struct{}
-	stopped    chan struct{}
+	// Committed groups wait in syncQueue until the log is on disk; synced
+	// is closed when the last one was released.
+	syncQueue chan []*submission
+	synced    chan struct{}
+	path      string
+	mu        sync.RWMutex // guards closed; held shared while queueing
+	closed    bool
+	closing   chan struct{}
+	stopped   chan struct{}
 }
 
 // Open opens (creating if needed) the SQLite database at path, applies the
@@ -114,10 +121,20 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		stmts:      map[string]*sqlx.Stmt{},
 		queue:      make(chan *submission, 4096),
 		outboxWake: make(chan struct{}, 1),
+		syncQueue:  make(chan []*submission, 64),
+		synced:     make(chan struct{}),
+		path:       path,
 		closing:    make(chan struct{}),
 		stopped:    make(chan struct{}),
 	}
+	// What the migrations (and an earlier process) wrote is durable before anything is acknowledged.
+	if err := errors.Join(s.syncLog(), syncDir(path)); err != nil {
+		read.Close()
+		write.Close()
+		return nil, err
+	}
 	go s.commitLoop()
+	go s.syncLoop()
 	go s.checkpointLoop()
 	return s, nil
 }
@@ -138,9 +155,16 @@ func SQLiteDSN(path string, writer bool) string {
 	return "file:" + path + "?" + q.Encode()
 }
 
-// openSQLite opens path with SQLiteDSN.
+// openSQLite opens path with SQLiteDSN. The writer commits without waiting
+// for the disk (synchronous=OFF): the store makes each commit durable itself,
+// by syncing the write-ahead log beside the committer before it acknowledges
+// (see syncLoop), so the next group can be applied while the disk works.
 func openSQLite(path string, writer bool) (*sqlx.DB, error) {
-	db, err := sqlx.Open(SQLiteDriver, SQLiteDSN(path, writer))
+	dsn := SQLiteDSN(path, writer)
+	if writer {
+		dsn = strings.Replace(dsn, "_synchronous=FULL", "_synchronous=OFF", 1)
+	}
+	db, err := sqlx.Open(SQLiteDriver, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -205,6 +229,78 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 	return nil
 }
 
+// syncLog makes every commit so far durable: it syncs the write-ahead log
+// (any descriptor of a file syncs all of it), or the database file when
+// there is no log.
+func (s *Store) syncLog() error {
+	for _, name := range []string{s.path + "-wal", s.path} {
+		f, err := os.OpenFile(name, os.O_RDWR, 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", name, err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", name, err)
+		}
+		break
+	}
+	return nil
+}
+
+// syncDir makes the database's and log's directory entries durable.
+func syncDir(path string) error {
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("sync directory of %s: %w", path, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory of %s: %w", path, err)
+	}
+	return nil
+}
+
+// syncLoop releases committed groups once their commits are on disk: it
+// takes every group waiting, syncs the log once for all of them, and only
+// then lets their callers acknowledge. Meanwhile the committer applies the
+// next group. If the sync fails, every caller gets the error (their data is
+// committed but maybe not durable; a client's retry deduplicates).
+func (s *Store) syncLoop() {
+	defer close(s.synced)
+	for group := range s.syncQueue {
+		groups := [][]*submission{group}
+	gather:
+		for {
+			select {
+			case g, ok := <-s.syncQueue:
+				if !ok {
+					break gather
+				}
+				groups = append(groups, g)
+			default:
+				break gather
+			}
+		}
+		err := s.syncLog()
+		if err != nil {
+			s.log.Error("sync the write-ahead log", "err", err)
+			err = &Error{Code: CodeUnavailable, Message: "the bridge could not make the data durable; retry", Err: err}
+		}
+		for _, g := range groups {
+			for _, sub := range g {
+				if err != nil && sub.err == nil {
+					sub.err = err
+				}
+				close(sub.done)
+			}
+		}
+	}
+}
+
 // checkpointLoop copies the write-ahead log into the database file every
 // second, beside the committer rather than inside its commits, and once more
 // (truncating the log) when the store closes.
@@ -245,7 +341,9 @@ func (s *Store) Close() error {
 	}
 	s.mu.Unlock()
 	<-s.stopped
-	if _, err := s.write.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+	<-s.synced
+	// The readers sync fully: the checkpoint makes the database file durable.
+	if _, err := s.read.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
 		s.log.Warn("final checkpoint", "err", err)
 	}
 	s.stmtMu.Lock()
