@@ -246,9 +246,9 @@ func (s *Store) syncLog() error {
 		if err != nil {
 			return fmt.Errorf("sync %s: %w", name, err)
 		}
-		break
+		return nil
 	}
-	return nil
+	return fmt.Errorf("sync %s: neither the database nor its log exists", s.path)
 }
 
 // syncDir makes the database's and log's directory entries durable.
