@@ -130,7 +130,7 @@ func jimoUser(m mapping.Message, mode Mode, tokenSecret []byte) (string, bool) {
 		return "", false
 	case m.Source == mapping.SourceJimoSession || m.Source == mapping.SourceJimoWebhook:
 		return "", false
-	case forwarded(m.Raw):
+	case m.Forwarded:
 		return "", false
 	}
 	if mode == ModeDerived {
@@ -173,27 +173,6 @@ func formatTime(m mapping.Message) string {
 		t = m.ReceivedAt
 	}
 	return t.UTC().Format(timestampLayout)
-}
-
-// forwarded reports whether raw carries the marker the bridge puts on what it
-// sends, "context":{"bridge":{"forwarded":true}} (see segment.Forwarded): such
-// a message came from the bridge and is not forwarded again.
-func forwarded(raw json.RawMessage) bool {
-	var f struct {
-		Context json.RawMessage `json:"context"`
-	}
-	if json.Unmarshal(raw, &f) != nil {
-		return false
-	}
-	var ctx map[string]json.RawMessage
-	if json.Unmarshal(f.Context, &ctx) != nil {
-		return false
-	}
-	var bridge map[string]json.RawMessage
-	if json.Unmarshal(ctx["bridge"], &bridge) != nil {
-		return false
-	}
-	return string(bridge["forwarded"]) == "true"
 }
 
 // CleanTraits returns traits reduced to what Jimo accepts as attributes:

@@ -127,7 +127,7 @@ func TestIdentifyJobRefuses(t *testing.T) {
 		{"from a Jimo session", func(m *mapping.Message) { m.Source = mapping.SourceJimoSession }, jimo.ModeShared, nil, false},
 		{"from a Jimo webhook", func(m *mapping.Message) { m.Source = mapping.SourceJimoWebhook }, jimo.ModeShared, nil, false},
 		{"forwarded by the bridge", func(m *mapping.Message) {
-			m.Raw = json.RawMessage(`{"type":"identify","context":{"bridge":{"forwarded":true}}}`)
+			m.Forwarded = true
 		}, jimo.ModeShared, nil, false},
 		{"rejected", func(m *mapping.Message) { m.Rejected = "missing_identity" }, jimo.ModeShared, nil, false},
 		{"impersonating", func(m *mapping.Message) { m.Impersonating = true }, jimo.ModeShared, nil, false},
@@ -189,7 +189,7 @@ func TestTrackJob(t *testing.T) {
 		{"no event", func(m *mapping.Message) { m.Event = "" }},
 		{"identify", func(m *mapping.Message) { m.Type = "identify" }},
 		{"anonymous", func(m *mapping.Message) { m.UserID = "" }},
-		{"forwarded", func(m *mapping.Message) { m.Raw = json.RawMessage(`{"context":{"bridge":{"forwarded":true}}}`) }},
+		{"forwarded", func(m *mapping.Message) { m.Forwarded = true }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			m2 := m

@@ -56,6 +56,9 @@ type Message struct {
 	// UserIDWarning, when set, is why UserID is unsafe to hand to Jimo as a
 	// token (guessable); the store keeps it on the identifier so operators see it.
 	UserIDWarning string
+	// Forwarded marks a message the bridge itself sent (it came back bearing
+	// the no-echo marker): it is stored and applied, never forwarded again.
+	Forwarded bool
 	// Impersonating marks a support session acting as the user: stored, links nothing.
 	Impersonating bool
 	// Timestamp is the event time, corrected for client clock skew; it orders links.

@@ -41,9 +41,6 @@ type Event struct {
 	// WriteKey is the key the event was sent with: the Authorization header's,
 	// else the event's writeKey, else the batch's. Empty for webhook deliveries.
 	WriteKey string
-	// Forwarded is true when the bridge itself sent the message (it carries
-	// context.bridge.forwarded = true); it must not be forwarded again.
-	Forwarded bool
 }
 
 // Request is what DecodeTrackingAPI needs besides the body.
@@ -257,7 +254,7 @@ func (t *translator) event(raw []byte, route string) Event {
 
 	ctx := t.mergeContext(f, &why)
 	m.Impersonating = string(ctx["impersonating"]) == "true"
-	ev.Forwarded = forwardedContext(ctx)
+	m.Forwarded = forwardedContext(ctx)
 	m.Traits, m.Email = traitsAndEmail(f, ctx, m.Type, &why)
 	m.Event = eventName(f, m.Type, &why)
 	m.ID = messageIDField(f, ev.WriteKey, raw, &why)

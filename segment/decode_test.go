@@ -535,8 +535,8 @@ func TestDecodeTraitsAndFlags(t *testing.T) {
 			if m.Impersonating != tt.wantImpersonating {
 				t.Errorf("got impersonating %v, want %v", m.Impersonating, tt.wantImpersonating)
 			}
-			if ev.Forwarded != tt.wantForwarded {
-				t.Errorf("got forwarded %v, want %v", ev.Forwarded, tt.wantForwarded)
+			if ev.Message.Forwarded != tt.wantForwarded {
+				t.Errorf("got forwarded %v, want %v", ev.Message.Forwarded, tt.wantForwarded)
 			}
 			if got := Forwarded(m.Raw); got != tt.wantForwarded {
 				t.Errorf("Forwarded(Raw): got %v, want %v", got, tt.wantForwarded)
@@ -547,8 +547,8 @@ func TestDecodeTraitsAndFlags(t *testing.T) {
 
 func TestDecodeForwardedFromBatchContext(t *testing.T) {
 	ev := decode(t, "batch", "wk", `{"batch":[{"type":"identify","userId":"u"}],"context":{"bridge":{"forwarded":true},"impersonating":true}}`)[0]
-	if !ev.Forwarded || !ev.Message.Impersonating {
-		t.Errorf("got forwarded %v, impersonating %v, want both from the batch context", ev.Forwarded, ev.Message.Impersonating)
+	if !ev.Message.Forwarded || !ev.Message.Impersonating {
+		t.Errorf("got forwarded %v, impersonating %v, want both from the batch context", ev.Message.Forwarded, ev.Message.Impersonating)
 	}
 }
 

@@ -118,8 +118,8 @@ func TestForwarderDelivers(t *testing.T) {
 		// Fed back through Segment's webhook destination, the message is
 		// recognised as the bridge's own and is not forwarded again.
 		evs, err := segment.DecodeWebhook(m.Raw, t0)
-		if err != nil || len(evs) != 1 || !evs[0].Forwarded {
-			t.Errorf("message %d fed back: %v, forwarded %v; want recognised", i, err, len(evs) == 1 && evs[0].Forwarded)
+		if err != nil || len(evs) != 1 || !evs[0].Message.Forwarded {
+			t.Errorf("message %d fed back: %v, forwarded %v; want recognised", i, err, len(evs) == 1 && evs[0].Message.Forwarded)
 		}
 		if _, ok := segment.RelayJob(m.Raw); ok {
 			t.Errorf("message %d fed back to the relay: ok, want refused", i)

@@ -54,8 +54,7 @@ type Config struct {
 	// Metrics counts stored and rejected messages; nil counts nothing.
 	Metrics Metrics
 	// Jobs, if set, attaches the outbox jobs a message causes (forwarding).
-	// forwarded is true for an event the bridge itself sent (the no-echo marker).
-	Jobs func(m *mapping.Message, forwarded bool)
+	Jobs func(m *mapping.Message)
 }
 
 // Handler serves the Segment endpoints: the HTTP Tracking API and the webhook
@@ -70,7 +69,7 @@ type Handler struct {
 	now             func() time.Time
 	log             *slog.Logger
 	metrics         Metrics
-	jobs            func(m *mapping.Message, forwarded bool)
+	jobs            func(m *mapping.Message)
 }
 
 // NewHandler returns a Handler for cfg; it fails when cfg.Store is nil.
@@ -268,7 +267,7 @@ func (h *Handler) messages(events []Event) []mapping.Message {
 	for i, ev := range events {
 		msgs[i] = ev.Message
 		if h.jobs != nil {
-			h.jobs(&msgs[i], ev.Forwarded)
+			h.jobs(&msgs[i])
 		}
 	}
 	return msgs

@@ -85,10 +85,7 @@ func fromSegment(m mapping.Message) bool {
 // "identify"), its OrderingKey the user ID (or the token); the message carries
 // the bridge marker and integrations that keep Segment from sending it on to Jimo.
 func IdentifyJob(m mapping.Message) (mapping.Job, bool) {
-	userID, token := strings.TrimSpace(m.UserID), strings.TrimSpace(m.JimoToken)
-	if userID == "" && token == "" {
-		token = strings.TrimSpace(m.JimoTokenOrUserID)
-	}
+	userID, token := jobUser(m)
 	anonymousID := strings.TrimSpace(m.AnonymousID)
 	if fromSegment(m) || m.Rejected != "" || m.Impersonating || m.ID == "" || anonymousID == "" || userID == "" && token == "" {
 		return mapping.Job{}, false
@@ -137,10 +134,7 @@ func IdentifyJob(m mapping.Message) (mapping.Job, bool) {
 // its OrderingKey the user ID (or the token); the message carries the bridge
 // marker and integrations that keep Segment from sending it on to Jimo.
 func TrackJob(m mapping.Message, event string, properties map[string]any) (mapping.Job, bool) {
-	userID, token := strings.TrimSpace(m.UserID), strings.TrimSpace(m.JimoToken)
-	if userID == "" && token == "" {
-		token = strings.TrimSpace(m.JimoTokenOrUserID) // a Jimo webhook in shared mode: resolved at send time
-	}
+	userID, token := jobUser(m)
 	if event == "" && strings.TrimSpace(m.Event) != "" {
 		event = EventName(m.Event)
 	}
@@ -169,6 +163,17 @@ func TrackJob(m mapping.Message, event string, properties map[string]any) (mappi
 		out.Properties = b
 	}
 	return encodeJob(out, orderingKey(userID, token, ""))
+}
+
+// jobUser is who a job concerns: the user ID, or else a Jimo token (derived,
+// or a shared-mode webhook's identifyToken) that the Forwarder resolves to
+// the user ID at send time.
+func jobUser(m mapping.Message) (userID, token string) {
+	userID, token = strings.TrimSpace(m.UserID), strings.TrimSpace(m.JimoToken)
+	if userID == "" && token == "" {
+		token = strings.TrimSpace(m.JimoTokenOrUserID)
+	}
+	return userID, token
 }
 
 // RelayJob builds the job that relays one Tracking API event to Segment as

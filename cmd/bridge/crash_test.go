@@ -78,7 +78,7 @@ func randomHex(n int) string {
 // and that no unacknowledged message is half-applied.
 func TestCrashLosesNothingAcknowledged(t *testing.T) {
 	if testing.Short() {
-		t.Skip("crash test builds and runs the binary")
+		requireAll(t, "-short: the crash test builds and runs the binary")
 	}
 	bin := buildBridge(t)
 	fakeJimo := jimotest.NewServer(t, "jimo-key")

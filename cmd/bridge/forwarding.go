@@ -33,9 +33,9 @@ func newForwarding(cfg config, mode jimo.Mode, tokenSecret string) forwarding {
 }
 
 // segmentJobs attaches the jobs of a message received from Segment. An event
-// the bridge itself sent (forwarded) is stored but causes nothing: no loops.
-func (f forwarding) segmentJobs(m *mapping.Message, forwarded bool) {
-	if forwarded || m.Rejected != "" || !f.usable(m) {
+// the bridge itself sent (Forwarded) is stored but causes nothing: no loops.
+func (f forwarding) segmentJobs(m *mapping.Message) {
+	if m.Forwarded || m.Rejected != "" || !f.usable(m) {
 		return
 	}
 	// In shared mode the user ID is what Jimo sees as the token: a guessable

@@ -31,7 +31,8 @@ func TestForwardingPolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.policy.segmentJobs(tt.msg, tt.forwarded)
+			tt.msg.Forwarded = tt.forwarded
+			tt.policy.segmentJobs(tt.msg)
 			var got []string
 			for _, j := range tt.msg.Jobs {
 				got = append(got, j.Destination)
