@@ -143,14 +143,22 @@ func (s *Store) commit(group []*submission) (err error) {
 			s.opts.Observer.Committed(n, time.Since(start), err)
 		}
 	}()
-	// The transaction outlives any one request: callers wait for it.
+	// The transaction outlives any one request: callers wait for it. Its
+	// context is never cancelled, which also spares database/sql a watcher
+	// goroutine per query.
 	ctx := context.Background()
-	tx, err := s.write.BeginTxx(ctx, nil)
-	if err != nil {
+	w := &writer{conn: s.committer, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
+	if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	defer tx.Rollback()
-	w := &writer{tx: tx, store: s, opts: &s.opts, now: s.opts.Now().UnixNano(), stmts: map[string]*sqlx.Stmt{}}
+	committed := false
+	defer func() {
+		if !committed {
+			if _, rerr := w.exec(ctx, `ROLLBACK`); rerr != nil {
+				s.log.Error("roll back a failed group commit", "err", rerr)
+			}
+		}
+	}()
 	jobs := false
 	for _, sub := range group {
 		if sub.fn != nil {
@@ -170,38 +178,30 @@ func (s *Store) commit(group []*submission) (err error) {
 			n++
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	if _, err := w.exec(ctx, `COMMIT`); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	committed = true
 	if jobs {
 		s.wakeOutbox()
 	}
 	return nil
 }
 
-// writer applies messages inside one transaction. Its statements are
-// prepared once on the writer connection and reused by every transaction.
+// writer applies messages inside one transaction on the committer's
+// connection. Its statements are prepared once on that connection and
+// reused by every transaction.
 type writer struct {
-	tx    *sqlx.Tx
+	conn  *sqlx.Conn
 	store *Store
 	opts  *Options
 	now   int64
-	stmts map[string]*sqlx.Stmt
 	// anyTombstones caches, for this transaction, whether any tombstone exists.
 	anyTombstones *bool
 }
 
 func (w *writer) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
-	if st, ok := w.stmts[query]; ok {
-		return st, nil
-	}
-	p, err := w.store.prepared(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	st := w.tx.StmtxContext(ctx, p)
-	w.stmts[query] = st
-	return st, nil
+	return w.store.prepared(ctx, query)
 }
 
 func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
@@ -256,14 +256,13 @@ func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) e
 	return st.SelectContext(ctx, dest, args...)
 }
 
-// prepared returns query prepared on the writer connection, preparing it on first use.
+// prepared returns query prepared on the committer's connection, preparing
+// it on first use. Only the committer calls it.
 func (s *Store) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
-	s.stmtMu.Lock()
-	defer s.stmtMu.Unlock()
 	if st, ok := s.stmts[query]; ok {
 		return st, nil
 	}
-	st, err := s.write.PreparexContext(ctx, s.write.Rebind(query))
+	st, err := s.committer.PreparexContext(ctx, s.write.Rebind(query))
 	if err != nil {
 		return nil, fmt.Errorf("prepare %q: %w", query, err)
 	}

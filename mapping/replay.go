@@ -236,6 +236,6 @@ func (w *writer) execIn(ctx context.Context, query string, args ...any) error {
 	if err != nil {
 		return err
 	}
-	_, err = w.tx.ExecContext(ctx, w.tx.Rebind(q), a...)
+	_, err = w.conn.ExecContext(ctx, w.store.write.Rebind(q), a...)
 	return err
 }

@@ -67,8 +67,10 @@ type Store struct {
 	opts  Options
 	log   *slog.Logger
 
-	stmtMu sync.Mutex
-	stmts  map[string]*sqlx.Stmt // prepared on the writer connection
+	// committer is the writer connection the commit goroutine holds for
+	// its transactions; stmts are prepared on it and used by that goroutine only.
+	committer *sqlx.Conn
+	stmts     map[string]*sqlx.Stmt
 
 	queue      chan *submission
 	outboxWake chan struct{}
@@ -113,7 +115,14 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		write.Close()
 		return nil, err
 	}
+	committer, err := write.Connx(ctx)
+	if err != nil {
+		read.Close()
+		write.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	s := &Store{
+		committer:  committer,
 		write:      write,
 		read:       read,
 		opts:       opts,
@@ -129,6 +138,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	// What the migrations (and an earlier process) wrote is durable before anything is acknowledged.
 	if err := errors.Join(s.syncLog(), syncDir(path)); err != nil {
+		committer.Close()
 		read.Close()
 		write.Close()
 		return nil, err
@@ -155,14 +165,18 @@ func SQLiteDSN(path string, writer bool) string {
 	return "file:" + path + "?" + q.Encode()
 }
 
-// openSQLite opens path with SQLiteDSN. The writer commits without waiting
-// for the disk (synchronous=OFF): the store makes each commit durable itself,
-// by syncing the write-ahead log beside the committer before it acknowledges
-// (see syncLoop), so the next group can be applied while the disk works.
+// openSQLite opens path with SQLiteDSN. The writer opens it through
+// walBufferVFS, whose sync of the write-ahead log at each commit writes the
+// commit out without waiting for the disk: the store makes each commit
+// durable itself, by syncing the log beside the committer before it
+// acknowledges (see syncLoop), so the next group can be applied meanwhile.
 func openSQLite(path string, writer bool) (*sqlx.DB, error) {
 	dsn := SQLiteDSN(path, writer)
 	if writer {
-		dsn = strings.Replace(dsn, "_synchronous=FULL", "_synchronous=OFF", 1)
+		if err := registerWALBuffer(); err != nil {
+			return nil, err
+		}
+		dsn += "&vfs=" + walBufferVFS
 	}
 	db, err := sqlx.Open(SQLiteDriver, dsn)
 	if err != nil {
@@ -170,7 +184,7 @@ func openSQLite(path string, writer bool) (*sqlx.DB, error) {
 	}
 	if writer {
 		// The committer holds one connection for its transactions; the
-		// second lets statements be prepared (and secrets stored) meanwhile.
+		// second serves the few writes outside them (stored secrets).
 		db.SetMaxOpenConns(2)
 	} else {
 		db.SetMaxOpenConns(8)
@@ -346,11 +360,9 @@ func (s *Store) Close() error {
 	if _, err := s.read.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
 		s.log.Warn("final checkpoint", "err", err)
 	}
-	s.stmtMu.Lock()
 	for _, st := range s.stmts {
 		st.Close()
 	}
-	s.stmts = map[string]*sqlx.Stmt{}
-	s.stmtMu.Unlock()
-	return errors.Join(s.read.Close(), s.write.Close())
+	s.stmts = nil
+	return errors.Join(s.committer.Close(), s.read.Close(), s.write.Close())
 }
