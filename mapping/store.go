@@ -21,14 +21,14 @@ import (
 	"github.com/mattn/go-sqlite3"
 )
 
-// SQLiteDriver is the driver name the store opens SQLite with: go-sqlite3
+// sqliteDriver is the driver name the store opens SQLite with: go-sqlite3
 // with automatic WAL checkpoints off, because a checkpoint inside a commit
 // would make the requests waiting on that commit pay for it. The store
 // checkpoints from its own goroutine instead (see checkpointLoop).
-const SQLiteDriver = "sqlite3_bridge"
+const sqliteDriver = "sqlite3_bridge"
 
 func init() {
-	sql.Register(SQLiteDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+	sql.Register(sqliteDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
 		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0", nil)
 		return err
 	}})
@@ -178,7 +178,7 @@ func openSQLite(path string, writer bool) (*sqlx.DB, error) {
 		}
 		dsn += "&vfs=" + walBufferVFS
 	}
-	db, err := sqlx.Open(SQLiteDriver, dsn)
+	db, err := sqlx.Open(sqliteDriver, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -333,6 +333,17 @@ func (s *Store) checkpointLoop() {
 	}
 }
 
+// Checkpoint copies the whole write-ahead log into the database file and
+// truncates the log, waiting for the committer's transaction in progress.
+// It runs on a reader connection, which syncs fully: the database file is
+// durable when it returns. The store also checkpoints by itself.
+func (s *Store) Checkpoint(ctx context.Context) error {
+	if _, err := s.read.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
+
 // Ready reports whether the database answers and every migration is applied.
 func (s *Store) Ready(ctx context.Context) error {
 	var applied int
@@ -356,8 +367,7 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	<-s.stopped
 	<-s.synced
-	// The readers sync fully: the checkpoint makes the database file durable.
-	if _, err := s.read.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+	if err := s.Checkpoint(context.Background()); err != nil {
 		s.log.Warn("final checkpoint", "err", err)
 	}
 	for _, st := range s.stmts {

@@ -20,11 +20,21 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 )
 
 func main() {
+	// One processor more than the machine offers, unless GOMAXPROCS is set.
+	// The store's committer, which every acknowledgement waits for, spends
+	// most of its time inside SQLite (C) and gives up its processor to the
+	// request handlers meanwhile; with no spare one, each return from C
+	// queues behind them. Measured with bridge bench on 2 cores: 15–20% more
+	// single-event ingest.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
