@@ -86,6 +86,9 @@ func (s *Store) commitLoop() {
 				}
 			}
 		}
+		if s.restartLog.Swap(false) {
+			s.restartLogNow()
+		}
 		s.commitGroup(s.gather(first))
 	}
 }

@@ -335,3 +335,57 @@ func TestNoAcknowledgementWithoutSync(t *testing.T) {
 		t.Errorf("retry: got a new message, want the duplicate of the committed one")
 	}
 }
+
+// TestLogStartsOverWhenAsked checks what keeps the write-ahead log from
+// growing for ever under steady load. There, checkpointLoop's checkpoint
+// never copies the whole log, because commits land while it copies (here a
+// reader's snapshot holds it back instead), so no write can start the log
+// over. Asked by checkpointLoop, the committer checkpoints between two
+// groups, and the next group starts the log over.
+func TestLogStartsOverWhenAsked(t *testing.T) {
+	s := openTestStore(t, Options{})
+	ctx := context.Background()
+	n := 0
+	write := func(groups int) {
+		for range groups {
+			msgs := make([]Message, 100)
+			for i := range msgs {
+				n++
+				msgs[i] = identify(fmt.Sprint("m", n), fmt.Sprint("user-", n), fmt.Sprint("anon-", n), time.Duration(n)*time.Millisecond)
+			}
+			submit(t, s, msgs...)
+		}
+	}
+	write(10)
+	reader, err := s.read.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var count int
+	if err := reader.GetContext(ctx, &count, `SELECT COUNT(*) FROM messages`); err != nil {
+		t.Fatal(err)
+	}
+	write(10)
+	before, err := s.checkpoint(ctx, "PASSIVE") // as checkpointLoop does: it cannot copy past the reader
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader.Rollback()
+	if before < 500 {
+		t.Fatalf("the log holds only %d frames: the test wrote too little to tell", before)
+	}
+	s.restartLog.Store(true)
+	write(1)
+	after, err := s.checkpoint(ctx, "PASSIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after >= before/2 {
+		t.Fatalf("the log did not start over: %d frames before, %d after one more group", before, after)
+	}
+	for _, id := range []string{"user-1", "user-2000", fmt.Sprint("user-", n)} {
+		if _, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: id}); err != nil {
+			t.Errorf("%s after the log started over: %v", id, err)
+		}
+	}
+}

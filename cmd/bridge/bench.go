@@ -55,12 +55,16 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bridge bench", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	duration := fs.Duration("duration", 5*time.Second, "how long each load run lasts")
+	rounds := fs.Int("rounds", 3, "how many times every run is repeated, interleaved with the others")
 	concurrency := fs.Int("concurrency", 128, "concurrent clients")
 	batchSize := fs.Int("batch", 100, "events per /v1/batch request")
 	dir := fs.String("dir", "", "directory for the benchmark databases (default: a temporary one)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *rounds < 1 {
+		return fmt.Errorf("-rounds %d: want at least 1", *rounds)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -143,41 +147,83 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		return b.Bytes()
 	}
 
-	fmt.Fprintf(stdout, "bridge bench: %d clients, %s per run, batches of %d; %d CPUs, GOMAXPROCS %d\n\n",
-		*concurrency, *duration, *batchSize, runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	bareRun := drive(ctx, client, "bare Echo (read body, 200)", bareURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
-	commitsBefore := a.metrics.commits()
-	single := drive(ctx, client, "bridge /v1/identify", bridgeURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
-	singleCommits := a.metrics.commits().since(commitsBefore)
+	fmt.Fprintf(stdout, "bridge bench: %d clients, %d rounds of %s per run, batches of %d; %d CPUs, GOMAXPROCS %d\n\n",
+		*concurrency, *rounds, *duration, *batchSize, runtime.NumCPU(), runtime.GOMAXPROCS(0))
+	// Each round runs every measurement once, baselines beside the bridge,
+	// so that a slow spell of the machine weighs on a round, not on one side.
+	var bareRuns, singleRuns, rawRuns, batchRuns []benchResult
+	var singleCommits, batchCommits commitStats
+	fmt.Fprintf(stdout, "%-6s %12s %12s %7s %12s %12s %7s\n", "round", "bare Echo/s", "identify/s", "ratio", "raw rows/s", "batch ev/s", "ratio")
+	for round := 1; round <= *rounds; round++ {
+		if err := settle(ctx, a); err != nil {
+			return err
+		}
+		bare := drive(ctx, client, "bare Echo (read body, 200)", bareURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+		commitsBefore := a.metrics.commits()
+		single := drive(ctx, client, "bridge /v1/identify", bridgeURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+		singleCommits = singleCommits.plus(a.metrics.commits().since(commitsBefore))
+		if err := settle(ctx, a); err != nil {
+			return err
+		}
+		raw, err := rawInserts(ctx, filepath.Join(*dir, fmt.Sprintf("raw-%d.db", round)), *batchSize, *duration)
+		if err != nil {
+			return err
+		}
+		if err := settle(ctx, a); err != nil {
+			return err
+		}
+		commitsBefore = a.metrics.commits()
+		batch := drive(ctx, client, fmt.Sprintf("bridge /v1/batch (%d events)", *batchSize), bridgeURL+"/v1/batch", auth, batchBody, *batchSize, *concurrency/4+1, *duration)
+		batchCommits = batchCommits.plus(a.metrics.commits().since(commitsBefore))
+		bareRuns, singleRuns, rawRuns, batchRuns = append(bareRuns, bare), append(singleRuns, single), append(rawRuns, raw), append(batchRuns, batch)
+		fmt.Fprintf(stdout, "%-6d %12.0f %12.0f %6.0f%% %12.0f %12.0f %6.0f%%\n", round,
+			bare.rate(), single.rate(), 100*single.rate()/bare.rate(), raw.rate(), batch.rate(), 100*batch.rate()/raw.rate())
+	}
 	if err := settle(ctx, a); err != nil {
 		return err
 	}
-	raw, err := rawInserts(ctx, filepath.Join(*dir, "raw.db"), *batchSize, *duration)
-	if err != nil {
-		return err
-	}
-	if err := settle(ctx, a); err != nil {
-		return err
-	}
-	commitsBefore = a.metrics.commits()
-	batch := drive(ctx, client, fmt.Sprintf("bridge /v1/batch (%d events)", *batchSize), bridgeURL+"/v1/batch", auth, batchBody, *batchSize, *concurrency/4+1, *duration)
-	batchCommits := a.metrics.commits().since(commitsBefore)
-
 	delivery, err := drainOutbox(ctx, a, *duration)
 	if err != nil {
 		return err
 	}
 
-	fmt.Fprintf(stdout, "%-34s %12s %10s %10s %9s\n", "run", "events/s", "p50", "p99", "failures")
-	for _, r := range []benchResult{bareRun, single, raw, batch} {
+	fmt.Fprintf(stdout, "\nall rounds together:\n%-34s %12s %10s %10s %9s\n", "run", "events/s", "p50", "p99", "failures")
+	for _, runs := range [][]benchResult{bareRuns, singleRuns, rawRuns, batchRuns} {
+		r := combine(runs)
 		fmt.Fprintf(stdout, "%-34s %12.0f %10s %10s %9d\n", r.name, r.rate(), r.percentile(0.50).Round(time.Microsecond), r.percentile(0.99).Round(time.Microsecond), r.failures)
 	}
 	fmt.Fprintf(stdout, "\ngroup commits during /v1/identify: %s\ngroup commits during /v1/batch:    %s\n", singleCommits, batchCommits)
-	fmt.Fprintf(stdout, "\nsingle-event ingest / bare Echo:   %.0f%% (target ≥ 50%%)\n", 100*single.rate()/bareRun.rate())
-	fmt.Fprintf(stdout, "batched ingest / raw SQLite inserts: %.0f%% (target ≥ 50%%)\n", 100*batch.rate()/raw.rate())
+	fmt.Fprintf(stdout, "\nsingle-event ingest / bare Echo:     median of rounds %.0f%% (target ≥ 50%%)\n", medianRatio(singleRuns, bareRuns))
+	fmt.Fprintf(stdout, "batched ingest / raw SQLite inserts: median of rounds %.0f%% (target ≥ 50%%)\n", medianRatio(batchRuns, rawRuns))
 	fmt.Fprintf(stdout, "outbox delivery to Jimo (fake answering at once): %.0f jobs/s (%d jobs in %s); %.0f%% of the batched ingest rate\n",
-		delivery.rate(), delivery.events, delivery.elapsed.Round(time.Millisecond), 100*delivery.rate()/batch.rate())
+		delivery.rate(), delivery.events, delivery.elapsed.Round(time.Millisecond), 100*delivery.rate()/combine(batchRuns).rate())
 	return nil
+}
+
+// combine sums runs of the same measurement into one result.
+func combine(runs []benchResult) benchResult {
+	out := benchResult{name: runs[0].name}
+	for _, r := range runs {
+		out.events += r.events
+		out.requests += r.requests
+		out.failures += r.failures
+		out.elapsed += r.elapsed
+		out.latencies = append(out.latencies, r.latencies...)
+	}
+	return out
+}
+
+// medianRatio is the median over rounds of a's rate as a percentage of b's in the same round.
+func medianRatio(a, b []benchResult) float64 {
+	ratios := make([]float64, len(a))
+	for i := range a {
+		ratios[i] = 100 * a[i].rate() / b[i].rate()
+	}
+	sort.Float64s(ratios)
+	if n := len(ratios); n%2 == 0 {
+		return (ratios[n/2-1] + ratios[n/2]) / 2
+	}
+	return ratios[len(ratios)/2]
 }
 
 // settle gives the next run the disk to itself: what the last run left in

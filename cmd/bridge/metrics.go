@@ -158,6 +158,10 @@ func (c commitStats) since(before commitStats) commitStats {
 	return commitStats{c.commits - before.commits, c.messages - before.messages, c.seconds - before.seconds}
 }
 
+func (c commitStats) plus(o commitStats) commitStats {
+	return commitStats{c.commits + o.commits, c.messages + o.messages, c.seconds + o.seconds}
+}
+
 func (c commitStats) String() string {
 	if c.commits == 0 {
 		return "none"
