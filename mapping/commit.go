@@ -86,9 +86,6 @@ func (s *Store) commitLoop() {
 				}
 			}
 		}
-		if s.restartLog.Swap(false) {
-			s.restartLogNow()
-		}
 		s.commitGroup(s.gather(first))
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -30,8 +29,7 @@ const sqliteDriver = "sqlite3_bridge"
 
 func init() {
 	sql.Register(sqliteDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-		// A log that has started over is cut back to this size on disk.
-		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864", nil)
+		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0", nil)
 		return err
 	}})
 }
@@ -85,9 +83,6 @@ type Store struct {
 	closed    bool
 	closing   chan struct{}
 	stopped   chan struct{}
-	// restartLog asks the committer to let the write-ahead log start over
-	// (see checkpointLoop).
-	restartLog atomic.Bool
 }
 
 // Open opens (creating if needed) the SQLite database at path, applies the
@@ -320,29 +315,17 @@ func (s *Store) syncLoop() {
 	}
 }
 
-// walRestartFrames is the size of the write-ahead log, in frames of a
-// page each, past which the committer lets the log start over. SQLite reads
-// a page that is not cached by searching the log's index from the newest
-// frame back, so a log that only grows makes every read slower; one that
-// starts over also rewrites the same disk blocks, which syncs faster.
-const walRestartFrames = 8192
-
 // checkpointLoop copies the write-ahead log into the database file every
-// checkpointEvery, beside the committer rather than inside its commits, and
-// asks the committer to let the log start over once it has grown past
-// walRestartFrames. Close checkpoints once more, truncating the log.
+// second, beside the committer rather than inside its commits, and once more
+// (truncating the log) when the store closes.
 func (s *Store) checkpointLoop() {
-	tick := time.NewTicker(checkpointEvery)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-tick.C:
-			frames, err := s.checkpoint(context.Background(), "PASSIVE")
-			if err != nil {
+			if _, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
 				s.log.Warn("checkpoint", "err", err)
-			}
-			if frames >= walRestartFrames {
-				s.restartLog.Store(true)
 			}
 		case <-s.stopped:
 			return
@@ -350,40 +333,15 @@ func (s *Store) checkpointLoop() {
 	}
 }
 
-// checkpointEvery is how often checkpointLoop runs. Each checkpoint copies
-// the pages written since the last one, once each however often they were
-// rewritten: far apart, they copy less in all, but the log grows further
-// between restarts (measured at 300,000 identifies: 1 s beats 250 ms).
-const checkpointEvery = time.Second
-
-// restartLogNow checkpoints between two groups, when no write is in
-// progress, so that the checkpoint can copy the whole log and the next
-// group's first write starts it over. checkpointLoop has just copied most of
-// it: what is left is what was committed meanwhile.
-func (s *Store) restartLogNow() {
-	if _, err := s.checkpoint(context.Background(), "PASSIVE"); err != nil {
-		s.log.Warn("checkpoint before restarting the log", "err", err)
-	}
-}
-
-// checkpoint runs a checkpoint of mode (PASSIVE, TRUNCATE) on a reader
-// connection, which syncs fully: the log first, then the database file. It
-// returns how many frames the log held.
-func (s *Store) checkpoint(ctx context.Context, mode string) (int, error) {
-	var busy, frames, copied int
-	if err := s.read.QueryRowContext(ctx, `PRAGMA wal_checkpoint(`+mode+`)`).Scan(&busy, &frames, &copied); err != nil {
-		return 0, fmt.Errorf("checkpoint: %w", err)
-	}
-	return frames, nil
-}
-
 // Checkpoint copies the whole write-ahead log into the database file and
 // truncates the log, waiting for the committer's transaction in progress.
 // It runs on a reader connection, which syncs fully: the database file is
 // durable when it returns. The store also checkpoints by itself.
 func (s *Store) Checkpoint(ctx context.Context) error {
-	_, err := s.checkpoint(ctx, "TRUNCATE")
-	return err
+	if _, err := s.read.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
 }
 
 // Ready reports whether the database answers and every migration is applied.
