@@ -21,10 +21,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jmoiron/sqlx"
 	"github.com/labstack/echo/v4"
-
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 // benchResult is one load run: how many events were acknowledged and how long each acknowledgement took.
@@ -47,9 +44,10 @@ func (r benchResult) percentile(p float64) time.Duration {
 	return r.latencies[int(p*float64(len(r.latencies)-1))]
 }
 
-// runBench drives the bridge and two baselines in the same run and prints
+// runBench drives the bridge and its baselines in the same run and prints
 // events/s, p50 and p99 acknowledgement latency, and the ratios:
-//   - single-event /v1/identify against a bare Echo handler that reads the body and answers 200;
+//   - single-event /v1/identify against a bare Echo handler that reads the body and answers 200,
+//     and, to show what any durable endpoint can reach here, against the floor (floorServer);
 //   - /v1/batch of 100 events against raw batched inserts into SQLite with the same durability.
 func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bridge bench", flag.ContinueOnError)
@@ -118,18 +116,21 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer stopBridge()
 
-	bare := echo.New()
-	bare.POST("/v1/identify", func(c echo.Context) error {
-		if _, err := io.Copy(io.Discard, c.Request().Body); err != nil {
-			return err
-		}
-		return c.JSON(http.StatusOK, map[string]bool{"success": true})
-	})
-	bareURL, stopBare, err := listen(bare)
+	bareURL, stopBare, err := listen(bareEcho())
 	if err != nil {
 		return err
 	}
 	defer stopBare()
+	floor, err := openFloor(ctx, filepath.Join(*dir, "floor.db"))
+	if err != nil {
+		return err
+	}
+	defer floor.Close()
+	floorURL, stopFloor, err := listen(floor.handler())
+	if err != nil {
+		return err
+	}
+	defer stopFloor()
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *concurrency * 2, MaxIdleConns: *concurrency * 4}}
 	identifyBody := func() []byte { b, _ := identifyEvent(); return b }
@@ -151,21 +152,25 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		*concurrency, *rounds, *duration, *batchSize, runtime.NumCPU(), runtime.GOMAXPROCS(0))
 	// Each round runs every measurement once, baselines beside the bridge,
 	// so that a slow spell of the machine weighs on a round, not on one side.
-	var bareRuns, singleRuns, rawRuns, batchRuns []benchResult
+	var bareRuns, floorRuns, singleRuns, rawRuns, batchRuns []benchResult
 	var singleCommits, batchCommits commitStats
-	fmt.Fprintf(stdout, "%-6s %12s %12s %7s %12s %12s %7s\n", "round", "bare Echo/s", "identify/s", "ratio", "raw rows/s", "batch ev/s", "ratio")
+	fmt.Fprintf(stdout, "%-6s %12s %12s %7s %12s %7s %12s %12s %7s\n", "round", "bare Echo/s", "floor/s", "ratio", "identify/s", "ratio", "raw rows/s", "batch ev/s", "ratio")
 	for round := 1; round <= *rounds; round++ {
 		if err := settle(ctx, a); err != nil {
 			return err
 		}
 		bare := drive(ctx, client, "bare Echo (read body, 200)", bareURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+		floorRun := drive(ctx, client, "floor (one durable row per event)", floorURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+		if err := settle(ctx, a); err != nil {
+			return err
+		}
 		commitsBefore := a.metrics.commits()
 		single := drive(ctx, client, "bridge /v1/identify", bridgeURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
 		singleCommits = singleCommits.plus(a.metrics.commits().since(commitsBefore))
 		if err := settle(ctx, a); err != nil {
 			return err
 		}
-		raw, err := rawInserts(ctx, filepath.Join(*dir, fmt.Sprintf("raw-%d.db", round)), *batchSize, *duration)
+		raw, err := rawInserts(ctx, filepath.Join(*dir, "raw.db"), *batchSize, *duration)
 		if err != nil {
 			return err
 		}
@@ -175,9 +180,11 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		commitsBefore = a.metrics.commits()
 		batch := drive(ctx, client, fmt.Sprintf("bridge /v1/batch (%d events)", *batchSize), bridgeURL+"/v1/batch", auth, batchBody, *batchSize, *concurrency/4+1, *duration)
 		batchCommits = batchCommits.plus(a.metrics.commits().since(commitsBefore))
-		bareRuns, singleRuns, rawRuns, batchRuns = append(bareRuns, bare), append(singleRuns, single), append(rawRuns, raw), append(batchRuns, batch)
-		fmt.Fprintf(stdout, "%-6d %12.0f %12.0f %6.0f%% %12.0f %12.0f %6.0f%%\n", round,
-			bare.rate(), single.rate(), 100*single.rate()/bare.rate(), raw.rate(), batch.rate(), 100*batch.rate()/raw.rate())
+		bareRuns, floorRuns, singleRuns = append(bareRuns, bare), append(floorRuns, floorRun), append(singleRuns, single)
+		rawRuns, batchRuns = append(rawRuns, raw), append(batchRuns, batch)
+		fmt.Fprintf(stdout, "%-6d %12.0f %12.0f %6.0f%% %12.0f %6.0f%% %12.0f %12.0f %6.0f%%\n", round,
+			bare.rate(), floorRun.rate(), 100*floorRun.rate()/bare.rate(), single.rate(), 100*single.rate()/bare.rate(),
+			raw.rate(), batch.rate(), 100*batch.rate()/raw.rate())
 	}
 	if err := settle(ctx, a); err != nil {
 		return err
@@ -188,12 +195,13 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 
 	fmt.Fprintf(stdout, "\nall rounds together:\n%-34s %12s %10s %10s %9s\n", "run", "events/s", "p50", "p99", "failures")
-	for _, runs := range [][]benchResult{bareRuns, singleRuns, rawRuns, batchRuns} {
+	for _, runs := range [][]benchResult{bareRuns, floorRuns, singleRuns, rawRuns, batchRuns} {
 		r := combine(runs)
 		fmt.Fprintf(stdout, "%-34s %12.0f %10s %10s %9d\n", r.name, r.rate(), r.percentile(0.50).Round(time.Microsecond), r.percentile(0.99).Round(time.Microsecond), r.failures)
 	}
 	fmt.Fprintf(stdout, "\ngroup commits during /v1/identify: %s\ngroup commits during /v1/batch:    %s\n", singleCommits, batchCommits)
 	fmt.Fprintf(stdout, "\nsingle-event ingest / bare Echo:     median of rounds %.0f%% (target ≥ 50%%)\n", medianRatio(singleRuns, bareRuns))
+	fmt.Fprintf(stdout, "  the floor (one durable row per event, nothing else) / bare Echo: median of rounds %.0f%%\n", medianRatio(floorRuns, bareRuns))
 	fmt.Fprintf(stdout, "batched ingest / raw SQLite inserts: median of rounds %.0f%% (target ≥ 50%%)\n", medianRatio(batchRuns, rawRuns))
 	fmt.Fprintf(stdout, "outbox delivery to Jimo (fake answering at once): %.0f jobs/s (%d jobs in %s); %.0f%% of the batched ingest rate\n",
 		delivery.rate(), delivery.events, delivery.elapsed.Round(time.Millisecond), 100*delivery.rate()/combine(batchRuns).rate())
@@ -338,45 +346,4 @@ func drive(ctx context.Context, client *http.Client, name, url, auth string, bod
 	wg.Wait()
 	res.elapsed = time.Since(start)
 	return res
-}
-
-// rawInserts is the storage baseline: one writer inserting message rows,
-// batchSize per transaction, into plain SQLite (go-sqlite3 as it comes, with
-// its automatic checkpoints) opened with the store's settings: WAL, and a
-// commit that returns only once it is on disk.
-func rawInserts(ctx context.Context, path string, batchSize int, d time.Duration) (benchResult, error) {
-	res := benchResult{name: fmt.Sprintf("raw SQLite inserts (%d per commit)", batchSize)}
-	db, err := sqlx.Open("sqlite3", mapping.SQLiteDSN(path, true))
-	if err != nil {
-		return res, err
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	if _, err := db.ExecContext(ctx, `CREATE TABLE messages (id INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE, raw TEXT NOT NULL)`); err != nil {
-		return res, err
-	}
-	start := time.Now()
-	deadline := start.Add(d)
-	for time.Now().Before(deadline) {
-		t := time.Now()
-		tx, err := db.BeginTxx(ctx, nil)
-		if err != nil {
-			return res, err
-		}
-		for range batchSize {
-			event, messageID := identifyEvent()
-			if _, err := tx.ExecContext(ctx, `INSERT INTO messages (message_id, raw) VALUES (?, ?)`, messageID, event); err != nil {
-				tx.Rollback()
-				return res, err
-			}
-		}
-		if err := tx.Commit(); err != nil {
-			return res, err
-		}
-		res.latencies = append(res.latencies, time.Since(t))
-		res.events += int64(batchSize)
-		res.requests++
-	}
-	res.elapsed = time.Since(start)
-	return res, nil
 }

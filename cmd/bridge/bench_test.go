@@ -1,0 +1,48 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestBenchRunsEveryMeasurement runs bridge bench briefly: every run must
+// acknowledge events without a failure, and the ratios must be printed.
+func TestBenchRunsEveryMeasurement(t *testing.T) {
+	var out bytes.Buffer
+	args := []string{"bench", "-duration", "300ms", "-rounds", "2", "-concurrency", "8", "-batch", "10", "-dir", t.TempDir()}
+	if err := run(context.Background(), args, func(string) string { return "" }, &out); err != nil {
+		t.Fatalf("bench: %v\n%s", err, out.String())
+	}
+	text := out.String()
+	_, table, ok := strings.Cut(text, "all rounds together:\n")
+	if !ok {
+		t.Fatalf("no summary table:\n%s", text)
+	}
+	for _, name := range []string{"bare Echo", "floor", "bridge /v1/identify", "raw SQLite inserts", "bridge /v1/batch"} {
+		var row []string
+		for line := range strings.Lines(table) {
+			if strings.HasPrefix(line, name) {
+				row = strings.Fields(line)
+			}
+		}
+		if row == nil {
+			t.Errorf("no %q row:\n%s", name, text)
+			continue
+		}
+		rate, err := strconv.ParseFloat(row[len(row)-4], 64)
+		if err != nil || rate <= 0 {
+			t.Errorf("%s: events/s %q, want a positive number", name, row[len(row)-4])
+		}
+		if failures := row[len(row)-1]; failures != "0" {
+			t.Errorf("%s: %s failures", name, failures)
+		}
+	}
+	for _, want := range []string{"single-event ingest / bare Echo:", "batched ingest / raw SQLite inserts:", "outbox delivery to Jimo"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q:\n%s", want, text)
+		}
+	}
+}
