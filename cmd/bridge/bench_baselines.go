@@ -162,7 +162,7 @@ func rawInserts(ctx context.Context, path string, batchSize int, d time.Duration
 			return res, err
 		}
 		for range batchSize {
-			event, messageID := identifyEvent()
+			event, messageID := identifyEvent(newPerson())
 			if _, err := tx.ExecContext(ctx, `INSERT INTO messages (message_id, raw) VALUES (?, ?)`, messageID, event); err != nil {
 				tx.Rollback()
 				return res, err

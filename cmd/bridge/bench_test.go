@@ -12,7 +12,7 @@ import (
 // acknowledge events without a failure, and the ratios must be printed.
 func TestBenchRunsEveryMeasurement(t *testing.T) {
 	var out bytes.Buffer
-	args := []string{"bench", "-duration", "300ms", "-rounds", "2", "-concurrency", "8", "-batch", "10", "-dir", t.TempDir()}
+	args := []string{"bench", "-duration", "300ms", "-rounds", "2", "-concurrency", "8", "-batch", "10", "-known", "50", "-dir", t.TempDir()}
 	if err := run(context.Background(), args, func(string) string { return "" }, &out); err != nil {
 		t.Fatalf("bench: %v\n%s", err, out.String())
 	}
@@ -21,7 +21,7 @@ func TestBenchRunsEveryMeasurement(t *testing.T) {
 	if !ok {
 		t.Fatalf("no summary table:\n%s", text)
 	}
-	for _, name := range []string{"bare Echo", "floor", "bridge /v1/identify", "raw SQLite inserts", "bridge /v1/batch"} {
+	for _, name := range []string{"bare Echo", "floor", "bridge /v1/identify ", "bridge /v1/identify, returning", "raw SQLite inserts", "bridge /v1/batch"} {
 		var row []string
 		for line := range strings.Lines(table) {
 			if strings.HasPrefix(line, name) {
@@ -40,7 +40,7 @@ func TestBenchRunsEveryMeasurement(t *testing.T) {
 			t.Errorf("%s: %s failures", name, failures)
 		}
 	}
-	for _, want := range []string{"single-event ingest / bare Echo:", "batched ingest / raw SQLite inserts:", "outbox delivery to Jimo"} {
+	for _, want := range []string{"identifies of returning people:", "batched ingest / raw SQLite inserts:", "outbox delivery to Jimo"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q:\n%s", want, text)
 		}
