@@ -61,16 +61,26 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		// A privacy request keeps no trace of whom it was about.
 		m.Raw, columns = json.RawMessage(`{"type":"delete"}`), nil
 	}
-	inserted, err := w.insertMessage(ctx, m, columns, notes)
+	messageRow, err := w.insertMessage(ctx, m, columns, notes)
 	if err != nil {
 		return Receipt{}, err
 	}
-	if !inserted {
+	if messageRow == 0 {
 		return Receipt{Duplicate: true}, nil
 	}
 	if m.Rejected != "" {
 		if err := w.warnRefused(ctx, m); err != nil {
 			return Receipt{}, err
+		}
+		// A refused message is still found (and deleted) by the identifiers it names that exist.
+		if len(columns) > 0 {
+			rows, _, err := w.lookup(ctx, columns)
+			if err != nil {
+				return Receipt{}, err
+			}
+			if err := w.refer(ctx, messageRow, rows); err != nil {
+				return Receipt{}, err
+			}
 		}
 		return Receipt{Notes: append(notes, "rejected: "+m.Rejected)}, nil
 	}
@@ -151,6 +161,9 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 				notes = append(notes, note)
 			}
 		}
+	}
+	if err := w.refer(ctx, messageRow, rows); err != nil {
+		return Receipt{}, err
 	}
 	if len(rows) > 0 && !m.Impersonating {
 		if err := w.mergeTraits(ctx, rows[0].ID, m, fresh == len(rows)); err != nil {
@@ -284,8 +297,9 @@ func (w *writer) withoutTombstoned(ctx context.Context, ids []candidate) (live, 
 	return live, dead, nil
 }
 
-// insertMessage stores the message unless its (source, ID) is already stored; it reports whether it inserted.
-func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, notes []string) (bool, error) {
+// insertMessage stores the message unless its (source, ID) is already
+// stored. It returns the new row's ID, or 0 for a message stored before.
+func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, notes []string) (int64, error) {
 	var userID, anonymousID sql.NullString
 	var jimoToken sql.NullString
 	for _, c := range ids {
@@ -313,13 +327,46 @@ func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, 
 		ON CONFLICT (source, message_id) DO NOTHING`,
 		m.Source, m.ID, m.Type, m.Event, userID, anonymousID, jimoToken, m.Timestamp.UnixNano(), m.ReceivedAt.UnixNano(), m.Rejected, notesJSON, raw)
 	if err != nil {
-		return false, fmt.Errorf("insert message: %w", err)
+		return 0, fmt.Errorf("insert message: %w", err)
 	}
 	n, err := res.RowsAffected()
-	if err != nil {
-		return false, fmt.Errorf("insert message: %w", err)
+	if err != nil || n == 0 {
+		return 0, err
 	}
-	return n == 1, nil
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, fmt.Errorf("insert message: %w", err)
+	}
+	return id, nil
+}
+
+// referQueries insert one to five message references in one statement.
+var referQueries = func() []string {
+	q := make([]string, 6)
+	for n := 1; n <= 5; n++ {
+		q[n] = `INSERT INTO message_refs (identifier_id, message_id) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?, ?), ", n), ", ") + ` ON CONFLICT DO NOTHING`
+	}
+	return q
+}()
+
+// refer records that the message in row messageRow names the identifiers
+// of rows that exist (ID not 0): the profile's history and a deletion find
+// it through them.
+func (w *writer) refer(ctx context.Context, messageRow int64, rows []identity) error {
+	args := make([]any, 0, 2*len(rows))
+	for _, r := range rows {
+		if r.ID != 0 {
+			args = append(args, r.ID, messageRow)
+		}
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	if _, err := w.exec(ctx, referQueries[len(args)/2], args...); err != nil {
+		return fmt.Errorf("refer to message: %w", err)
+	}
+	return nil
 }
 
 // lookupQueries select one to four identifiers by (kind, value) in one statement.

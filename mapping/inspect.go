@@ -268,7 +268,7 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 		Raw        string `db:"raw"`
 	}
 	if err := s.selectIn(ctx, &msgs, `SELECT source, message_id, type, event, event_at, received_at, rejected, notes, raw FROM messages
-		WHERE user_id IN (?) OR anonymous_id IN (?) OR jimo_token IN (?) ORDER BY received_at DESC LIMIT 50`, values, values, values); err != nil {
+		WHERE id IN (SELECT message_id FROM message_refs WHERE identifier_id IN (?)) ORDER BY received_at DESC LIMIT 50`, ids); err != nil {
 		return History{}, fmt.Errorf("history messages: %w", err)
 	}
 	for _, m := range msgs {

@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"context"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -145,5 +146,88 @@ func TestOverviewAndHistory(t *testing.T) {
 	}
 	if _, err := s.History(ctx, 424242); ErrorCode(err) != CodeNotFound {
 		t.Errorf("history of unknown profile: got %v, want not_found", err)
+	}
+}
+
+// TestHistoryFindsMessagesByEveryIdentifier checks the message references:
+// a profile's history lists every message naming any of its identifiers,
+// including one refused after it was stored, and a message whose link was
+// refused appears in the history of both profiles it names.
+func TestHistoryFindsMessagesByEveryIdentifier(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t, Options{})
+	refused := identify("m3", "user-1", "", 2*time.Minute)
+	refused.Rejected = "invalid_traits"
+	submit(t, s,
+		identify("m1", "user-1", "anon-1", 0),
+		identify("m2", "", "anon-1", time.Minute),
+		refused,
+		identify("m4", "user-2", "", 3*time.Minute),
+		identify("m5", "user-2", "anon-1", 4*time.Minute), // joins two user IDs: a conflict
+	)
+	messagesOf := func(id Identifier) []string {
+		t.Helper()
+		p, err := s.ProfileOf(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := s.History(ctx, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, m := range h.Messages {
+			ids = append(ids, m.MessageID)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	if got, want := messagesOf(Identifier{Kind: KindUserID, Value: "user-1"}), []string{"m1", "m2", "m3", "m5"}; !slices.Equal(got, want) {
+		t.Errorf("history of user-1's profile: got %v, want %v", got, want)
+	}
+	if got, want := messagesOf(Identifier{Kind: KindUserID, Value: "user-2"}), []string{"m4", "m5"}; !slices.Equal(got, want) {
+		t.Errorf("history of user-2's profile: got %v, want %v", got, want)
+	}
+}
+
+// TestMigrationReferencesStoredMessages checks migration 3 on a database
+// written before it: the messages stored then are found by their identifiers.
+func TestMigrationReferencesStoredMessages(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "bridge.db")
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	submit(t, s, identify("m1", "user-1", "anon-1", 0), identify("m2", "", "anon-1", time.Minute))
+	// Back to the schema before migration 3, with the data as it was written then.
+	for _, q := range []string{
+		`DELETE FROM message_refs`,
+		`DELETE FROM schema_migrations WHERE version = 3`,
+		`DROP TABLE message_refs`,
+		`CREATE INDEX messages_user_id ON messages (user_id)`,
+		`CREATE INDEX messages_anonymous_id ON messages (anonymous_id)`,
+		`CREATE INDEX messages_jimo_token ON messages (jimo_token) WHERE jimo_token IS NOT NULL`,
+	} {
+		if _, err := s.write.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	s, err = Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.History(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Messages) != 2 {
+		t.Errorf("after the migration the profile's history holds %d messages, want 2", len(h.Messages))
 	}
 }
