@@ -267,20 +267,9 @@ func valueHash(v string) string {
 }
 
 // withoutTombstoned splits ids into live ones and ones deleted by a privacy
-// request. The tombstone table is consulted only if it has rows at all,
-// which the writer learns once per transaction.
+// request. The tombstone table is consulted only once it has rows at all.
 func (w *writer) withoutTombstoned(ctx context.Context, ids []candidate) (live, dead []candidate, err error) {
-	if len(ids) == 0 {
-		return ids, nil, nil
-	}
-	if w.anyTombstones == nil {
-		var any bool
-		if err := w.get(ctx, &any, `SELECT EXISTS (SELECT 1 FROM tombstones)`); err != nil {
-			return nil, nil, fmt.Errorf("check tombstones: %w", err)
-		}
-		w.anyTombstones = &any
-	}
-	if !*w.anyTombstones {
+	if len(ids) == 0 || !w.store.anyTombstones {
 		return ids, nil, nil
 	}
 	for _, c := range ids {

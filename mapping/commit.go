@@ -196,8 +196,6 @@ type writer struct {
 	store *Store
 	opts  *Options
 	now   int64
-	// anyTombstones caches, for this transaction, whether any tombstone exists.
-	anyTombstones *bool
 }
 
 func (w *writer) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {

@@ -231,8 +231,9 @@ func (w *writer) tombstone(ctx context.Context, kind Kind, value string) error {
 		kind, valueHash(value), w.now); err != nil {
 		return fmt.Errorf("tombstone: %w", err)
 	}
-	yes := true
-	w.anyTombstones = &yes // later messages of this transaction must look
+	// From now on messages are checked against tombstones. (Should this
+	// transaction roll back, they are checked needlessly: harmless.)
+	w.store.anyTombstones = true
 	return nil
 }
 

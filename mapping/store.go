@@ -71,6 +71,9 @@ type Store struct {
 	// its transactions; stmts are prepared on it and used by that goroutine only.
 	committer *sqlx.Conn
 	stmts     map[string]*sqlx.Stmt
+	// anyTombstones tells whether a tombstone exists. Read at Open, then
+	// set by the committer when it writes one; only the committer uses it.
+	anyTombstones bool
 
 	queue      chan *submission
 	outboxWake chan struct{}
@@ -135,6 +138,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		path:       path,
 		closing:    make(chan struct{}),
 		stopped:    make(chan struct{}),
+	}
+	if err := write.GetContext(ctx, &s.anyTombstones, `SELECT EXISTS (SELECT 1 FROM tombstones)`); err != nil {
+		committer.Close()
+		read.Close()
+		write.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	// What the migrations (and an earlier process) wrote is durable before anything is acknowledged.
 	if err := errors.Join(s.syncLog(), syncDir(path)); err != nil {

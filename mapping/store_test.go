@@ -238,6 +238,29 @@ func TestDeleteLeavesTombstone(t *testing.T) {
 	}
 }
 
+// TestTombstonesOutliveARestart checks that a store opened again still
+// refuses the identifiers deleted before.
+func TestTombstonesOutliveARestart(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "bridge.db")
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	submit(t, s, identify("m1", "user-1", "anon-1", 0))
+	submit(t, s, Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
+	s.Close()
+	s, err = Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := submit(t, s, identify("m2", "user-1", "anon-2", time.Hour))
+	if !slices.Contains(r[0].Notes, "rejected: deleted_identity") {
+		t.Errorf("after a restart: got notes %v, want the message rejected as a deleted identity", r[0].Notes)
+	}
+}
+
 func TestLogoutWithoutIdentity(t *testing.T) {
 	s := openTestStore(t, Options{})
 	r := submit(t, s, Message{Source: SourceJimoSession, ID: "logout-1", Type: "logout", AnonymousID: "null", Timestamp: t0, ReceivedAt: t0})
