@@ -72,16 +72,7 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		if err := w.warnRefused(ctx, m); err != nil {
 			return Receipt{}, err
 		}
-		// A refused message is still found (and deleted) by the identifiers it names that exist.
-		if len(columns) > 0 {
-			rows, _, err := w.lookup(ctx, columns)
-			if err != nil {
-				return Receipt{}, err
-			}
-			if err := w.refer(ctx, messageRow, rows); err != nil {
-				return Receipt{}, err
-			}
-		}
+		// A refused message is found (and deleted) by the values it names (see migration 3).
 		return Receipt{Notes: append(notes, "rejected: "+m.Rejected)}, nil
 	}
 	if m.Type == "delete" {

@@ -149,7 +149,12 @@ func (s *Store) commit(group []*submission) (err error) {
 	ctx := context.Background()
 	w := &writer{conn: s.committer, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
 	if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
-		return fmt.Errorf("begin: %w", err)
+		// Should an earlier rollback have failed, the connection would still
+		// be in that transaction, and every group after it would fail here.
+		w.exec(ctx, `ROLLBACK`)
+		if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
 	}
 	committed := false
 	defer func() {

@@ -267,10 +267,21 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 		Notes      string `db:"notes"`
 		Raw        string `db:"raw"`
 	}
-	if err := s.selectIn(ctx, &msgs, `SELECT source, message_id, type, event, event_at, received_at, rejected, notes, raw FROM messages
+	const messageColumns = `SELECT source, message_id, type, event, event_at, received_at, rejected, notes, raw FROM messages `
+	if err := s.selectIn(ctx, &msgs, messageColumns+`
 		WHERE id IN (SELECT message_id FROM message_refs WHERE identifier_id IN (?)) ORDER BY received_at DESC LIMIT 50`, ids); err != nil {
 		return History{}, fmt.Errorf("history messages: %w", err)
 	}
+	// Refused messages are found by value (migration 3).
+	refused := msgs[:0:0]
+	if err := s.selectIn(ctx, &refused, messageColumns+`
+		WHERE rejected <> '' AND (user_id IN (?) OR anonymous_id IN (?) OR jimo_token IN (?)) ORDER BY received_at DESC LIMIT 50`,
+		values, values, values); err != nil {
+		return History{}, fmt.Errorf("history messages: %w", err)
+	}
+	msgs = append(msgs, refused...)
+	sort.SliceStable(msgs, func(i, j int) bool { return msgs[i].ReceivedAt > msgs[j].ReceivedAt })
+	msgs = msgs[:min(len(msgs), 50)]
 	for _, m := range msgs {
 		var notes []string
 		if m.Notes != "" {

@@ -202,9 +202,11 @@ func TestMigrationReferencesStoredMessages(t *testing.T) {
 	submit(t, s, identify("m1", "user-1", "anon-1", 0), identify("m2", "", "anon-1", time.Minute))
 	// Back to the schema before migration 3, with the data as it was written then.
 	for _, q := range []string{
-		`DELETE FROM message_refs`,
 		`DELETE FROM schema_migrations WHERE version = 3`,
 		`DROP TABLE message_refs`,
+		`DROP INDEX messages_refused_user_id`,
+		`DROP INDEX messages_refused_anonymous_id`,
+		`DROP INDEX messages_refused_jimo_token`,
 		`CREATE INDEX messages_user_id ON messages (user_id)`,
 		`CREATE INDEX messages_anonymous_id ON messages (anonymous_id)`,
 		`CREATE INDEX messages_jimo_token ON messages (jimo_token) WHERE jimo_token IS NOT NULL`,
@@ -229,5 +231,66 @@ func TestMigrationReferencesStoredMessages(t *testing.T) {
 	}
 	if len(h.Messages) != 2 {
 		t.Errorf("after the migration the profile's history holds %d messages, want 2", len(h.Messages))
+	}
+}
+
+// TestRefusedMessageIsFoundByIdentifiersCreatedLater checks that a refused
+// message naming a user who appears only later is in that user's history
+// and goes with the user's deletion.
+func TestRefusedMessageIsFoundByIdentifiersCreatedLater(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t, Options{})
+	refused := Message{Source: SourceSegmentAPI, ID: "r1", Type: "track", UserID: "user-9", Rejected: "missing_event",
+		Timestamp: t0, ReceivedAt: t0, Raw: []byte(`{"type":"track","userId":"user-9"}`)}
+	submit(t, s, refused, identify("m1", "user-9", "anon-9", time.Minute))
+	p, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.History(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Messages) != 2 {
+		t.Errorf("history holds %d messages, want the refused one and the identify", len(h.Messages))
+	}
+	if _, err := s.DeleteProfile(ctx, Identifier{Kind: KindUserID, Value: "user-9"}, "test", "privacy request"); err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := s.read.Get(&left, `SELECT COUNT(*) FROM messages WHERE raw LIKE '%user-9%'`); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d messages naming the deleted user are left", left)
+	}
+}
+
+// TestDeletionTakesEveryReferenceOfItsMessages checks that a deleted
+// message leaves no reference behind for a later message to inherit when
+// SQLite hands its row ID out again.
+func TestDeletionTakesEveryReferenceOfItsMessages(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t, Options{})
+	submit(t, s, identify("m1", "user-1", "anon-1", 0),
+		identify("m2", "user-2", "anon-2", time.Minute),
+		identify("m3", "user-1", "anon-2", 2*time.Minute)) // anon-2 is user-2's: a conflict, referenced by both
+	if _, err := s.DeleteProfile(ctx, Identifier{Kind: KindUserID, Value: "user-1"}, "test", "privacy request"); err != nil {
+		t.Fatal(err)
+	}
+	// The deleted rows' IDs may be handed out again.
+	submit(t, s, identify("m4", "user-4", "anon-4", 3*time.Minute), identify("m5", "user-5", "anon-5", 4*time.Minute))
+	p, err := s.ProfileOf(ctx, Identifier{Kind: KindAnonymousID, Value: "anon-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.History(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range h.Messages {
+		if m.MessageID != "m2" {
+			t.Errorf("anon-2's history holds %s, which is not about anon-2", m.MessageID)
+		}
 	}
 }

@@ -21,15 +21,25 @@ import (
 	"github.com/mattn/go-sqlite3"
 )
 
-// sqliteDriver is the driver name the store opens SQLite with: go-sqlite3
-// with automatic WAL checkpoints off, because a checkpoint inside a commit
-// would make the requests waiting on that commit pay for it. The store
-// checkpoints from its own goroutine instead (see checkpointLoop).
-const sqliteDriver = "sqlite3_bridge"
+// The driver names the store opens SQLite with: go-sqlite3 with automatic
+// WAL checkpoints off, because a checkpoint inside a commit would make the
+// requests waiting on that commit pay for it; the store checkpoints from its
+// own goroutine instead (see checkpointLoop). The writers' driver also never
+// spills a transaction's pages to the log before its commit, which
+// walBufferVFS requires: a rolled-back transaction then has written nothing.
+// Its page cache grows with the transaction instead.
+const (
+	sqliteDriver = "sqlite3_bridge"
+	writerDriver = "sqlite3_bridge_writer"
+)
 
 func init() {
 	sql.Register(sqliteDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
 		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0", nil)
+		return err
+	}})
+	sql.Register(writerDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0; PRAGMA cache_spill = OFF", nil)
 		return err
 	}})
 }
@@ -105,12 +115,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		opts.Blocklist = NewBlocklist(nil)
 	}
 
-	write, err := openSQLite(path, true)
-	if err != nil {
+	if err := migrateFile(ctx, path, opts.Now); err != nil {
 		return nil, err
 	}
-	if err := migrate(ctx, write, opts.Now); err != nil {
-		write.Close()
+	write, err := openSQLite(path, true)
+	if err != nil {
 		return nil, err
 	}
 	read, err := openSQLite(path, false)
@@ -180,14 +189,14 @@ func SQLiteDSN(path string, writer bool) string {
 // durable itself, by syncing the log beside the committer before it
 // acknowledges (see syncLoop), so the next group can be applied meanwhile.
 func openSQLite(path string, writer bool) (*sqlx.DB, error) {
-	dsn := SQLiteDSN(path, writer)
+	dsn, driver := SQLiteDSN(path, writer), sqliteDriver
 	if writer {
 		if err := registerWALBuffer(); err != nil {
 			return nil, err
 		}
-		dsn += "&vfs=" + walBufferVFS
+		dsn, driver = dsn+"&vfs="+walBufferVFS, writerDriver
 	}
-	db, err := sqlx.Open(sqliteDriver, dsn)
+	db, err := sqlx.Open(driver, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -205,6 +214,19 @@ func openSQLite(path string, writer bool) (*sqlx.DB, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return db, nil
+}
+
+// migrateFile applies the migrations path lacks on a connection of its own,
+// through the default VFS and fully synchronous: a migration may be one
+// large transaction, which that connection may spill to the log as it goes.
+func migrateFile(ctx context.Context, path string, now func() time.Time) error {
+	db, err := sqlx.Open(sqliteDriver, SQLiteDSN(path, true))
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	return migrate(ctx, db, now)
 }
 
 // migrate applies the embedded migrations that are not yet recorded, in order, each in its own transaction.

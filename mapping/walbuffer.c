@@ -76,10 +76,15 @@ static int logRead(sqlite3_file *p, void *data, int n, sqlite3_int64 off) {
 
 /* logSync is the commit's sync point: the pending writes are passed on
 ** before SQLite publishes the commit to other connections. It does not
-** wait for the disk; the store syncs the log itself before acknowledging. */
+** wait for the disk, the store syncs the log itself before acknowledging,
+** except after a new log header: that sync orders the header before the
+** frames that follow it, and a log that starts over relies on it. */
 static int logSync(sqlite3_file *p, int flags) {
-  (void)flags;
-  return flush((BufferedLog *)p);
+  BufferedLog *f = (BufferedLog *)p;
+  int header = f->len > 0 && f->at == 0;
+  int rc = flush(f);
+  if (rc != SQLITE_OK || !header) return rc;
+  return f->real->pMethods->xSync(f->real, flags);
 }
 
 static int logClose(sqlite3_file *p) {

@@ -16,8 +16,15 @@ import (
 // with one system call when SQLite syncs the log at the end of the commit,
 // instead of two per page, before the commit is published to other
 // connections. That sync does not wait for the disk: the store syncs the log
-// itself before it acknowledges (see syncLoop). Every other file, and every
-// other connection, uses the default VFS unchanged.
+// itself before it acknowledges (see syncLoop), except after a new log
+// header, which it syncs as SQLite asks. Every other file, and every other
+// connection, uses the default VFS unchanged.
+//
+// Its contract with the connections that use it: synchronous=FULL, so that
+// SQLite syncs the log at the end of each commit, before publishing it; and
+// cache_spill=OFF (writerDriver), so that no frame is written outside a
+// commit: a transaction rolled back after spilling would leave frames in the
+// buffer, which a later flush would write over another connection's commits.
 const walBufferVFS = "bridge-wal-buffer"
 
 // registerWALBuffer registers walBufferVFS with SQLite, once per process.

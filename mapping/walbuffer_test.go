@@ -9,17 +9,14 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-// TestWALBufferKeepsSpilledTransactions runs a transaction far larger than
-// its page cache through the writer's VFS: SQLite spills pages to the log
-// before the commit, writes some of them again and reads them back. Another
-// connection must then see exactly what was committed, in a sound database.
-func TestWALBufferKeepsSpilledTransactions(t *testing.T) {
+// TestWALBufferKeepsLargeTransactions runs a transaction far larger than
+// its page cache through a writer connection: it changes pages again and
+// reads them back before one commit writes them all. Another connection
+// must then see exactly what was committed, in a sound database.
+func TestWALBufferKeepsLargeTransactions(t *testing.T) {
 	ctx := context.Background()
-	if err := registerWALBuffer(); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "spill.db")
-	w, err := sqlx.Open(sqliteDriver, SQLiteDSN(path, true)+"&vfs="+walBufferVFS)
+	path := filepath.Join(t.TempDir(), "large.db")
+	w, err := openSQLite(path, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,5 +64,59 @@ func TestWALBufferKeepsSpilledTransactions(t *testing.T) {
 	}
 	if got.N != rows || got.Changed != rows/2 || got.Length != rows*200+rows/2 {
 		t.Errorf("another connection sees %d rows, %d changed, %d bytes; want %d, %d, %d", got.N, got.Changed, got.Length, rows, rows/2, rows*200+rows/2)
+	}
+}
+
+// TestWALBufferRollbackWritesNothing is the case the writers' contract
+// (cache_spill=OFF) exists for: a transaction larger than the page cache is
+// rolled back, another connection commits, then the writer commits. Had the
+// rolled-back transaction left frames in the buffer, the writer's commit
+// would write them over the other connection's.
+func TestWALBufferRollbackWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "rollback.db")
+	w, err := openSQLite(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	other, err := sqlx.Open(sqliteDriver, SQLiteDSN(path, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	conn, err := w.Connx(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, q := range []string{`PRAGMA cache_size = 10`, `CREATE TABLE big (v BLOB)`, `CREATE TABLE small (v TEXT)`,
+		`BEGIN IMMEDIATE`} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for range 25 {
+		if _, err := conn.ExecContext(ctx, `INSERT INTO big VALUES (randomblob(3000))`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.ExecContext(ctx, `ROLLBACK`); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := other.ExecContext(ctx, `INSERT INTO small VALUES ('other')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.ExecContext(ctx, `INSERT INTO small VALUES ('writer')`); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := other.GetContext(ctx, &n, `SELECT COUNT(*) FROM small`); err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 {
+		t.Errorf("%d rows committed are there, want 4", n)
 	}
 }
