@@ -151,10 +151,9 @@ func TestOverviewAndHistory(t *testing.T) {
 
 // TestHistoryFindsMessagesByEveryIdentifier checks the message references:
 // a profile's history lists every message naming any of its identifiers,
-// including one refused after it was stored, and a message whose link was
-// refused appears in the history of both profiles it names.
+// including a refused one, and a message whose link was refused appears in
+// the history of both profiles it names.
 func TestHistoryFindsMessagesByEveryIdentifier(t *testing.T) {
-	ctx := context.Background()
 	s := openTestStore(t, Options{})
 	refused := identify("m3", "user-1", "", 2*time.Minute)
 	refused.Rejected = "invalid_traits"
@@ -167,16 +166,8 @@ func TestHistoryFindsMessagesByEveryIdentifier(t *testing.T) {
 	)
 	messagesOf := func(id Identifier) []string {
 		t.Helper()
-		p, err := s.ProfileOf(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h, err := s.History(ctx, p.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
 		var ids []string
-		for _, m := range h.Messages {
+		for _, m := range historyOf(t, s, id).Messages {
 			ids = append(ids, m.MessageID)
 		}
 		slices.Sort(ids)
@@ -221,14 +212,7 @@ func TestMigrationReferencesStoredMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	p, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := s.History(ctx, p.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := historyOf(t, s, Identifier{Kind: KindUserID, Value: "user-1"})
 	if len(h.Messages) != 2 {
 		t.Errorf("after the migration the profile's history holds %d messages, want 2", len(h.Messages))
 	}
@@ -243,14 +227,7 @@ func TestRefusedMessageIsFoundByIdentifiersCreatedLater(t *testing.T) {
 	refused := Message{Source: SourceSegmentAPI, ID: "r1", Type: "track", UserID: "user-9", Rejected: "missing_event",
 		Timestamp: t0, ReceivedAt: t0, Raw: []byte(`{"type":"track","userId":"user-9"}`)}
 	submit(t, s, refused, identify("m1", "user-9", "anon-9", time.Minute))
-	p, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-9"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := s.History(ctx, p.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := historyOf(t, s, Identifier{Kind: KindUserID, Value: "user-9"})
 	if len(h.Messages) != 2 {
 		t.Errorf("history holds %d messages, want the refused one and the identify", len(h.Messages))
 	}
@@ -280,17 +257,24 @@ func TestDeletionTakesEveryReferenceOfItsMessages(t *testing.T) {
 	}
 	// The deleted rows' IDs may be handed out again.
 	submit(t, s, identify("m4", "user-4", "anon-4", 3*time.Minute), identify("m5", "user-5", "anon-5", 4*time.Minute))
-	p, err := s.ProfileOf(ctx, Identifier{Kind: KindAnonymousID, Value: "anon-2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := s.History(ctx, p.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := historyOf(t, s, Identifier{Kind: KindAnonymousID, Value: "anon-2"})
 	for _, m := range h.Messages {
 		if m.MessageID != "m2" {
 			t.Errorf("anon-2's history holds %s, which is not about anon-2", m.MessageID)
 		}
 	}
+}
+
+// historyOf returns the history of the profile holding id.
+func historyOf(t *testing.T, s *Store, id Identifier) History {
+	t.Helper()
+	p, err := s.ProfileOf(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.History(context.Background(), p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
