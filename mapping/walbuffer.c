@@ -43,14 +43,12 @@ static int overlapsPending(BufferedLog *f, sqlite3_int64 off, int n) {
   return f->len > 0 && off < f->at + f->len && off + n > f->at;
 }
 
+/* logWrite adds a write that continues the pending ones to the buffer;
+** any other write first passes the pending ones on, so the file sees every
+** write in the order SQLite made it. */
 static int logWrite(sqlite3_file *p, const void *data, int n, sqlite3_int64 off) {
   BufferedLog *f = (BufferedLog *)p;
   int rc;
-  if (f->len > 0 && off >= f->at && off + n <= f->at + f->len) {
-    /* A frame of this transaction written again: patch it. */
-    memcpy(f->buf + (off - f->at), data, n);
-    return SQLITE_OK;
-  }
   if (f->len > 0 && off == f->at + f->len && f->len + n <= WAL_BUFFER_SIZE) {
     memcpy(f->buf + f->len, data, n);
     f->len += n;
