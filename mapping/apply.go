@@ -72,7 +72,7 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		if err := w.warnRefused(ctx, m); err != nil {
 			return Receipt{}, err
 		}
-		// A refused message is found (and deleted) by the values it names (see migration 3).
+		// A refused message is found (and deleted) by the values it names (refusedMessagesNaming).
 		return Receipt{Notes: append(notes, "rejected: "+m.Rejected)}, nil
 	}
 	if m.Type == "delete" {
@@ -319,6 +319,15 @@ func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, 
 	}
 	return id, nil
 }
+
+// How the messages naming some identifiers are found (migration 3): those
+// applied through references to the identifiers' rows (IN takes their IDs),
+// refused ones, which created no identifier, by the values they name (the
+// three INs take the values).
+const (
+	messagesReferencing   = `id IN (SELECT message_id FROM message_refs WHERE identifier_id IN (?))`
+	refusedMessagesNaming = `rejected <> '' AND (user_id IN (?) OR anonymous_id IN (?) OR jimo_token IN (?))`
+)
 
 // referQueries insert one to five message references in one statement.
 var referQueries = func() []string {

@@ -203,12 +203,8 @@ type writer struct {
 	now   int64
 }
 
-func (w *writer) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
-	return w.store.prepared(ctx, query)
-}
-
 func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	st, err := w.stmt(ctx, query)
+	st, err := w.store.prepared(ctx, query)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +240,7 @@ func (w *writer) insertID(ctx context.Context, query string, args ...any) (int64
 }
 
 func (w *writer) get(ctx context.Context, dest any, query string, args ...any) error {
-	st, err := w.stmt(ctx, query)
+	st, err := w.store.prepared(ctx, query)
 	if err != nil {
 		return err
 	}
@@ -252,7 +248,7 @@ func (w *writer) get(ctx context.Context, dest any, query string, args ...any) e
 }
 
 func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) error {
-	st, err := w.stmt(ctx, query)
+	st, err := w.store.prepared(ctx, query)
 	if err != nil {
 		return err
 	}

@@ -268,14 +268,11 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 		Raw        string `db:"raw"`
 	}
 	const messageColumns = `SELECT source, message_id, type, event, event_at, received_at, rejected, notes, raw FROM messages `
-	if err := s.selectIn(ctx, &msgs, messageColumns+`
-		WHERE id IN (SELECT message_id FROM message_refs WHERE identifier_id IN (?)) ORDER BY received_at DESC LIMIT 50`, ids); err != nil {
+	if err := s.selectIn(ctx, &msgs, messageColumns+`WHERE `+messagesReferencing+` ORDER BY received_at DESC LIMIT 50`, ids); err != nil {
 		return History{}, fmt.Errorf("history messages: %w", err)
 	}
-	// Refused messages are found by value (migration 3).
 	refused := msgs[:0:0]
-	if err := s.selectIn(ctx, &refused, messageColumns+`
-		WHERE rejected <> '' AND (user_id IN (?) OR anonymous_id IN (?) OR jimo_token IN (?)) ORDER BY received_at DESC LIMIT 50`,
+	if err := s.selectIn(ctx, &refused, messageColumns+`WHERE `+refusedMessagesNaming+` ORDER BY received_at DESC LIMIT 50`,
 		values, values, values); err != nil {
 		return History{}, fmt.Errorf("history messages: %w", err)
 	}

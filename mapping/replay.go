@@ -200,15 +200,14 @@ func (w *writer) deleteProfile(ctx context.Context, id Identifier) ([]Identifier
 	// references (to other profiles' identifiers too: message IDs can be
 	// reused), and so do the refused ones naming their values.
 	for _, s := range []string{
-		`DELETE FROM messages WHERE id IN (SELECT message_id FROM message_refs WHERE identifier_id IN (?))`,
+		`DELETE FROM messages WHERE ` + messagesReferencing,
 		`DELETE FROM message_refs WHERE message_id IN (SELECT message_id FROM message_refs WHERE identifier_id IN (?))`,
 	} {
 		if err := w.execIn(ctx, s, ids); err != nil {
 			return nil, fmt.Errorf("delete %s: %w", id, err)
 		}
 	}
-	if err := w.execIn(ctx, `DELETE FROM messages WHERE rejected <> '' AND (user_id IN (?) OR anonymous_id IN (?) OR jimo_token IN (?))`,
-		values, values, values); err != nil {
+	if err := w.execIn(ctx, `DELETE FROM messages WHERE `+refusedMessagesNaming, values, values, values); err != nil {
 		return nil, fmt.Errorf("delete %s: %w", id, err)
 	}
 	// Deliveries carry traits too: none is sent (or kept) after the deletion.

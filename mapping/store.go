@@ -133,6 +133,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		write.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	closeAll := func() { committer.Close(); read.Close(); write.Close() }
 	s := &Store{
 		committer:  committer,
 		write:      write,
@@ -149,16 +150,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		stopped:    make(chan struct{}),
 	}
 	if err := write.GetContext(ctx, &s.anyTombstones, `SELECT EXISTS (SELECT 1 FROM tombstones)`); err != nil {
-		committer.Close()
-		read.Close()
-		write.Close()
+		closeAll()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	// What the migrations (and an earlier process) wrote is durable before anything is acknowledged.
 	if err := errors.Join(s.syncLog(), syncDir(path)); err != nil {
-		committer.Close()
-		read.Close()
-		write.Close()
+		closeAll()
 		return nil, err
 	}
 	go s.commitLoop()

@@ -29,7 +29,6 @@ import (
 type benchResult struct {
 	name      string
 	events    int64
-	requests  int64
 	failures  int64
 	elapsed   time.Duration
 	latencies []time.Duration
@@ -157,8 +156,8 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		people[i] = newPerson()
 	}
 	for i := 0; i < len(people); i += *batchSize {
-		j := i
-		body := batchOf(func() person { j++; return people[(j-1)%len(people)] })
+		next := i
+		body := batchOf(func() person { p := people[next%len(people)]; next++; return p })
 		if err := post(ctx, client, bridgeURL+"/v1/batch", auth, body); err != nil {
 			return fmt.Errorf("storing the known people: %w", err)
 		}
@@ -236,7 +235,6 @@ func combine(runs []benchResult) benchResult {
 	out := benchResult{name: runs[0].name}
 	for _, r := range runs {
 		out.events += r.events
-		out.requests += r.requests
 		out.failures += r.failures
 		out.elapsed += r.elapsed
 		out.latencies = append(out.latencies, r.latencies...)
@@ -333,7 +331,7 @@ func listen(h http.Handler) (string, func(), error) {
 	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
 }
 
-// post sends one request and fails unless it is acknowledged.
+// post sends one request and fails unless it is acknowledged (200).
 func post(ctx context.Context, client *http.Client, url, auth string, body []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
@@ -346,9 +344,12 @@ func post(ctx context.Context, client *http.Client, url, auth string, body []byt
 		return err
 	}
 	defer resp.Body.Close()
+	answer, err := io.ReadAll(resp.Body) // read to the end, so that the connection is reused
+	if err != nil {
+		return err
+	}
 	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("%s: %s", resp.Status, b)
+		return fmt.Errorf("%s: %s", resp.Status, answer)
 	}
 	return nil
 }
@@ -365,21 +366,11 @@ func drive(ctx context.Context, client *http.Client, name, url, auth string, bod
 		go func() {
 			defer wg.Done()
 			var local []time.Duration
-			var events, requests, failures int64
+			var events, failures int64
 			for time.Now().Before(deadline) && ctx.Err() == nil {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body()))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("Authorization", auth)
+				b := body()
 				t := time.Now()
-				resp, err := client.Do(req)
-				if err != nil {
-					failures++
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				requests++
-				if resp.StatusCode != http.StatusOK {
+				if err := post(ctx, client, url, auth, b); err != nil {
 					failures++
 					continue
 				}
@@ -389,7 +380,6 @@ func drive(ctx context.Context, client *http.Client, name, url, auth string, bod
 			mu.Lock()
 			res.latencies = append(res.latencies, local...)
 			res.events += events
-			res.requests += requests
 			res.failures += failures
 			mu.Unlock()
 		}()

@@ -173,7 +173,6 @@ func rawInserts(ctx context.Context, path string, batchSize int, d time.Duration
 		}
 		res.latencies = append(res.latencies, time.Since(t))
 		res.events += int64(batchSize)
-		res.requests++
 	}
 	res.elapsed = time.Since(start)
 	return res, nil
