@@ -32,7 +32,8 @@ type candidate struct {
 	value string
 }
 
-// apply stores one message and applies it. It must run inside w.tx.
+// apply stores one message and applies it. It must run inside the group's
+// transaction (see Store.commit).
 func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	// Identifiers are read even from a rejected message, so that a privacy
 	// deletion finds the message by them.
@@ -41,8 +42,9 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		m.Rejected = "no_usable_identity"
 	}
 
-	// Identifiers that were deleted stay deleted: a message naming one is
-	// kept only as a trace (no content), applies nothing and sends nothing.
+	// Erased identifiers never come back, by any path: the message keeps
+	// its other identifiers (they are other people), but none of its
+	// payload, and sends nothing.
 	live, dead, err := w.withoutTombstoned(ctx, ids)
 	if err != nil {
 		return Receipt{}, err
@@ -50,10 +52,12 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	for _, c := range dead {
 		notes = append(notes, fmt.Sprintf("%s: %s", c.field, NoteDeletedID))
 	}
-	if len(dead) > 0 && m.Type != "delete" {
-		m.Rejected = "deleted_identity"
-		m.Raw = json.RawMessage(`{}`)
-		live = nil
+	aboutDeleted := len(dead) > 0 && m.Type != "delete"
+	if aboutDeleted {
+		m.Raw, m.Jobs, m.Traits, m.Email, m.UserIDWarning = json.RawMessage(`{}`), nil, nil, "", ""
+		if len(live) == 0 && m.Rejected == "" {
+			m.Rejected = "deleted_identity"
+		}
 	}
 
 	columns := live
@@ -76,15 +80,8 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		return Receipt{Notes: append(notes, "rejected: "+m.Rejected)}, nil
 	}
 	if m.Type == "delete" {
-		for _, c := range live {
-			if _, err := w.deleteProfile(ctx, Identifier{Kind: c.kind, Value: c.value}); err != nil && ErrorCode(err) != CodeNotFound {
-				return Receipt{}, err
-			}
-			// Unknown yet (the deletion overtook the identity): the tombstone
-			// keeps it from appearing later all the same.
-			if err := w.tombstone(ctx, c.kind, c.value); err != nil {
-				return Receipt{}, err
-			}
+		if _, err := w.applyDelete(ctx, live, m); err != nil {
+			return Receipt{}, err
 		}
 		return Receipt{Notes: notes}, nil
 	}
@@ -156,6 +153,21 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	if err := w.refer(ctx, messageRow, rows); err != nil {
 		return Receipt{}, err
 	}
+	held, err := w.namesHeldBack(ctx, rows)
+	if err != nil {
+		return Receipt{}, err
+	}
+	if aboutDeleted {
+		return Receipt{Notes: notes}, nil
+	}
+	if held {
+		// It names someone a deletion took: like a message naming an erased
+		// identifier, it keeps no payload and sends nothing.
+		if _, err := w.exec(ctx, `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow); err != nil {
+			return Receipt{}, fmt.Errorf("blank message: %w", err)
+		}
+		return Receipt{Notes: append(notes, NoteHeldBack)}, nil
+	}
 	if len(rows) > 0 && !m.Impersonating {
 		if err := w.mergeTraits(ctx, rows[0].ID, m, fresh == len(rows)); err != nil {
 			return Receipt{}, err
@@ -189,13 +201,20 @@ func (w *writer) warnRefused(ctx context.Context, m Message) error {
 	if reason != "" {
 		return nil
 	}
-	rows, missing, err := w.lookup(ctx, []candidate{{"userId", KindUserID, v}})
+	c := []candidate{{"userId", KindUserID, v}}
+	if c, _, err := w.withoutTombstoned(ctx, c); err != nil || len(c) == 0 {
+		return err // erased by a privacy deletion: it is not recorded again
+	}
+	rows, missing, err := w.lookup(ctx, c)
 	if err != nil {
 		return err
 	}
 	row := rows[0]
+	if missing == 0 && row.ProfileID == 0 {
+		return nil // held back by a deletion
+	}
 	if missing == 1 {
-		if row, err = w.createIdentifier(ctx, candidate{"userId", KindUserID, v}, m); err != nil {
+		if row, err = w.createIdentifier(ctx, c[0], m); err != nil {
 			return err
 		}
 	}
@@ -255,26 +274,6 @@ func (w *writer) identifiers(m Message) ([]candidate, []string) {
 func valueHash(v string) string {
 	sum := sha256.Sum256([]byte(v))
 	return hex.EncodeToString(sum[:])
-}
-
-// withoutTombstoned splits ids into live ones and ones deleted by a privacy
-// request. The tombstone table is consulted only once it has rows at all.
-func (w *writer) withoutTombstoned(ctx context.Context, ids []candidate) (live, dead []candidate, err error) {
-	if len(ids) == 0 || !w.store.anyTombstones {
-		return ids, nil, nil
-	}
-	for _, c := range ids {
-		var n int
-		if err := w.get(ctx, &n, `SELECT COUNT(*) FROM tombstones WHERE kind = ? AND value_hash = ?`, c.kind, valueHash(c.value)); err != nil {
-			return nil, nil, fmt.Errorf("check tombstone: %w", err)
-		}
-		if n > 0 {
-			dead = append(dead, c)
-		} else {
-			live = append(live, c)
-		}
-	}
-	return live, dead, nil
 }
 
 // insertMessage stores the message unless its (source, ID) is already
@@ -522,4 +521,23 @@ func (w *writer) enqueue(ctx context.Context, j Job, m Message) error {
 		return fmt.Errorf("enqueue %s job: %w", j.Destination, err)
 	}
 	return nil
+}
+
+// namesHeldBack tells whether any of rows is held back by a deletion (after
+// the message's links were decided). It reads nothing when no identifier was
+// ever named by a deletion.
+func (w *writer) namesHeldBack(ctx context.Context, rows []identity) (bool, error) {
+	if any, err := w.deletions(ctx); err != nil || !any {
+		return false, err
+	}
+	for _, r := range rows {
+		if r.ID == 0 {
+			continue
+		}
+		held, err := w.heldBack(ctx, r.ID)
+		if err != nil || held {
+			return held, err
+		}
+	}
+	return false, nil
 }

@@ -201,6 +201,9 @@ type writer struct {
 	store *Store
 	opts  *Options
 	now   int64
+	// tombstones and anyDeletions are read from the database once per
+	// transaction (nil: not read yet); see tombstoned and deletions.
+	tombstones, anyDeletions *bool
 }
 
 func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {

@@ -249,7 +249,7 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 	var links []linkInfoRow
 	if err := s.selectIn(ctx, &links, `SELECT `+linkColumns+` FROM links l
 		JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
-		WHERE l.a_id IN (?) OR l.b_id IN (?) ORDER BY l.order_key DESC LIMIT 200`, ids, ids); err != nil {
+		WHERE (l.a_id IN (?) OR l.b_id IN (?)) AND a.profile_id <> 0 AND b.profile_id <> 0 ORDER BY l.order_key DESC LIMIT 200`, ids, ids); err != nil {
 		return History{}, fmt.Errorf("history links: %w", err)
 	}
 	if err := s.withLogs(ctx, links, &h.Links); err != nil {
@@ -377,7 +377,8 @@ func (s *Store) Conflicts(ctx context.Context, limit int, afterID int64) ([]Link
 	var rows []linkInfoRow
 	if err := s.read.SelectContext(ctx, &rows, `SELECT `+linkColumns+` FROM links l
 		JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
-		WHERE l.decision IN ('conflict', 'over_cap') AND l.withdrawn = 0 AND l.id > ? ORDER BY l.id LIMIT ?`, afterID, limit); err != nil {
+		WHERE l.decision IN ('conflict', 'over_cap') AND l.withdrawn = 0 AND l.id > ? AND a.profile_id <> 0 AND b.profile_id <> 0
+		ORDER BY l.id LIMIT ?`, afterID, limit); err != nil {
 		return nil, fmt.Errorf("conflicts: %w", err)
 	}
 	out := []LinkInfo{}
@@ -405,9 +406,10 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 		args  []any
 	}{
 		{&o.Profiles, `SELECT COUNT(*) FROM profiles`, nil},
-		{&o.Identifiers, `SELECT COUNT(*) FROM identifiers`, nil},
+		{&o.Identifiers, `SELECT COUNT(*) FROM identifiers WHERE profile_id <> 0`, nil},
 		{&o.Messages, `SELECT COUNT(*) FROM messages`, nil},
-		{&o.Conflicts, `SELECT COUNT(*) FROM links WHERE decision IN ('conflict', 'over_cap') AND withdrawn = 0`, nil},
+		{&o.Conflicts, `SELECT COUNT(*) FROM links l JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
+			WHERE l.decision IN ('conflict', 'over_cap') AND l.withdrawn = 0 AND a.profile_id <> 0 AND b.profile_id <> 0`, nil},
 		{&o.DeadJobs, `SELECT COUNT(*) FROM jobs WHERE state = 'dead'`, nil},
 		{&o.Warnings, `SELECT COUNT(*) FROM identifiers WHERE warning <> ''`, nil},
 		{&o.DeliveredLastHour, `SELECT COUNT(*) FROM jobs WHERE state = 'done' AND updated_at >= ?`, []any{hourAgo}},

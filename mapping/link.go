@@ -54,7 +54,10 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m Message)
 	}
 	inOrder := key > lastKey
 	decision, reason := DecisionApplied, ""
-	if inOrder && a.ProfileID != b.ProfileID {
+	if inOrder && (a.ProfileID == 0 || b.ProfileID == 0) {
+		// A deletion earlier in the order took one of them (see deletion.go).
+		decision, reason = DecisionDeleted, deletedReason
+	} else if inOrder && a.ProfileID != b.ProfileID {
 		if decision, reason, err = w.mergeProfiles(ctx, a.ProfileID, b.ProfileID); err != nil {
 			return "", err
 		}

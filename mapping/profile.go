@@ -111,10 +111,10 @@ type identifierRow struct {
 // traits carry it when merging on email is off. Unknown: a CodeNotFound error.
 func (s *Store) ProfileOf(ctx context.Context, id Identifier) (Profile, error) {
 	var profileID int64
-	err := s.read.GetContext(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?`, id.Kind, id.Value)
+	err := s.read.GetContext(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ? AND profile_id <> 0`, id.Kind, id.Value)
 	if errors.Is(err, sql.ErrNoRows) && id.Kind == KindEmail && !s.opts.MergeOnEmail {
 		err = s.read.GetContext(ctx, &profileID, `SELECT i.profile_id FROM traits t JOIN identifiers i ON i.id = t.identifier_id
-			WHERE t.email = ? ORDER BY i.profile_id LIMIT 1`, id.Value)
+			WHERE t.email = ? AND i.profile_id <> 0 ORDER BY i.profile_id LIMIT 1`, id.Value)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return Profile{}, Errorf(CodeNotFound, "no profile has %s; check the kind and the value, or search by another identifier", id)

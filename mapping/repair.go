@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Decisions an operator's repair writes into the link log.
@@ -103,15 +104,24 @@ func (s *Store) Unmerge(ctx context.Context, linkID int64, operator, reason stri
 	})
 }
 
-// DeleteProfile deletes the profile holding id (a privacy request): every
-// identifier, link, trait and message of it, leaving tombstones so the
-// identifiers do not come back. The log keeps who deleted how many
-// identifiers and why, never which.
+// DeleteProfile deletes the profile holding id (a privacy request) as it
+// stands now: its identifiers are held back at once and erased, with their
+// links, traits and messages, once the deletion grace period is over
+// (Options.DeletionGrace), leaving tombstones so they do not come back. The
+// log keeps who deleted how many identifiers and why, never which.
 func (s *Store) DeleteProfile(ctx context.Context, id Identifier, operator, reason string) ([]Identifier, error) {
 	var deleted []Identifier
 	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
-		var err error
-		if deleted, err = w.deleteProfile(ctx, id); err != nil {
+		var profileID int64
+		err := w.get(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?`, id.Kind, id.Value)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && profileID == 0) {
+			return Errorf(CodeNotFound, "no profile has %s", id)
+		}
+		if err != nil {
+			return fmt.Errorf("delete %s: %w", id, err)
+		}
+		m := Message{Source: SourceAdmin, ID: fmt.Sprintf("delete-%d", w.now), Timestamp: time.Unix(0, w.now)}
+		if deleted, err = w.applyDelete(ctx, []candidate{{"identifier", id.Kind, id.Value}}, m); err != nil {
 			return err
 		}
 		return w.logLink(ctx, 0, DecisionDeleted, fmt.Sprintf("profile with %d identifiers deleted: %s", len(deleted), reason), operatorActor(operator))

@@ -60,6 +60,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Observer receives commit figures for metrics; nil means none.
 	Observer CommitObserver
+	// DeletionGrace is how long identifiers a privacy deletion took are held
+	// back (hidden, never forwarded) before they are erased, so that a
+	// message older than the deletion arriving after it is still decided in
+	// order (rule 6). 0 erases them in the deletion's own transaction.
+	DeletionGrace time.Duration
 }
 
 // CommitObserver is told about every group commit.
@@ -81,9 +86,6 @@ type Store struct {
 	// its transactions; stmts are prepared on it and used by that goroutine only.
 	committer *sqlx.Conn
 	stmts     map[string]*sqlx.Stmt
-	// anyTombstones tells whether a tombstone exists. Read at Open, then
-	// set by the committer when it writes one; only the committer uses it.
-	anyTombstones bool
 
 	queue      chan *submission
 	outboxWake chan struct{}
@@ -149,10 +151,6 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		closing:    make(chan struct{}),
 		stopped:    make(chan struct{}),
 	}
-	if err := write.GetContext(ctx, &s.anyTombstones, `SELECT EXISTS (SELECT 1 FROM tombstones)`); err != nil {
-		closeAll()
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
 	// What the migrations (and an earlier process) wrote is durable before anything is acknowledged.
 	if err := errors.Join(s.syncLog(), syncDir(path)); err != nil {
 		closeAll()
@@ -161,6 +159,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	go s.commitLoop()
 	go s.syncLoop()
 	go s.checkpointLoop()
+	go s.eraseLoop()
 	return s, nil
 }
 

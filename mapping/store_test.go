@@ -38,9 +38,11 @@ func submit(t testing.TB, s *Store, msgs ...Message) []Receipt {
 	return r
 }
 
-// snapshot is the final mapping: profiles as sorted identifier lists, and every link's decision.
+// snapshot is the final mapping: profiles as sorted identifier lists, the
+// identifiers a deletion took (held back or erased), and every link's decision.
 type snapshot struct {
 	Profiles  []string
+	Deleted   []string
 	Decisions map[string]Decision
 }
 
@@ -58,10 +60,20 @@ func takeSnapshot(t fataler, s *Store) snapshot {
 		t.Fatal(err)
 	}
 	groups := map[int64][]string{}
+	snap := snapshot{Decisions: map[string]Decision{}}
 	for _, r := range rows {
+		if r.ProfileID == 0 {
+			snap.Deleted = append(snap.Deleted, r.Identifier().String())
+			continue
+		}
 		groups[r.ProfileID] = append(groups[r.ProfileID], r.Identifier().String())
 	}
-	snap := snapshot{Decisions: map[string]Decision{}}
+	var tombstones []string
+	if err := s.read.Select(&tombstones, `SELECT kind || ':' || value_hash FROM tombstones`); err != nil {
+		t.Fatal(err)
+	}
+	snap.Deleted = append(snap.Deleted, tombstones...)
+	sort.Strings(snap.Deleted)
 	for _, g := range groups {
 		sort.Strings(g)
 		snap.Profiles = append(snap.Profiles, strings.Join(g, " "))
@@ -256,8 +268,15 @@ func TestTombstonesOutliveARestart(t *testing.T) {
 	}
 	defer s.Close()
 	r := submit(t, s, identify("m2", "user-1", "anon-2", time.Hour))
-	if !slices.Contains(r[0].Notes, "rejected: deleted_identity") {
-		t.Errorf("after a restart: got notes %v, want the message rejected as a deleted identity", r[0].Notes)
+	if want := "userId: " + NoteDeletedID; !slices.Contains(r[0].Notes, want) {
+		t.Errorf("after a restart: got notes %v, want %q", r[0].Notes, want)
+	}
+	if _, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-1"}); ErrorCode(err) != CodeNotFound {
+		t.Errorf("deleted user after a restart: got %v, want not_found", err)
+	}
+	// The message's other identifier is another person's: it is kept.
+	if _, err := s.ProfileOf(ctx, Identifier{Kind: KindAnonymousID, Value: "anon-2"}); err != nil {
+		t.Errorf("anon-2: got %v, want its profile", err)
 	}
 }
 
@@ -289,14 +308,26 @@ func TestDeletionIsFinalWhateverTheGrouping(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := openTestStore(t, Options{})
+			// Within the grace period a deletion is decided in event-time
+			// order whatever the arrival order; then it is erased.
+			now := t0
+			s := openTestStore(t, Options{DeletionGrace: time.Hour, Now: func() time.Time { return now }})
 			for _, g := range tt.groups {
 				submit(t, s, g...)
 			}
-			for _, id := range []Identifier{{KindUserID, "user-1"}, {KindAnonymousID, "anon-2"}, {KindAnonymousID, "anon-0"}, {KindEmail, "u1@example.com"}} {
+			now = now.Add(2 * time.Hour)
+			if n, err := s.EraseDeleted(context.Background()); err != nil || n != 2 {
+				t.Fatalf("erase: got %d, %v; want 2 identifiers (user-1, anon-0) erased", n, err)
+			}
+			for _, id := range []Identifier{{KindUserID, "user-1"}, {KindAnonymousID, "anon-0"}, {KindEmail, "u1@example.com"}} {
 				if _, err := s.ProfileOf(context.Background(), id); ErrorCode(err) != CodeNotFound {
 					t.Errorf("%s after deletion: got %v, want not_found", id, err)
 				}
+			}
+			// The later message's anonymous ID was never part of the deleted
+			// profile (the deletion came first in event time): it is kept.
+			if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindAnonymousID, Value: "anon-2"}); err != nil {
+				t.Errorf("anon-2 after deletion: got %v, want its profile", err)
 			}
 			var left int
 			if err := s.read.Get(&left, `SELECT COUNT(*) FROM jobs`); err != nil {

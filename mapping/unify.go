@@ -23,6 +23,9 @@ const (
 	DecisionDismissed Decision = "dismissed"
 )
 
+// deletedReason is the reason of a link not applied because a deletion took one of its identifiers first.
+const deletedReason = "a privacy deletion took one of its identifiers before it"
+
 // Caps bounds a profile's size (rule 4). Zero fields mean the defaults.
 type Caps struct {
 	AnonymousIDs int // anonymous IDs per profile; default 100
@@ -81,6 +84,10 @@ func decide(a, b profileState, caps Caps, forced bool) (Decision, string, profil
 type Node struct {
 	Kind  Kind
 	Value string
+	// DeleteKey is the order key of the earliest privacy deletion naming
+	// this identifier ("" if none). At that point of the order the profile
+	// holding the node, as it stands then, is deleted.
+	DeleteKey string
 }
 
 // Edge is a link between Nodes A and B (indexes into the node slice).
@@ -94,22 +101,30 @@ type Edge struct {
 }
 
 // Outcome is the result of Unify: the profile of every node (nodes with the
-// same Component value form one profile) and the decision on every edge.
+// same Component value form one profile), whether it was deleted, and the
+// decision on every edge.
 type Outcome struct {
 	Component []int // for each node, the index of its profile's representative node
+	// Deleted tells, for each node, whether a deletion took its profile.
+	// Deleted nodes form no profile; their Component is their own index.
+	Deleted   []bool
 	Decisions []Decision
 	Reasons   []string
 }
 
 // Unify decides every link of a cluster from scratch: forced links first, then
-// the rest in OrderKey order, each applied unless it breaks rule 3 or 4. The
-// outcome depends only on the set of nodes and edges, never on their order in
-// the slices, which is what makes the store's result independent of arrival
-// order and duplication (rule 6). Withdrawn edges keep a zero Decision.
+// the rest and the deletions in OrderKey order. A link is applied unless it
+// breaks rule 3 or 4, or one of its identifiers was deleted before it
+// (DecisionDeleted); a deletion takes the whole profile holding its node at
+// that point of the order. The outcome depends only on the set of nodes and
+// edges, never on their order in the slices, which is what makes the store's
+// result independent of arrival order and duplication (rule 6), deletions
+// included. Withdrawn edges keep a zero Decision.
 func Unify(nodes []Node, edges []Edge, caps Caps) Outcome {
 	caps = caps.withDefaults()
 	parent := make([]int, len(nodes))
 	state := make([]profileState, len(nodes))
+	deleted := make([]bool, len(nodes)) // by representative
 	for i, n := range nodes {
 		parent[i] = i
 		switch n.Kind {
@@ -128,24 +143,49 @@ func Unify(nodes []Node, edges []Edge, caps Caps) Outcome {
 		return i
 	}
 
-	order := make([]int, 0, len(edges))
+	// Events are edges (index >= 0) and deletions (node index encoded as -1-i).
+	type event struct {
+		edge   int // -1 for a deletion
+		node   int
+		key    string
+		forced bool
+	}
+	events := make([]event, 0, len(edges)+len(nodes))
 	for i, e := range edges {
 		if !e.Withdrawn {
-			order = append(order, i)
+			events = append(events, event{edge: i, key: e.OrderKey, forced: e.Forced})
 		}
 	}
-	sort.Slice(order, func(x, y int) bool {
-		ex, ey := edges[order[x]], edges[order[y]]
-		if ex.Forced != ey.Forced {
-			return ex.Forced
+	for i, n := range nodes {
+		if n.DeleteKey != "" {
+			events = append(events, event{edge: -1, node: i, key: n.DeleteKey})
 		}
-		return ex.OrderKey < ey.OrderKey
+	}
+	sort.Slice(events, func(x, y int) bool {
+		ex, ey := events[x], events[y]
+		if ex.forced != ey.forced {
+			return ex.forced
+		}
+		if ex.key != ey.key {
+			return ex.key < ey.key
+		}
+		// A deletion and a link never share a key (a deletion is a message
+		// of its own); two deletions with one key are equivalent.
+		return ex.edge < ey.edge || (ex.edge == ey.edge && ex.node < ey.node)
 	})
 
-	out := Outcome{Component: make([]int, len(nodes)), Decisions: make([]Decision, len(edges)), Reasons: make([]string, len(edges))}
-	for _, i := range order {
-		e := edges[i]
+	out := Outcome{Component: make([]int, len(nodes)), Deleted: make([]bool, len(nodes)), Decisions: make([]Decision, len(edges)), Reasons: make([]string, len(edges))}
+	for _, ev := range events {
+		if ev.edge < 0 {
+			deleted[find(ev.node)] = true
+			continue
+		}
+		i, e := ev.edge, edges[ev.edge]
 		ra, rb := find(e.A), find(e.B)
+		if deleted[ra] || deleted[rb] {
+			out.Decisions[i], out.Reasons[i] = DecisionDeleted, deletedReason
+			continue
+		}
 		if ra == rb {
 			out.Decisions[i] = DecisionApplied
 			state[ra].links++
@@ -164,7 +204,11 @@ func Unify(nodes []Node, edges []Edge, caps Caps) Outcome {
 		state[ra] = merged
 	}
 	for i := range nodes {
-		out.Component[i] = find(i)
+		r := find(i)
+		out.Component[i], out.Deleted[i] = r, deleted[r]
+		if deleted[r] {
+			out.Component[i] = i
+		}
 	}
 	return out
 }

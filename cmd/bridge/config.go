@@ -42,6 +42,7 @@ type config struct {
 	MaxDeliveryAttempts int
 	DeliveryWorkers     int
 	KeepDeliveredJobs   time.Duration
+	DeletionGrace       time.Duration
 	TrustProxy          bool
 }
 
@@ -105,6 +106,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.IntVar(&c.MaxDeliveryAttempts, "max-delivery-attempts", 12, "deliveries tried per outbox job before it is dead")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", 128, "outbox deliveries in flight at once")
 	fs.DurationVar(&c.KeepDeliveredJobs, "keep-delivered-jobs", 7*24*time.Hour, "how long delivered outbox jobs stay visible before they are removed")
+	fs.DurationVar(&c.DeletionGrace, "deletion-grace", 24*time.Hour, "how long a privacy deletion holds the deleted identifiers back (hidden, never forwarded) before erasing them, so late older messages are decided in order (0: erase at once)")
 	fs.BoolVar(&c.TrustProxy, "trust-proxy", false, "take the client IP from X-Forwarded-For (only behind a proxy that sets it)")
 
 	set := map[string]bool{}

@@ -146,11 +146,12 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 	m := newMetrics()
 	describeMetrics(m)
 	store, err := mapping.Open(ctx, cfg.DB, mapping.Options{
-		Caps:         mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
-		Blocklist:    mapping.NewBlocklist(cfg.BlockedIDs),
-		MergeOnEmail: cfg.MergeOnEmail,
-		Logger:       logger,
-		Observer:     m,
+		Caps:          mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
+		Blocklist:     mapping.NewBlocklist(cfg.BlockedIDs),
+		MergeOnEmail:  cfg.MergeOnEmail,
+		Logger:        logger,
+		Observer:      m,
+		DeletionGrace: cfg.DeletionGrace,
 	})
 	if err != nil {
 		return nil, err

@@ -516,7 +516,7 @@ func (a *Admin) deleteProfile(c echo.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	return a.redirect(c, s, a.base+"/", flash{Text: fmt.Sprintf("Profile %d deleted with its %d identifier(s), links, traits and messages; tombstones keep the identifiers from coming back.", p.ID, len(deleted))})
+	return a.redirect(c, s, a.base+"/", flash{Text: fmt.Sprintf("Profile %d deleted with its %d identifier(s), links, traits and messages; it is hidden and never forwarded from now on, erased after the deletion grace period, and tombstones keep the identifiers from coming back. What was already forwarded stays downstream.", p.ID, len(deleted))})
 }
 
 // jobStates are the states the jobs page filters by.

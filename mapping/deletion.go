@@ -1,0 +1,268 @@
+package mapping
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Deletion (privacy requests, DESIGN §3) is part of rule 6. A deletion with
+// event time T names an identifier; in the order of Unify it takes the whole
+// profile holding that identifier as it stands at T, so the result is a
+// function of the set of messages, whatever the arrival order:
+//
+//   - An identifier a deletion took is held back at once: it leaves its
+//     profile (profile_id 0), its pending deliveries are dropped, the raw
+//     payloads of the messages naming it are blanked, and no page, lookup or
+//     delivery shows it. Its graph stays, so that a message older than the
+//     deletion that arrives after it is decided as if it had come first.
+//   - Once Options.DeletionGrace has passed, a held-back identifier is erased:
+//     its row, links, traits and messages go, and a tombstone (a hash) keeps
+//     it from ever coming back. A message naming an erased identifier keeps
+//     its other identifiers (they are other people); only the erased one is
+//     dropped. Past the grace period a late message can no longer change who
+//     the deletion took.
+
+// NoteHeldBack is recorded on a message that names an identifier a deletion took.
+const NoteHeldBack = "names an identifier deleted by a privacy request: payload not kept, nothing forwarded"
+
+// tombstoned reads, once per transaction and from the database (another
+// process may have written one), whether any tombstone exists.
+func (w *writer) tombstoned(ctx context.Context) (bool, error) {
+	if w.tombstones == nil {
+		var any bool
+		if err := w.get(ctx, &any, `SELECT EXISTS (SELECT 1 FROM tombstones)`); err != nil {
+			return false, fmt.Errorf("check tombstones: %w", err)
+		}
+		w.tombstones = &any
+	}
+	return *w.tombstones, nil
+}
+
+// deletions reads, once per transaction and from the database, whether any
+// identifier was named by a deletion: only then can a message touch one
+// that is held back.
+func (w *writer) deletions(ctx context.Context) (bool, error) {
+	if w.anyDeletions == nil {
+		var any bool
+		if err := w.get(ctx, &any, `SELECT EXISTS (SELECT 1 FROM identifiers WHERE delete_key <> '')`); err != nil {
+			return false, fmt.Errorf("check deletions: %w", err)
+		}
+		w.anyDeletions = &any
+	}
+	return *w.anyDeletions, nil
+}
+
+// withoutTombstoned splits ids into those that may be used and those erased
+// after a privacy deletion.
+func (w *writer) withoutTombstoned(ctx context.Context, ids []candidate) (live, dead []candidate, err error) {
+	if len(ids) == 0 {
+		return ids, nil, nil
+	}
+	if any, err := w.tombstoned(ctx); err != nil || !any {
+		return ids, nil, err
+	}
+	for _, c := range ids {
+		var n int
+		if err := w.get(ctx, &n, `SELECT COUNT(*) FROM tombstones WHERE kind = ? AND value_hash = ?`, c.kind, valueHash(c.value)); err != nil {
+			return nil, nil, fmt.Errorf("check tombstone: %w", err)
+		}
+		if n > 0 {
+			dead = append(dead, c)
+		} else {
+			live = append(live, c)
+		}
+	}
+	return live, dead, nil
+}
+
+// applyDelete records a deletion of the identifiers cands at the order key
+// of m and re-decides their clusters. Identifiers not seen yet are created
+// held back, so that they never appear. It returns the identifiers the
+// deletion took (or held back before).
+func (w *writer) applyDelete(ctx context.Context, cands []candidate, m Message) ([]Identifier, error) {
+	key := OrderKey(m.Timestamp, m.Source, m.ID, 0)
+	var taken []Identifier
+	for _, c := range cands {
+		rows, missing, err := w.lookup(ctx, []candidate{c})
+		if err != nil {
+			return nil, err
+		}
+		row := rows[0]
+		if missing == 1 {
+			if row, err = w.createIdentifier(ctx, c, m); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := w.exec(ctx, `UPDATE identifiers SET delete_key = ? WHERE id = ? AND (delete_key = '' OR delete_key > ?)`, key, row.ID, key); err != nil {
+			return nil, fmt.Errorf("record deletion: %w", err)
+		}
+		w.anyDeletions = nil
+		last, err := w.clusterKey(ctx, row.ClusterID)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := w.exec(ctx, `UPDATE clusters SET last_key = ? WHERE id = ?`, max(last, key), row.ClusterID); err != nil {
+			return nil, fmt.Errorf("update cluster: %w", err)
+		}
+		held, err := w.replayHolding(ctx, row.ClusterID, "rules", "a deletion (privacy request)")
+		if err != nil {
+			return nil, err
+		}
+		taken = append(taken, held...)
+	}
+	if w.opts.DeletionGrace <= 0 {
+		if _, err := w.eraseHeldBack(ctx, w.now, 0); err != nil {
+			return nil, err
+		}
+	}
+	return taken, nil
+}
+
+// holdBack takes identifiers out of their profiles for a deletion: they stay
+// in their cluster (so a late message is decided in order) but no page shows
+// them, their pending deliveries are dropped, and the messages naming them
+// keep no payload.
+func (w *writer) holdBack(ctx context.Context, rows []identity) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(rows))
+	values := make([]string, len(rows))
+	for i, r := range rows {
+		ids[i], values[i] = r.ID, r.Value
+	}
+	for _, q := range []struct {
+		query string
+		args  []any
+	}{
+		{`UPDATE identifiers SET profile_id = 0, deleted_at = ?, warning = '' WHERE id IN (?)`, []any{w.now, ids}},
+		{`UPDATE messages SET raw = '{}' WHERE ` + messagesReferencing, []any{ids}},
+		{`UPDATE messages SET raw = '{}' WHERE ` + refusedMessagesNaming, []any{values, values, values}},
+		{`DELETE FROM jobs WHERE ordering_key IN (?) AND state <> 'done'`, []any{values}},
+	} {
+		if err := w.execIn(ctx, q.query, q.args...); err != nil {
+			return fmt.Errorf("hold back deleted identifiers: %w", err)
+		}
+	}
+	return nil
+}
+
+// eraseHeldBack erases up to limit identifiers (0: all) held back since
+// before cutoff (unix nanoseconds): tombstones, then the rows, links, traits,
+// messages and deliveries. It returns how many it erased.
+func (w *writer) eraseHeldBack(ctx context.Context, cutoff int64, limit int) (int, error) {
+	query := `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE deleted_at > 0 AND deleted_at <= ? ORDER BY deleted_at, id`
+	args := []any{cutoff}
+	if limit > 0 {
+		query += ` LIMIT ?`
+		args = append(args, limit)
+	}
+	var rows []identity
+	if err := w.sel(ctx, &rows, query, args...); err != nil {
+		return 0, fmt.Errorf("find deleted identifiers: %w", err)
+	}
+	if len(rows) == 0 {
+		return 0, nil
+	}
+	var ids []int64
+	var values []string
+	for _, r := range rows {
+		ids = append(ids, r.ID)
+		values = append(values, r.Value)
+		if err := w.tombstone(ctx, r.Kind, r.Value); err != nil {
+			return 0, err
+		}
+	}
+	for _, q := range []struct {
+		query string
+		args  []any
+	}{
+		{`DELETE FROM link_log WHERE link_id IN (SELECT id FROM links WHERE a_id IN (?) OR b_id IN (?))`, []any{ids, ids}},
+		{`DELETE FROM links WHERE a_id IN (?) OR b_id IN (?)`, []any{ids, ids}},
+		{`DELETE FROM traits WHERE identifier_id IN (?)`, []any{ids}},
+		// The messages naming them go, with all their references (to other
+		// identifiers too: message row IDs can be reused), and so do the
+		// refused ones naming their values.
+		{`DELETE FROM messages WHERE ` + messagesReferencing, []any{ids}},
+		{`DELETE FROM message_refs WHERE message_id IN (SELECT message_id FROM message_refs WHERE identifier_id IN (?))`, []any{ids}},
+		{`DELETE FROM messages WHERE ` + refusedMessagesNaming, []any{values, values, values}},
+		{`DELETE FROM jobs WHERE ordering_key IN (?)`, []any{values}},
+		{`DELETE FROM identifiers WHERE id IN (?)`, []any{ids}},
+	} {
+		if err := w.execIn(ctx, q.query, q.args...); err != nil {
+			return 0, fmt.Errorf("erase deleted identifiers: %w", err)
+		}
+	}
+	return len(rows), nil
+}
+
+// tombstone records that an identifier was erased, by hash, so it never comes back.
+func (w *writer) tombstone(ctx context.Context, kind Kind, value string) error {
+	if _, err := w.exec(ctx, `INSERT INTO tombstones (kind, value_hash, deleted_at) VALUES (?, ?, ?) ON CONFLICT (kind, value_hash) DO NOTHING`,
+		kind, valueHash(value), w.now); err != nil {
+		return fmt.Errorf("tombstone: %w", err)
+	}
+	t := true
+	w.tombstones = &t
+	return nil
+}
+
+// eraseBatch bounds how many identifiers one transaction erases, so that a
+// large deletion does not stall ingestion.
+const eraseBatch = 500
+
+// eraseLoop erases held-back identifiers once their grace period is over, in
+// small transactions between the committer's groups.
+func (s *Store) eraseLoop() {
+	if s.opts.DeletionGrace <= 0 {
+		return
+	}
+	every := min(s.opts.DeletionGrace/4, time.Minute)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if _, err := s.EraseDeleted(context.Background()); err != nil && ErrorCode(err) != CodeUnavailable {
+				s.log.Warn("erase deleted identifiers", "err", err)
+			}
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+// EraseDeleted erases every identifier whose deletion grace period is over,
+// in transactions of at most a few hundred identifiers, and returns how many
+// it erased. The store runs it by itself; it is exported for tools and tests.
+func (s *Store) EraseDeleted(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		var n int
+		err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+			var err error
+			n, err = w.eraseHeldBack(ctx, w.now-int64(s.opts.DeletionGrace), eraseBatch)
+			return err
+		})
+		total += n
+		if err != nil || n < eraseBatch {
+			return total, err
+		}
+	}
+}
+
+// heldBack reads whether the identifier with row ID id is held back by a deletion.
+func (w *writer) heldBack(ctx context.Context, id int64) (bool, error) {
+	var profile int64
+	err := w.get(ctx, &profile, `SELECT profile_id FROM identifiers WHERE id = ?`, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read identifier %d: %w", id, err)
+	}
+	return profile == 0, nil
+}
