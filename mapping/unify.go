@@ -134,8 +134,7 @@ func Unify(nodes []Node, edges []Edge, caps Caps) Outcome {
 			state[i].anonymousIDs = 1
 		}
 	}
-	var find func(int) int
-	find = func(i int) int {
+	find := func(i int) int {
 		for parent[i] != i {
 			parent[i] = parent[parent[i]]
 			i = parent[i]
