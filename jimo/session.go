@@ -264,6 +264,9 @@ func (s *Sessions) Report(req SessionRequest, receivedAt time.Time) (SessionResp
 			msg.Rejected = RejectedGuessableToken
 			return SessionResponse{}, msg, mapping.Errorf(mapping.CodeUnprocessable, "%s", reason)
 		}
+		// The token the page gave Jimo is a Jimo token too (the user ID's, in
+		// shared mode): it is found as one before any Jimo webhook names it.
+		msg.JimoToken = id
 	}
 	if req.Impersonating {
 		resp.JimoToken = ""

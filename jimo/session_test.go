@@ -158,7 +158,7 @@ func TestReport(t *testing.T) {
 			check: func(t *testing.T, msg mapping.Message) {
 				want := mapping.Message{
 					Source: mapping.SourceJimoSession, ID: msg.ID, Type: TypeSession,
-					UserID: goodUserID, AnonymousID: anonID, Email: "ada@example.com",
+					UserID: goodUserID, JimoToken: goodUserID, AnonymousID: anonID, Email: "ada@example.com",
 					Traits:    map[string]any{"plan": "pro", "name": "Ada", "email": "ada@example.com"},
 					Timestamp: testReceivedAt, ReceivedAt: testReceivedAt, Raw: msg.Raw,
 				}

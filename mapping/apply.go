@@ -38,6 +38,10 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	// Identifiers are read even from a rejected message, so that a privacy
 	// deletion finds the message by them.
 	ids, notes := w.identifiers(m)
+	ids, err := w.previousIDKind(ctx, ids)
+	if err != nil {
+		return Receipt{}, err
+	}
 	if m.Rejected == "" && m.Type != "delete" && m.Type != "logout" && len(ids) == 0 {
 		m.Rejected = "no_usable_identity"
 	}
@@ -226,6 +230,38 @@ func (w *writer) warnRefused(ctx context.Context, m Message) error {
 
 func refusedNote(a, b string, d Decision, reason string) string {
 	return fmt.Sprintf("link %s–%s not applied (%s): %s", a, b, d, reason)
+}
+
+// previousIDKind reads an alias call's previousId, which Segment documents as
+// the user's previous ID: an earlier user ID when a user ID of that value is
+// stored (the alias then joins two user IDs, which rule 3 leaves to an
+// operator as a conflict), otherwise the anonymous ID it usually is. It
+// returns ids with the previousId candidate's kind so decided (and dropped
+// if another candidate is then the same identifier).
+//
+// The reading depends on what is stored when the alias arrives: an alias
+// from a user ID that arrives before any message naming that user ID links
+// it as an anonymous ID (the README says so).
+func (w *writer) previousIDKind(ctx context.Context, ids []candidate) ([]candidate, error) {
+	for i, c := range ids {
+		if c.field != "previousId" {
+			continue
+		}
+		var known bool
+		if err := w.get(ctx, &known, `SELECT EXISTS (SELECT 1 FROM identifiers WHERE kind = ? AND value = ? AND profile_id <> 0)`, KindUserID, c.value); err != nil {
+			return nil, fmt.Errorf("read previousId: %w", err)
+		}
+		if !known {
+			continue
+		}
+		for _, o := range ids[:i] {
+			if o.kind == KindUserID && o.value == c.value {
+				return append(ids[:i:i], ids[i+1:]...), nil // alias of a user ID to itself
+			}
+		}
+		ids[i].kind = KindUserID
+	}
+	return ids, nil
 }
 
 // identifiers normalises the identifiers a message names, most specific

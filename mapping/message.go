@@ -39,7 +39,9 @@ type Message struct {
 	Event       string
 	UserID      string
 	AnonymousID string
-	// PreviousID is an alias call's previousId. It is linked as an anonymous ID.
+	// PreviousID is an alias call's previousId: an earlier user ID when a
+	// user ID of that value is stored, otherwise an anonymous ID (see
+	// writer.previousIDKind).
 	PreviousID string
 	// JimoToken is a Jimo session token that is not the user ID (derived mode, legacy tokens).
 	JimoToken string
