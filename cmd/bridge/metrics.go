@@ -123,9 +123,9 @@ func (m *metrics) Delivered(destination, result string, attempt int) {
 	m.deliveryAttempts.WithLabelValues(destination).Observe(float64(attempt))
 }
 
-// read returns the current value of one counter or histogram series (for a
+// current returns the value of one counter or histogram series (for a
 // histogram: its count and sum).
-func read(c prometheus.Metric) (value, sum float64) {
+func current(c prometheus.Metric) (value, sum float64) {
 	var d dto.Metric
 	if err := c.Write(&d); err != nil {
 		return 0, 0 // a counter or histogram of ours always writes
@@ -144,8 +144,8 @@ type commitStats struct {
 }
 
 func (m *metrics) commits() commitStats {
-	n, messages := read(m.commitMessages)
-	_, seconds := read(m.commitSeconds)
+	n, messages := current(m.commitMessages)
+	_, seconds := current(m.commitSeconds)
 	return commitStats{uint64(n), messages, seconds}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/admin"
 )
 
 // scrape reads GET /metrics and parses it with the Prometheus text parser.
@@ -486,8 +487,23 @@ func TestRefusalLogInterval(t *testing.T) {
 		t.Errorf("a query string reached the log:\n%s", out.String())
 	}
 	for reason, want := range map[string]float64{refusedWriteKey: 52, refusedCORS: 2, refusedSignature: 0} {
-		if got, _ := read(m.refusals.WithLabelValues(reason)); got != want {
+		if got, _ := current(m.refusals.WithLabelValues(reason)); got != want {
 			t.Errorf("refusals{reason=%q}: got %v, want %v", reason, got, want)
 		}
+	}
+}
+
+// TestAdminCounters: the admin's counters are read from the metrics they
+// summarise: write key and signature refusals, and values the blocklist refused.
+func TestAdminCounters(t *testing.T) {
+	m := newMetrics()
+	m.refusals.WithLabelValues(refusedWriteKey).Add(2)
+	m.refusals.WithLabelValues(refusedSignature).Inc()
+	m.refusals.WithLabelValues(refusedCORS).Add(7)
+	m.rulesFired.WithLabelValues(ruleOf("user_id refused: " + mapping.ReasonBlocked)).Add(4)
+	m.rulesFired.WithLabelValues(ruleOf("anonymous_id refused: " + mapping.ReasonTooLong)).Add(5)
+	want := admin.Counters{SignatureFailures: 3, BlockedValues: 4}
+	if got := m.adminCounters(); got != want {
+		t.Errorf("got %+v, want %+v", got, want)
 	}
 }

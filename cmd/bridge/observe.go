@@ -220,8 +220,8 @@ func (s segmentMetrics) Rejected(source mapping.Source, reason string) {
 
 // adminCounters are the process counters the admin overview shows as warnings.
 func (m *metrics) adminCounters() admin.Counters {
-	writeKeys, _ := read(m.refusals.WithLabelValues(refusedWriteKey))
-	signatures, _ := read(m.refusals.WithLabelValues(refusedSignature))
-	blocked, _ := read(m.rulesFired.WithLabelValues("refused_" + mapping.ReasonBlocked))
+	writeKeys, _ := current(m.refusals.WithLabelValues(refusedWriteKey))
+	signatures, _ := current(m.refusals.WithLabelValues(refusedSignature))
+	blocked, _ := current(m.rulesFired.WithLabelValues("refused_" + mapping.ReasonBlocked))
 	return admin.Counters{SignatureFailures: writeKeys + signatures, BlockedValues: blocked}
 }
