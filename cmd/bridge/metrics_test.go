@@ -440,6 +440,7 @@ func TestRefusalFloodLogsBoundedLines(t *testing.T) {
 		}
 		total += 1 + l.suppressed
 	}
+	t.Logf("%d refusals (%d in a flood of %v) logged in %d lines", flood+1, flood, elapsed, len(lines))
 	if total != flood+1 {
 		t.Errorf("lines plus their suppressed counts: got %d, want %d (%d lines)", total, flood+1, len(lines))
 	}
