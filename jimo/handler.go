@@ -128,7 +128,8 @@ func (h *Handler) Session(c echo.Context) error {
 	}
 	resp, msg, reportErr := h.sessions.Report(req, receivedAt)
 	if msg.ID == "" {
-		h.log.Info("jimo session refused", "code", mapping.ErrorCode(reportErr), "error", errorMessage(reportErr))
+		// Debug only: the server logs refusals once, rate-limited.
+		h.log.Debug("jimo session refused", "code", mapping.ErrorCode(reportErr), "error", errorMessage(reportErr))
 		return reportErr
 	}
 	receipt, err := h.submit(c.Request().Context(), msg)
@@ -158,8 +159,7 @@ func (h *Handler) Session(c echo.Context) error {
 func (h *Handler) Webhook(c echo.Context) error {
 	r := c.Request()
 	if err := CheckWebhookSecret(h.webhookSecret, r.URL.Query().Get("secret"), r.Header.Get(echo.HeaderAuthorization)); err != nil {
-		h.log.Warn("jimo webhook refused", "code", mapping.ErrorCode(err), "error", errorMessage(err))
-		return err
+		return err // the server logs refusals once, rate-limited
 	}
 	receivedAt := h.now().UTC()
 	body, err := readBody(r, MaxWebhookBody, "webhook")

@@ -158,20 +158,11 @@ func (b *testBridge) warnings(t testing.TB) []mapping.Warning {
 	return out.Warnings
 }
 
-// metric returns the value of one series of GET /metrics, or 0 when absent.
+// metric returns the value of one series of GET /metrics, written as in the
+// exposition format (name{label="value",...}), or 0 when absent.
 func (b *testBridge) metric(t testing.TB, series string) float64 {
 	t.Helper()
-	r := b.do(t, http.MethodGet, "/metrics", nil, nil)
-	for _, line := range strings.Split(string(r.body), "\n") {
-		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			var v float64
-			if _, err := fmt.Sscan(rest, &v); err != nil {
-				t.Fatalf("metric %s: %q: %v", series, line, err)
-			}
-			return v
-		}
-	}
-	return 0
+	return value(find(t, b.scrape(t), series))
 }
 
 // TestJimoSessionJoinsSegmentIdentify is the end-to-end case: Segment's

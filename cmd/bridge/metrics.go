@@ -1,137 +1,139 @@
 package main
 
 import (
+	"context"
 	"fmt"
-	"io"
-	"math"
-	"sort"
-	"strings"
-	"sync"
+	"log/slog"
 	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
-// metrics holds the bridge's counters and histograms and writes them in the
-// Prometheus text format. It is small on purpose: a few families, labels as
-// sorted key=value strings.
+// metrics are the bridge's Prometheus metrics on a registry of their own,
+// built by newMetrics in newApp (nothing is global), beside the Go runtime and
+// process collectors. Every label value comes from a small fixed set (route
+// templates, status codes, sources, reasons, rules, destinations, results),
+// never from a payload. To add a metric: a field here, its definition and
+// registration in newMetrics, and a line in the README's Operating section.
 type metrics struct {
-	mu         sync.Mutex
-	counters   map[string]map[string]float64 // family -> labels -> value
-	histograms map[string]map[string]*histogram
-	gauges     []gaugeFunc
-	help       map[string]string
-}
+	registry *prometheus.Registry
 
-type gaugeFunc struct {
-	name, help string
-	read       func() map[string]float64 // labels -> value
-}
+	// HTTP (observe.go).
+	requests       *prometheus.CounterVec   // route, status
+	requestSeconds *prometheus.HistogramVec // route
+	refusals       *prometheus.CounterVec   // reason
 
-type histogram struct {
-	bounds []float64
-	counts []uint64
-	sum    float64
-	count  uint64
-}
+	// Decoding and storing (segment.Metrics and countingStore).
+	eventsReceived    *prometheus.CounterVec // source
+	requestsRejected  *prometheus.CounterVec // source, reason
+	messagesStored    *prometheus.CounterVec // source
+	messagesDuplicate *prometheus.CounterVec // source
+	messagesRejected  *prometheus.CounterVec // source, reason
+	rulesFired        *prometheus.CounterVec // rule
 
-func newMetrics() *metrics {
-	return &metrics{
-		counters:   map[string]map[string]float64{},
-		histograms: map[string]map[string]*histogram{},
-		help:       map[string]string{},
-	}
-}
+	// Group commits (mapping.CommitObserver).
+	commitMessages prometheus.Histogram
+	commitSeconds  prometheus.Histogram
+	commitErrors   prometheus.Counter
 
-// labels renders label pairs ("route", "/v1/batch", ...) as a Prometheus label set.
-func labels(kv ...string) string {
-	if len(kv) == 0 {
-		return ""
-	}
-	var b strings.Builder
-	b.WriteByte('{')
-	for i := 0; i+1 < len(kv); i += 2 {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%s=%q", kv[i], kv[i+1])
-	}
-	b.WriteByte('}')
-	return b.String()
-}
-
-func (m *metrics) describe(name, help string) {
-	m.mu.Lock()
-	m.help[name] = help
-	m.mu.Unlock()
-}
-
-func (m *metrics) add(name string, v float64, kv ...string) {
-	l := labels(kv...)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.counters[name] == nil {
-		m.counters[name] = map[string]float64{}
-	}
-	m.counters[name][l] += v
+	// Outbox deliveries (mapping.DeliveryObserver); the backlog gauges are outboxCollector's.
+	deliveries       *prometheus.CounterVec   // destination, result
+	deliveryAttempts *prometheus.HistogramVec // destination
 }
 
 var (
-	latencyBounds = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
-	sizeBounds    = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000}
+	latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	sizeBuckets    = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000}
 )
 
-func (m *metrics) observe(name string, bounds []float64, v float64, kv ...string) {
-	l := labels(kv...)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.histograms[name] == nil {
-		m.histograms[name] = map[string]*histogram{}
+// newMetrics builds a registry holding the Go runtime and process collectors
+// and every bridge metric. The outbox gauges are added by registerOutbox once
+// the store exists.
+func newMetrics() *metrics {
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 	}
-	h := m.histograms[name][l]
-	if h == nil {
-		h = &histogram{bounds: bounds, counts: make([]uint64, len(bounds))}
-		m.histograms[name][l] = h
+	histogram := func(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
 	}
-	for i, b := range h.bounds {
-		if v <= b {
-			h.counts[i]++
-		}
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+
+		requests:       counter("bridge_http_requests_total", "HTTP requests by route template and status.", "route", "status"),
+		requestSeconds: histogram("bridge_http_request_seconds", "HTTP request latency by route template.", latencyBuckets, "route"),
+		refusals: counter("bridge_refusals_total",
+			"Requests refused, by reason (write_key, signature, cors, rate_limit, admin_login, api_password, csrf, unauthorized, forbidden).", "reason"),
+
+		eventsReceived:    counter("bridge_events_received_total", "Events decoded, by source.", "source"),
+		requestsRejected:  counter("bridge_requests_rejected_total", "Requests or events refused at decoding, by source and reason.", "source", "reason"),
+		messagesStored:    counter("bridge_messages_stored_total", "Messages committed, by source.", "source"),
+		messagesDuplicate: counter("bridge_messages_duplicate_total", "Messages already stored (same source and message ID), by source.", "source"),
+		messagesRejected:  counter("bridge_messages_rejected_total", "Messages stored but not applied, by source and reason.", "source", "reason"),
+		rulesFired:        counter("bridge_rules_fired_total", "Identity rules that fired (refused values, conflicts, caps, impersonation).", "rule"),
+
+		commitMessages: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bridge_commit_messages", Help: "Messages per group commit.", Buckets: sizeBuckets}),
+		commitSeconds:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bridge_commit_seconds", Help: "Group commit latency.", Buckets: latencyBuckets}),
+		commitErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "bridge_commit_errors_total", Help: "Group commits that failed."}),
+
+		deliveries:       counter("bridge_deliveries_total", "Outbox delivery attempts by destination and result (done, retry, dead, released).", "destination", "result"),
+		deliveryAttempts: histogram("bridge_delivery_attempts", "Attempt number of each delivery, by destination.", sizeBuckets, "destination"),
 	}
-	h.sum += v
-	h.count++
+	for _, r := range refusalReasons {
+		m.refusals.WithLabelValues(r) // every reason reads 0 before its first refusal
+	}
+	m.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.requests, m.requestSeconds, m.refusals,
+		m.eventsReceived, m.requestsRejected, m.messagesStored, m.messagesDuplicate, m.messagesRejected, m.rulesFired,
+		m.commitMessages, m.commitSeconds, m.commitErrors,
+		m.deliveries, m.deliveryAttempts,
+	)
+	return m
 }
 
-// sum adds up the values of a counter family whose label sets contain every part.
-func (m *metrics) sum(name string, parts ...string) float64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var total float64
-	for l, v := range m.counters[name] {
-		match := true
-		for _, p := range parts {
-			match = match && strings.Contains(l, p)
-		}
-		if match {
-			total += v
-		}
-	}
-	return total
-}
-
-// gauge registers a family whose values are read when metrics are written.
-func (m *metrics) gauge(name, help string, read func() map[string]float64) {
-	m.mu.Lock()
-	m.gauges = append(m.gauges, gaugeFunc{name, help, read})
-	m.mu.Unlock()
+// handler serves the registry in the Prometheus exposition format. A
+// collector that fails is logged and left out; the rest is still served.
+func (m *metrics) handler(logger *slog.Logger) echo.HandlerFunc {
+	return echo.WrapHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
 }
 
 // Committed implements mapping.CommitObserver.
 func (m *metrics) Committed(messages int, took time.Duration, err error) {
 	if err != nil {
-		m.add("bridge_commit_errors_total", 1)
+		m.commitErrors.Inc()
 		return
 	}
-	m.observe("bridge_commit_messages", sizeBounds, float64(messages))
-	m.observe("bridge_commit_seconds", latencyBounds, took.Seconds())
+	m.commitMessages.Observe(float64(messages))
+	m.commitSeconds.Observe(took.Seconds())
+}
+
+// Delivered implements mapping.DeliveryObserver.
+func (m *metrics) Delivered(destination, result string, attempt int) {
+	m.deliveries.WithLabelValues(destination, result).Inc()
+	m.deliveryAttempts.WithLabelValues(destination).Observe(float64(attempt))
+}
+
+// current returns the value of one counter or histogram series (for a
+// histogram: its count and sum).
+func current(c prometheus.Metric) (value, sum float64) {
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		return 0, 0 // a counter or histogram of ours always writes
+	}
+	if h := d.GetHistogram(); h != nil {
+		return float64(h.GetSampleCount()), h.GetSampleSum()
+	}
+	return d.GetCounter().GetValue(), 0
 }
 
 // commitStats sums the group commits so far: how many, the messages they held, the time they took.
@@ -142,16 +144,9 @@ type commitStats struct {
 }
 
 func (m *metrics) commits() commitStats {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var c commitStats
-	if h := m.histograms["bridge_commit_messages"][""]; h != nil {
-		c.commits, c.messages = h.count, h.sum
-	}
-	if h := m.histograms["bridge_commit_seconds"][""]; h != nil {
-		c.seconds = h.sum
-	}
-	return c
+	n, messages := current(m.commitMessages)
+	_, seconds := current(m.commitSeconds)
+	return commitStats{uint64(n), messages, seconds}
 }
 
 func (c commitStats) since(before commitStats) commitStats {
@@ -170,58 +165,55 @@ func (c commitStats) String() string {
 	return fmt.Sprintf("%d, %.0f messages and %.1f ms each on average", c.commits, c.messages/n, 1000*c.seconds/n)
 }
 
-// Delivered implements mapping.DeliveryObserver.
-func (m *metrics) Delivered(destination, result string, attempt int) {
-	m.add("bridge_deliveries_total", 1, "destination", destination, "result", result)
-	m.observe("bridge_delivery_attempts", sizeBounds, float64(attempt), "destination", destination)
+// outboxCollector reports the outbox per destination: jobs waiting or in
+// flight, dead jobs, and the age of the oldest waiting job. All three come
+// from one read of the store per scrape.
+type outboxCollector struct {
+	backlogs func(context.Context) ([]mapping.Backlog, error)
+	now      func() time.Time
+	logger   *slog.Logger
+
+	backlog, dead, oldest *prometheus.Desc
 }
 
-func (m *metrics) write(w io.Writer) {
-	m.mu.Lock()
-	gauges := append([]gaugeFunc(nil), m.gauges...)
-	var b strings.Builder
-	for _, name := range sortedKeys(m.counters) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s counter\n", name, m.help[name], name)
-		series := m.counters[name]
-		for _, l := range sortedKeys(series) {
-			fmt.Fprintf(&b, "%s%s %g\n", name, l, series[l])
-		}
+// registerOutbox adds the outbox gauges, read from backlogs at each scrape.
+func (m *metrics) registerOutbox(backlogs func(context.Context) ([]mapping.Backlog, error), now func() time.Time, logger *slog.Logger) {
+	desc := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, []string{"destination"}, nil)
 	}
-	for _, name := range sortedKeys(m.histograms) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s histogram\n", name, m.help[name], name)
-		series := m.histograms[name]
-		for _, l := range sortedKeys(series) {
-			h := series[l]
-			inner := strings.TrimSuffix(strings.TrimPrefix(l, "{"), "}")
-			if inner != "" {
-				inner += ","
-			}
-			for i, bound := range h.bounds {
-				fmt.Fprintf(&b, "%s_bucket{%sle=\"%g\"} %d\n", name, inner, bound, h.counts[i])
-			}
-			fmt.Fprintf(&b, "%s_bucket{%sle=\"+Inf\"} %d\n%s_sum%s %g\n%s_count%s %d\n", name, inner, h.count, name, l, h.sum, name, l, h.count)
-		}
-	}
-	m.mu.Unlock()
-	for _, g := range gauges {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n", g.name, g.help, g.name)
-		values := g.read()
-		for _, l := range sortedKeys(values) {
-			v := values[l]
-			if math.IsNaN(v) {
-				continue
-			}
-			fmt.Fprintf(&b, "%s%s %g\n", g.name, l, v)
-		}
-	}
-	io.WriteString(w, b.String())
+	m.registry.MustRegister(&outboxCollector{
+		backlogs: backlogs, now: now, logger: logger,
+		backlog: desc("bridge_outbox_backlog", "Outbox jobs waiting or in flight, by destination."),
+		dead:    desc("bridge_outbox_dead_jobs", "Outbox jobs that failed for good and wait for an operator, by destination."),
+		oldest:  desc("bridge_outbox_oldest_job_seconds", "Age of the oldest waiting outbox job, by destination (0 with none waiting)."),
+	})
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// Describe implements prometheus.Collector.
+func (o *outboxCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- o.backlog
+	ch <- o.dead
+	ch <- o.oldest
+}
+
+// Collect implements prometheus.Collector: one read of the store, three
+// gauges per destination. When the read fails it logs and reports nothing.
+func (o *outboxCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	bs, err := o.backlogs(ctx)
+	if err != nil {
+		o.logger.Warn("read outbox backlog for metrics", "err", err)
+		return
 	}
-	sort.Strings(keys)
-	return keys
+	now := o.now()
+	for _, b := range bs {
+		var age float64
+		if !b.Oldest.IsZero() {
+			age = now.Sub(b.Oldest).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(o.backlog, prometheus.GaugeValue, float64(b.Pending), b.Destination)
+		ch <- prometheus.MustNewConstMetric(o.dead, prometheus.GaugeValue, float64(b.Dead), b.Destination)
+		ch <- prometheus.MustNewConstMetric(o.oldest, prometheus.GaugeValue, age, b.Destination)
+	}
 }

@@ -2,19 +2,25 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"golang.org/x/time/rate"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/admin"
 )
 
-// observeRequests counts requests by route and status and logs them (path
-// only: query strings may hold secrets).
-func observeRequests(m *metrics, logger *slog.Logger) echo.MiddlewareFunc {
+// observeRequests counts requests by route template and status, hands
+// refusals to refused, and logs requests (path only: query strings may hold
+// secrets) at debug level, or at warn when the bridge answered 5xx.
+func observeRequests(m *metrics, refused *refusals, logger *slog.Logger) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			start := time.Now()
@@ -27,8 +33,9 @@ func observeRequests(m *metrics, logger *slog.Logger) echo.MiddlewareFunc {
 			if route == "" {
 				route = "unmatched"
 			}
-			m.add("bridge_http_requests_total", 1, "route", route, "status", strconv.Itoa(status))
-			m.observe("bridge_http_request_seconds", latencyBounds, time.Since(start).Seconds(), "route", route)
+			m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+			m.requestSeconds.WithLabelValues(route).Observe(time.Since(start).Seconds())
+			refused.observe(c, route, status, err)
 			if status >= 500 || logger.Enabled(c.Request().Context(), slog.LevelDebug) {
 				logger.Log(c.Request().Context(), levelFor(status), "request", "method", c.Request().Method, "path", c.Request().URL.Path,
 					"status", status, "took_ms", time.Since(start).Milliseconds())
@@ -43,6 +50,113 @@ func levelFor(status int) slog.Level {
 		return slog.LevelWarn
 	}
 	return slog.LevelDebug
+}
+
+// Reasons a request is refused: the label values of bridge_refusals_total.
+const (
+	refusedWriteKey     = "write_key"    // Tracking API or webhook without an accepted write key
+	refusedSignature    = "signature"    // session report or webhook whose signature or secret does not verify
+	refusedCORS         = "cors"         // session report from an origin not in BRIDGE_ALLOWED_ORIGINS
+	refusedRateLimit    = "rate_limit"   // over a rate limit or a login lockout (429)
+	refusedAdminLogin   = "admin_login"  // admin sign-in with a wrong password
+	refusedAPIPassword  = "api_password" // /api/v1 call without the right admin password
+	refusedCSRF         = "csrf"         // admin form without its security token
+	refusedUnauthorized = "unauthorized" // any other 401
+	refusedForbidden    = "forbidden"    // any other 403
+)
+
+var refusalReasons = []string{refusedWriteKey, refusedSignature, refusedCORS, refusedRateLimit,
+	refusedAdminLogin, refusedAPIPassword, refusedCSRF, refusedUnauthorized, refusedForbidden}
+
+// refusalReason says why a request to route that was answered status was
+// refused, or "" when it was not refused. It decides from the route template
+// and the status alone, so it covers handlers that render their refusal
+// themselves as well as those that return an error. sharedSecret says
+// whether Segment webhooks authenticate by signature rather than write key.
+func refusalReason(route string, status int, sharedSecret bool) string {
+	switch status {
+	case http.StatusTooManyRequests:
+		return refusedRateLimit
+	case http.StatusForbidden:
+		switch {
+		case route == "/jimo/session":
+			return refusedCORS
+		case strings.HasPrefix(route, "/admin/"):
+			return refusedCSRF
+		}
+		return refusedForbidden
+	case http.StatusUnauthorized:
+		switch {
+		case route == "/v1/:call", route == "/segment/webhook" && !sharedSecret:
+			return refusedWriteKey
+		case route == "/segment/webhook", route == "/jimo/session", route == "/jimo/webhook":
+			return refusedSignature
+		case route == "/admin/login":
+			return refusedAdminLogin
+		case strings.HasPrefix(route, "/api/v1/"):
+			return refusedAPIPassword
+		}
+		return refusedUnauthorized
+	}
+	return ""
+}
+
+// refusals counts every refused request in bridge_refusals_total and logs
+// it at warn level, at most once per interval per reason: each line carries
+// the number of refusals with its reason left unlogged since the previous
+// one ("suppressed"). Lines hold the route template, never the path's query
+// or a credential.
+type refusals struct {
+	m            *metrics
+	logger       *slog.Logger
+	now          func() time.Time
+	sharedSecret bool
+	byReason     map[string]*refusalLog // fixed at construction: read without a lock
+}
+
+type refusalLog struct {
+	limiter    *rate.Limiter
+	suppressed atomic.Int64
+}
+
+// newRefusals logs at most one line per reason per interval; an interval of
+// 0 logs every refusal.
+func newRefusals(m *metrics, logger *slog.Logger, now func() time.Time, interval time.Duration, sharedSecret bool) *refusals {
+	r := &refusals{m: m, logger: logger, now: now, sharedSecret: sharedSecret, byReason: map[string]*refusalLog{}}
+	limit := rate.Inf
+	if interval > 0 {
+		limit = rate.Every(interval)
+	}
+	for _, reason := range refusalReasons {
+		r.byReason[reason] = &refusalLog{limiter: rate.NewLimiter(limit, 1)}
+	}
+	return r
+}
+
+// observe counts and perhaps logs the request if it was refused. err is what
+// the handler returned: a *mapping.Error's message (written for clients, so
+// free of secrets) is logged as its detail.
+func (r *refusals) observe(c echo.Context, route string, status int, err error) {
+	reason := refusalReason(route, status, r.sharedSecret)
+	if reason == "" {
+		return
+	}
+	r.m.refusals.WithLabelValues(reason).Inc()
+	l := r.byReason[reason]
+	if !l.limiter.AllowN(r.now(), 1) {
+		l.suppressed.Add(1)
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("reason", reason), slog.String("method", c.Request().Method), slog.String("route", route),
+		slog.Int("status", status), slog.String("client_ip", c.RealIP()),
+		slog.Int64("suppressed", l.suppressed.Swap(0)),
+	}
+	var me *mapping.Error
+	if errors.As(err, &me) {
+		attrs = append(attrs, slog.String("detail", me.Message))
+	}
+	r.logger.LogAttrs(c.Request().Context(), slog.LevelWarn, "request refused", attrs...)
 }
 
 // countingStore counts what the store did with each submitted message.
@@ -60,15 +174,15 @@ func (s countingStore) Submit(ctx context.Context, msgs []mapping.Message) ([]ma
 		source := string(msgs[i].Source)
 		switch {
 		case r.Duplicate:
-			s.m.add("bridge_messages_duplicate_total", 1, "source", source)
+			s.m.messagesDuplicate.WithLabelValues(source).Inc()
 		case msgs[i].Rejected != "":
-			s.m.add("bridge_messages_stored_total", 1, "source", source)
-			s.m.add("bridge_messages_rejected_total", 1, "source", source, "reason", msgs[i].Rejected)
+			s.m.messagesStored.WithLabelValues(source).Inc()
+			s.m.messagesRejected.WithLabelValues(source, msgs[i].Rejected).Inc()
 		default:
-			s.m.add("bridge_messages_stored_total", 1, "source", source)
+			s.m.messagesStored.WithLabelValues(source).Inc()
 		}
 		for _, n := range r.Notes {
-			s.m.add("bridge_rules_fired_total", 1, "rule", ruleOf(n))
+			s.m.rulesFired.WithLabelValues(ruleOf(n)).Inc()
 		}
 	}
 	return receipts, nil
@@ -97,73 +211,17 @@ func ruleOf(note string) string {
 type segmentMetrics struct{ m *metrics }
 
 func (s segmentMetrics) Received(source mapping.Source, n int) {
-	s.m.add("bridge_events_received_total", float64(n), "source", string(source))
+	s.m.eventsReceived.WithLabelValues(string(source)).Add(float64(n))
 }
 
 func (s segmentMetrics) Rejected(source mapping.Source, reason string) {
-	s.m.add("bridge_requests_rejected_total", 1, "source", string(source), "reason", reason)
+	s.m.requestsRejected.WithLabelValues(string(source), reason).Inc()
 }
 
 // adminCounters are the process counters the admin overview shows as warnings.
-func (a *app) adminCounters() map[string]float64 {
-	var signatures float64
-	for _, route := range []string{"/segment/webhook", "/jimo/session", "/jimo/webhook", "/v1/:call"} {
-		signatures += a.metrics.sum("bridge_http_requests_total", `route="`+route+`"`, `status="401"`)
-	}
-	return map[string]float64{
-		"signature_failures": signatures,
-		"blocked_values":     a.metrics.sum("bridge_rules_fired_total", `rule="refused_blocked_value"`),
-	}
-}
-
-// outboxGauges reports the outbox per destination when metrics are scraped.
-func (a *app) outboxGauges(logger *slog.Logger) {
-	backlog := func(read func(b mapping.Backlog) float64) func() map[string]float64 {
-		return func() map[string]float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			bs, err := a.store.Backlogs(ctx)
-			if err != nil {
-				logger.Warn("read outbox backlog for metrics", "err", err)
-				return nil
-			}
-			out := map[string]float64{}
-			for _, b := range bs {
-				out[labels("destination", b.Destination)] = read(b)
-			}
-			return out
-		}
-	}
-	a.metrics.gauge("bridge_outbox_backlog", "Outbox jobs waiting or in flight, by destination.",
-		backlog(func(b mapping.Backlog) float64 { return float64(b.Pending) }))
-	a.metrics.gauge("bridge_outbox_dead_jobs", "Outbox jobs that failed for good and wait for an operator, by destination.",
-		backlog(func(b mapping.Backlog) float64 { return float64(b.Dead) }))
-	a.metrics.gauge("bridge_outbox_oldest_job_seconds", "Age of the oldest waiting outbox job, by destination.",
-		backlog(func(b mapping.Backlog) float64 {
-			if b.Oldest.IsZero() {
-				return 0
-			}
-			return time.Since(b.Oldest).Seconds()
-		}))
-}
-
-// describeMetrics gives every metric family its help text.
-func describeMetrics(m *metrics) {
-	for name, help := range map[string]string{
-		"bridge_http_requests_total":      "HTTP requests by route and status.",
-		"bridge_http_request_seconds":     "HTTP request latency by route.",
-		"bridge_events_received_total":    "Events decoded, by source.",
-		"bridge_requests_rejected_total":  "Requests or events refused at decoding, by source and reason.",
-		"bridge_messages_stored_total":    "Messages committed, by source.",
-		"bridge_messages_duplicate_total": "Messages already stored (same source and message ID), by source.",
-		"bridge_messages_rejected_total":  "Messages stored but not applied, by source and reason.",
-		"bridge_rules_fired_total":        "Identity rules that fired (refused values, conflicts, caps, impersonation).",
-		"bridge_commit_messages":          "Messages per group commit.",
-		"bridge_commit_seconds":           "Group commit latency.",
-		"bridge_commit_errors_total":      "Group commits that failed.",
-		"bridge_deliveries_total":         "Outbox delivery attempts by destination and result (done, retry, dead, released).",
-		"bridge_delivery_attempts":        "Attempt number of each delivery, by destination.",
-	} {
-		m.describe(name, help)
-	}
+func (m *metrics) adminCounters() admin.Counters {
+	writeKeys, _ := current(m.refusals.WithLabelValues(refusedWriteKey))
+	signatures, _ := current(m.refusals.WithLabelValues(refusedSignature))
+	blocked, _ := current(m.rulesFired.WithLabelValues("refused_" + mapping.ReasonBlocked))
+	return admin.Counters{SignatureFailures: writeKeys + signatures, BlockedValues: blocked}
 }

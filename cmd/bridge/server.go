@@ -144,7 +144,6 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 		return nil, fmt.Errorf("BRIDGE_DB: PostgreSQL is not supported by this version yet; give a SQLite file path")
 	}
 	m := newMetrics()
-	describeMetrics(m)
 	store, err := mapping.Open(ctx, cfg.DB, mapping.Options{
 		Caps:          mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
 		Blocklist:     mapping.NewBlocklist(cfg.BlockedIDs),
@@ -161,6 +160,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 		store.Close()
 		return nil, err
 	}
+	m.registerOutbox(store.Backlogs, time.Now, logger)
 	a := &app{cfg: cfg, store: store, metrics: m}
 	if err := a.buildSenders(logger); err != nil {
 		store.Close()
@@ -220,7 +220,8 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	if cfg.TrustProxy {
 		e.IPExtractor = echo.ExtractIPFromXFFHeader()
 	}
-	e.Use(observeRequests(a.metrics, logger))
+	refused := newRefusals(a.metrics, logger, time.Now, time.Second, cfg.SegmentSharedSecret != "")
+	e.Use(observeRequests(a.metrics, refused, logger))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		logger.Error("panic serving request", "path", c.Request().URL.Path, "err", err, "stack", string(stack))
 		return err
@@ -240,7 +241,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		Store:    a.store,
 		Password: cfg.AdminPassword,
 		Logger:   logger,
-		Counters: a.adminCounters,
+		Counters: a.metrics.adminCounters,
 	})
 	if err != nil {
 		return nil, err
@@ -258,12 +259,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		}
 		return c.String(http.StatusOK, "ready\n")
 	})
-	a.outboxGauges(logger)
-	e.GET("/metrics", func(c echo.Context) error {
-		c.Response().Header().Set(echo.HeaderContentType, "text/plain; version=0.0.4; charset=utf-8")
-		a.metrics.write(c.Response())
-		return nil
-	})
+	e.GET("/metrics", a.metrics.handler(logger))
 	return e, nil
 }
 

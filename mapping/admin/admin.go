@@ -64,13 +64,22 @@ type Config struct {
 	// Secure marks cookies Secure on every request. They are also Secure
 	// when the request came over TLS or with X-Forwarded-Proto: https.
 	Secure bool
-	// Counters returns process counters shown as warnings, by name (for
-	// example "signature_failures", "blocked_values"); nil means none.
-	Counters func() map[string]float64
+	// Counters returns the process counters shown as warnings; nil means none.
+	Counters func() Counters
 	// SessionIdle and SessionMax bound a login session: it ends after
 	// SessionIdle without a request or SessionMax after the login, whichever
 	// comes first. Defaults: 2 hours and 12 hours.
 	SessionIdle, SessionMax time.Duration
+}
+
+// Counters are process counters the overview and the warnings page show.
+// They count since the process started.
+type Counters struct {
+	// SignatureFailures counts requests refused because a write key,
+	// signature or webhook secret was missing or did not verify.
+	SignatureFailures float64
+	// BlockedValues counts identifier values refused by the blocklist.
+	BlockedValues float64
 }
 
 // Operators recorded in the link log for repairs made here.
@@ -86,7 +95,7 @@ type Admin struct {
 	log      *slog.Logger
 	now      func() time.Time
 	secure   bool
-	counters func() map[string]float64
+	counters func() Counters
 
 	pages    map[string]*template.Template
 	static   fs.FS

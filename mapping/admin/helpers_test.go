@@ -65,8 +65,8 @@ func newEnv(t *testing.T, wrap func(*mapping.Store) Store) *env {
 		s = wrap(store)
 	}
 	clk := &clock{now: time.Now().UTC()}
-	a, err := New(Config{Store: s, Password: testPassword, Now: clk.Now, Counters: func() map[string]float64 {
-		return map[string]float64{"signature_failures": 3, "blocked_values": 0}
+	a, err := New(Config{Store: s, Password: testPassword, Now: clk.Now, Counters: func() Counters {
+		return Counters{SignatureFailures: 3}
 	}})
 	if err != nil {
 		t.Fatalf("New: %v", err)

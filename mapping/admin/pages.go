@@ -52,11 +52,19 @@ type overviewView struct {
 	Backlogs  []backlogRow
 }
 
-// counterHelp explains the process counters the overview knows by name.
-var counterHelp = map[string]string{
-	"signature_failures": "Session reports or webhooks refused because their signature or secret did not verify.",
-	"blocked_values":     "Identifier values refused by the blocklist (placeholders such as \"null\" or \"anonymous\").",
-	"guessable_user_ids": "User IDs too guessable to hand to Jimo as a token.",
+// counter is one process counter as the pages show it.
+type counter struct {
+	name, help string
+	value      float64
+}
+
+// list is the counters in the order the pages show them, each with its
+// name (its anchor on the warnings page) and what it means.
+func (c Counters) list() []counter {
+	return []counter{
+		{"signature_failures", "Requests refused because their write key, signature or webhook secret was missing or did not verify.", c.SignatureFailures},
+		{"blocked_values", "Identifier values refused by the blocklist (placeholders such as \"null\" or \"anonymous\").", c.BlockedValues},
+	}
 }
 
 func (a *Admin) overview(c echo.Context, s *session) error {
@@ -82,11 +90,10 @@ func (a *Admin) overview(c echo.Context, s *session) error {
 			Help: "User IDs the bridge refused to hand to Jimo as tokens; consider derived token mode."},
 	}
 	if a.counters != nil {
-		counters := a.counters()
-		for _, name := range sortedKeys(counters) {
+		for _, n := range a.counters().list() {
 			v.Attention = append(v.Attention, attention{
-				Label: counterLabel(name), Count: strconv.FormatFloat(counters[name], 'f', -1, 64),
-				Href: a.base + "/warnings#counter-" + name, Help: counterHelp[name], Hot: counters[name] > 0,
+				Label: counterLabel(n.name), Count: strconv.FormatFloat(n.value, 'f', -1, 64),
+				Href: a.base + "/warnings#counter-" + n.name, Help: n.help, Hot: n.value > 0,
 			})
 		}
 	}
@@ -621,10 +628,9 @@ func (a *Admin) warnings(c echo.Context, s *session) error {
 	}
 	v := warningsView{frame: a.frame(c, s, "Warnings", "warnings"), Warnings: ws, Limit: warningListSize}
 	if a.counters != nil {
-		counters := a.counters()
-		for _, name := range sortedKeys(counters) {
-			v.Counters = append(v.Counters, counterView{Name: name, Label: counterLabel(name), Help: counterHelp[name],
-				Value: strconv.FormatFloat(counters[name], 'f', -1, 64)})
+		for _, n := range a.counters().list() {
+			v.Counters = append(v.Counters, counterView{Name: n.name, Label: counterLabel(n.name), Help: n.help,
+				Value: strconv.FormatFloat(n.value, 'f', -1, 64)})
 		}
 	}
 	return a.render(c, http.StatusOK, "warnings", v)
