@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -136,11 +137,37 @@ func TestIdentifyAnonymousThenKnown(t *testing.T) {
 func TestDuplicateMessageChangesNothing(t *testing.T) {
 	s := openTestStore(t, Options{})
 	m := identify("m1", "user-1", "anon-1", 0)
+	m.Traits = map[string]any{"plan": "free"}
+	m.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j1", Payload: []byte(`{}`)}}
 	if r := submit(t, s, m); r[0].Duplicate {
 		t.Fatalf("first submit: got duplicate, want new")
 	}
-	if r := submit(t, s, m); !r[0].Duplicate {
+	// counts is everything a message can change.
+	counts := func() [5]int {
+		var c [5]int
+		for i, table := range []string{"messages", "identifiers", "links", "jobs", "message_refs"} {
+			if err := s.read.Get(&c[i], `SELECT COUNT(*) FROM `+table); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return c
+	}
+	before, snapBefore := counts(), takeSnapshot(t, s)
+	// The same message again, even with other content, is a duplicate.
+	again := m
+	again.AnonymousID, again.Traits = "anon-2", map[string]any{"plan": "paid"}
+	if r := submit(t, s, again); !r[0].Duplicate {
 		t.Fatalf("second submit: got new, want duplicate")
+	}
+	if after := counts(); after != before {
+		t.Errorf("rows (messages, identifiers, links, jobs, refs): got %v after the duplicate, want %v", after, before)
+	}
+	if snap := takeSnapshot(t, s); !reflect.DeepEqual(snap, snapBefore) {
+		t.Errorf("mapping changed: got %+v, want %+v", snap, snapBefore)
+	}
+	p, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: "user-1"})
+	if err != nil || p.Traits["plan"] != "free" {
+		t.Errorf("traits: got %v (%v), want plan free", p.Traits, err)
 	}
 }
 
