@@ -67,6 +67,12 @@ type Config struct {
 	// Counters returns process counters shown as warnings, by name (for
 	// example "signature_failures", "blocked_values"); nil means none.
 	Counters func() map[string]float64
+	// LoginRate is how many wrong admin passwords a minute one client IP may
+	// send once it has sent 5 (login form and API alike); 0 means no limit.
+	// The client IP is echo.Context.RealIP when the Echo instance has an
+	// IPExtractor (set it to trust exactly the proxies in front), else the
+	// peer address.
+	LoginRate float64
 	// SessionIdle and SessionMax bound a login session: it ends after
 	// SessionIdle without a request or SessionMax after the login, whichever
 	// comes first. Defaults: 2 hours and 12 hours.
@@ -124,7 +130,7 @@ func New(cfg Config) (*Admin, error) {
 		secure:   cfg.Secure,
 		counters: cfg.Counters,
 		sessions: newSessions(cfg.SessionIdle, cfg.SessionMax),
-		throttle: newThrottle(),
+		throttle: newThrottle(cfg.LoginRate),
 		base:     "/admin",
 	}
 	var err error
@@ -233,7 +239,7 @@ func (a *Admin) page(h pageHandler) echo.HandlerFunc {
 			}
 			return c.Redirect(http.StatusSeeOther, to)
 		}
-		if c.Request().Method == http.MethodPost && !validToken(c.FormValue(csrfField), s.csrf) {
+		if c.Request().Method == http.MethodPost && !validToken(formToken(c), s.csrf) {
 			return a.render(c, http.StatusForbidden, "error", errorView{
 				frame:   a.frame(c, s, "Forbidden", ""),
 				Status:  http.StatusForbidden,
@@ -246,6 +252,13 @@ func (a *Admin) page(h pageHandler) echo.HandlerFunc {
 		}
 		return nil
 	}
+}
+
+// formToken is the CSRF token a form posted: from the request body only,
+// never from the query string (a token in a URL leaks through logs, history
+// and Referer).
+func formToken(c echo.Context) string {
+	return c.Request().PostFormValue(csrfField)
 }
 
 // pageStatus maps error codes to HTTP statuses for the HTML pages.

@@ -199,7 +199,8 @@ type linkView struct {
 
 type messageView struct {
 	mapping.MessageInfo
-	Pretty string
+	// Shown is the raw payload as the page shows it (redacted, capped).
+	Shown shown
 }
 
 type destinationView struct {
@@ -273,7 +274,7 @@ func (a *Admin) profile(c echo.Context, s *session) error {
 		v.Identifiers = append(v.Identifiers, iv)
 	}
 	for _, m := range h.Messages {
-		v.Messages = append(v.Messages, messageView{MessageInfo: m, Pretty: prettyRaw(m.Raw)})
+		v.Messages = append(v.Messages, messageView{MessageInfo: m, Shown: showRaw(m.Raw)})
 	}
 	byDest := map[string]*destinationView{}
 	for _, j := range h.Jobs {
