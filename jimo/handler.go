@@ -120,7 +120,7 @@ func (h *Handler) Session(c echo.Context) error {
 		return mapping.Errorf(mapping.CodeRateLimited, "too many session reports from this address; retry after %d s", secs)
 	}
 	receivedAt := h.now().UTC()
-	body, err := readBody(c.Request(), MaxSessionBody, "session report")
+	body, err := readBody(c, MaxSessionBody, "session report")
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func (h *Handler) Webhook(c echo.Context) error {
 		return err
 	}
 	receivedAt := h.now().UTC()
-	body, err := readBody(r, MaxWebhookBody, "webhook")
+	body, err := readBody(c, MaxWebhookBody, "webhook")
 	if err != nil {
 		return err
 	}
@@ -244,16 +244,21 @@ func (h *Handler) submit(ctx context.Context, msg mapping.Message) (mapping.Rece
 }
 
 // readBody reads at most limit bytes; a longer body is a CodeTooLarge error.
-func readBody(r *http.Request, limit int64, what string) ([]byte, error) {
+// The body is read through http.MaxBytesReader, so past the limit the
+// server closes the connection instead of draining what the client still
+// sends: an unauthenticated client costs at most limit bytes.
+func readBody(c echo.Context, limit int64, what string) ([]byte, error) {
+	r := c.Request()
 	if r.ContentLength > limit {
 		return nil, mapping.Errorf(mapping.CodeTooLarge, "%s body is %d bytes, over the limit of %d", what, r.ContentLength, limit)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, limit))
 	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, mapping.Errorf(mapping.CodeTooLarge, "%s body is over the limit of %d bytes", what, limit)
+		}
 		return nil, &mapping.Error{Code: mapping.CodeInvalid, Message: "could not read the " + what + " body", Err: err}
-	}
-	if int64(len(body)) > limit {
-		return nil, mapping.Errorf(mapping.CodeTooLarge, "%s body is over the limit of %d bytes", what, limit)
 	}
 	return body, nil
 }

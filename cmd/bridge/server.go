@@ -199,13 +199,13 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		Session: jimo.SessionConfig{
 			Mode:             mode,
 			SigningSecret:    []byte(cfg.JimoSigningSecret),
-			RequireSignature: cfg.JimoRequireSigned,
+			RequireSignature: cfg.jimoRequireSignature(),
 			Blocklist:        mapping.NewBlocklist(cfg.BlockedIDs),
 			TokenSecret:      []byte(tokenSecret),
 		},
 		WebhookSecret:  cfg.JimoWebhookSecret,
 		AllowedOrigins: cfg.AllowedOrigins,
-		RateLimit:      jimo.RateLimit{PerSecond: sessionRate(cfg.JimoSessionRate)},
+		RateLimit:      jimo.RateLimit{PerSecond: cfg.JimoSessionRate},
 		Logger:         logger,
 	})
 	if err != nil {
@@ -215,10 +215,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(logger)
-	e.IPExtractor = echo.ExtractIPDirect()
-	if cfg.TrustProxy {
-		e.IPExtractor = echo.ExtractIPFromXFFHeader()
-	}
+	e.IPExtractor = ipExtractor(cfg.TrustedProxies)
 	e.Use(observeRequests(a.metrics, logger))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		logger.Error("panic serving request", "path", c.Request().URL.Path, "err", err, "stack", string(stack))
@@ -236,10 +233,13 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	e.POST("/jimo/webhook", jim.Webhook)
 
 	adm, err := admin.New(admin.Config{
-		Store:    a.store,
-		Password: cfg.AdminPassword,
-		Logger:   logger,
-		Counters: a.adminCounters,
+		Store:     a.store,
+		Password:  cfg.AdminPassword,
+		LoginRate: cfg.AdminLoginRate,
+		Logger:    logger,
+		Counters:  a.adminCounters,
+		// Derived mode always requires signatures.
+		UnsignedSessions: mode == jimo.ModeShared && !cfg.jimoRequireSignature(),
 	})
 	if err != nil {
 		return nil, err
@@ -266,12 +266,21 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	return e, nil
 }
 
-// sessionRate maps the configured rate to jimo's: 0 means no limit, as for the Tracking API.
-func sessionRate(perSecond float64) float64 {
-	if perSecond <= 0 {
-		return -1
+// ipExtractor decides who the client is, for every limit keyed by client IP
+// (login lockout, session rate, Tracking API). With no trusted proxies it is
+// the peer address. Otherwise X-Forwarded-For is read from the right and the
+// first address outside the trusted ranges is the client; a request whose peer
+// is not a trusted proxy is taken at its peer address, whatever it claims.
+// Loopback, link-local and private addresses are trusted only when listed.
+func ipExtractor(trusted []*net.IPNet) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
 	}
-	return perSecond
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, r := range trusted {
+		opts = append(opts, echo.TrustIPRange(r))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
 }
 
 // serve runs the bridge until ctx ends, then shuts down gracefully: stop

@@ -73,6 +73,11 @@ type Config struct {
 	// IPExtractor (set it to trust exactly the proxies in front), else the
 	// peer address.
 	LoginRate float64
+	// UnsignedSessions says that POST /jimo/session accepts reports without a
+	// signature (a generated signing secret and no explicit choice, or
+	// BRIDGE_JIMO_REQUIRE_SIGNATURE=false): the overview then shows a
+	// standing warning that anyone who knows a user ID can join a browser to it.
+	UnsignedSessions bool
 	// SessionIdle and SessionMax bound a login session: it ends after
 	// SessionIdle without a request or SessionMax after the login, whichever
 	// comes first. Defaults: 2 hours and 12 hours.
@@ -93,6 +98,7 @@ type Admin struct {
 	now      func() time.Time
 	secure   bool
 	counters func() map[string]float64
+	unsigned bool
 
 	pages    map[string]*template.Template
 	static   fs.FS
@@ -129,6 +135,7 @@ func New(cfg Config) (*Admin, error) {
 		now:      cfg.Now,
 		secure:   cfg.Secure,
 		counters: cfg.Counters,
+		unsigned: cfg.UnsignedSessions,
 		sessions: newSessions(cfg.SessionIdle, cfg.SessionMax),
 		throttle: newThrottle(cfg.LoginRate),
 		base:     "/admin",

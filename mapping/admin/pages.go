@@ -47,9 +47,11 @@ type backlogRow struct {
 
 type overviewView struct {
 	frame
-	O         mapping.Overview
-	Attention []attention
-	Backlogs  []backlogRow
+	// UnsignedSessions shows the standing warning about unsigned session reports.
+	UnsignedSessions bool
+	O                mapping.Overview
+	Attention        []attention
+	Backlogs         []backlogRow
 }
 
 // counterHelp explains the process counters the overview knows by name.
@@ -64,7 +66,7 @@ func (a *Admin) overview(c echo.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	v := overviewView{frame: a.frame(c, s, "Overview", "overview"), O: o}
+	v := overviewView{frame: a.frame(c, s, "Overview", "overview"), O: o, UnsignedSessions: a.unsigned}
 	now := a.now()
 	for _, b := range o.Backlogs {
 		row := backlogRow{Backlog: b}
