@@ -45,7 +45,9 @@ type flash struct {
 
 type flashLink struct{ Label, Href string }
 
-// sessions maps the SHA-256 of a session ID to its session.
+// sessions maps the SHA-256 of a session ID to its session. They live in
+// this process (per-replica by design: an operator signs in to the replica
+// that serves the admin page; see README, "Behind a proxy").
 type sessions struct {
 	mu        sync.Mutex
 	m         map[[32]byte]*session
