@@ -232,14 +232,19 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	e.Match([]string{http.MethodPost, http.MethodOptions}, "/jimo/session", jim.Session, jim.CORS())
 	e.POST("/jimo/webhook", jim.Webhook)
 
+	// Derived mode always requires signatures.
+	unsigned := mode == jimo.ModeShared && !cfg.jimoRequireSignature()
+	if unsigned {
+		logger.Warn("jimo session reports are accepted without a signature: anyone who knows a user ID can join a browser to it",
+			"fix", "configure BRIDGE_JIMO_SIGNING_SECRET (shared with your backend) or set BRIDGE_JIMO_REQUIRE_SIGNATURE=true")
+	}
 	adm, err := admin.New(admin.Config{
 		Store:     a.store,
 		Password:  cfg.AdminPassword,
 		LoginRate: cfg.AdminLoginRate,
 		Logger:    logger,
 		Counters:  a.adminCounters,
-		// Derived mode always requires signatures.
-		UnsignedSessions: mode == jimo.ModeShared && !cfg.jimoRequireSignature(),
+		UnsignedSessions: unsigned,
 	})
 	if err != nil {
 		return nil, err

@@ -99,6 +99,12 @@ func TestCSRFTokenOnlyFromTheFormBody(t *testing.T) {
 	if rec.Code != http.StatusForbidden {
 		t.Errorf("login token in the query: got status %d, want 403", rec.Code)
 	}
+	// Nor is the password taken from the query string (it would reach logs).
+	form = l.get("/admin/login")
+	rec = l.do(http.MethodPost, "/admin/login?password="+url.QueryEscape(testPassword), url.Values{csrfField: {token(t, form.Body.String())}})
+	if rec.Code != http.StatusUnauthorized {
+		t.Errorf("password in the query: got status %d, want 401", rec.Code)
+	}
 }
 
 func TestHistoryAndJobsRedactSecrets(t *testing.T) {

@@ -351,7 +351,7 @@ func (a *Admin) login(c echo.Context) error {
 	if wait := a.throttle.locked(ip, now); wait > 0 {
 		return a.lockedOut(c, wait)
 	}
-	got := sha256.Sum256([]byte(c.FormValue("password")))
+	got := sha256.Sum256([]byte(c.Request().PostFormValue("password")))
 	want := sha256.Sum256(a.password)
 	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		if wait := a.throttle.fail(ip, now); wait > 0 {
