@@ -239,11 +239,11 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 			"fix", "configure BRIDGE_JIMO_SIGNING_SECRET (shared with your backend) or set BRIDGE_JIMO_REQUIRE_SIGNATURE=true")
 	}
 	adm, err := admin.New(admin.Config{
-		Store:     a.store,
-		Password:  cfg.AdminPassword,
-		LoginRate: cfg.AdminLoginRate,
-		Logger:    logger,
-		Counters:  a.adminCounters,
+		Store:            a.store,
+		Password:         cfg.AdminPassword,
+		LoginRate:        cfg.AdminLoginRate,
+		Logger:           logger,
+		Counters:         a.adminCounters,
 		UnsignedSessions: unsigned,
 	})
 	if err != nil {
