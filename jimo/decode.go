@@ -4,13 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/bridgeworks/bridge/mapping"
 )
 
+// MaxDepth is the deepest JSON nesting accepted in a session report or a
+// webhook (objects and arrays, counted from the body's root), as on /v1.
+const MaxDepth = 64
+
 // decodeObject reads body as one JSON object whose values are left raw.
-// Anything else (malformed JSON, an array, trailing data) is an invalid error
-// that names what was expected.
+// Anything else (bytes that are not UTF-8, nesting deeper than MaxDepth,
+// malformed JSON, an array, trailing data) is an invalid error that names
+// what was expected.
 func decodeObject(body []byte, what string) (map[string]json.RawMessage, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
@@ -19,11 +25,48 @@ func decodeObject(body []byte, what string) (map[string]json.RawMessage, error) 
 	if trimmed[0] != '{' {
 		return nil, mapping.Errorf(mapping.CodeInvalid, "%s body must be a JSON object", what)
 	}
+	if err := checkShape(trimmed, what); err != nil {
+		return nil, err
+	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(trimmed, &fields); err != nil {
 		return nil, &mapping.Error{Code: mapping.CodeInvalid, Message: what + " body is not valid JSON: " + jsonProblem(err), Err: err}
 	}
 	return fields, nil
+}
+
+// checkShape refuses, before encoding/json sees them, bytes that are not
+// UTF-8 (encoding/json would replace them silently) and nesting deeper than
+// MaxDepth (which would cost memory and time in every later reader, the admin
+// page included). It scans once and allocates nothing.
+func checkShape(b []byte, what string) error {
+	if !utf8.Valid(b) {
+		return mapping.Errorf(mapping.CodeInvalid, "%s body is not valid UTF-8; encode the JSON as UTF-8", what)
+	}
+	depth, inString := 0, false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			if depth++; depth > MaxDepth {
+				return mapping.Errorf(mapping.CodeInvalid, "%s body is nested deeper than %d levels; flatten the attributes", what, MaxDepth)
+			}
+		case '}', ']':
+			depth--
+		}
+	}
+	return nil
 }
 
 // jsonProblem describes a JSON syntax error without echoing the input.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -36,8 +37,9 @@ type Config struct {
 	// AllowedOrigins are the page origins allowed to call POST /jimo/session
 	// cross-origin (BRIDGE_ALLOWED_ORIGINS), compared exactly ("https://app.example.com").
 	AllowedOrigins []string
-	// RateLimit bounds POST /jimo/session per client IP (echo.Context.RealIP:
-	// configure Echo's IPExtractor to match the proxies in front of the bridge).
+	// RateLimit bounds POST /jimo/session per client IP: echo.Context.RealIP
+	// when the Echo instance has an IPExtractor (set it to trust exactly the
+	// proxies in front of the bridge), else the peer address.
 	RateLimit RateLimit
 	// Logger receives one line per refused or stored request; nil discards.
 	// Secrets, signatures and the webhook URL's query are never logged.
@@ -109,7 +111,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 // guessable token (the warning is stored all the same), 429 with Retry-After
 // when the client IP is over its rate. Errors are *mapping.Error.
 func (h *Handler) Session(c echo.Context) error {
-	if ok, wait := h.limiter.allow(c.RealIP()); !ok {
+	if ok, wait := h.limiter.allow(clientIP(c)); !ok {
 		secs := int(math.Ceil(wait.Seconds()))
 		if secs < 1 {
 			secs = 1
@@ -118,7 +120,7 @@ func (h *Handler) Session(c echo.Context) error {
 		return mapping.Errorf(mapping.CodeRateLimited, "too many session reports from this address; retry after %d s", secs)
 	}
 	receivedAt := h.now().UTC()
-	body, err := readBody(c.Request(), MaxSessionBody, "session report")
+	body, err := readBody(c, MaxSessionBody, "session report")
 	if err != nil {
 		return err
 	}
@@ -162,7 +164,7 @@ func (h *Handler) Webhook(c echo.Context) error {
 		return err // the server logs refusals once, rate-limited
 	}
 	receivedAt := h.now().UTC()
-	body, err := readBody(r, MaxWebhookBody, "webhook")
+	body, err := readBody(c, MaxWebhookBody, "webhook")
 	if err != nil {
 		return err
 	}
@@ -242,18 +244,38 @@ func (h *Handler) submit(ctx context.Context, msg mapping.Message) (mapping.Rece
 }
 
 // readBody reads at most limit bytes; a longer body is a CodeTooLarge error.
-func readBody(r *http.Request, limit int64, what string) ([]byte, error) {
+// The body is read through http.MaxBytesReader, so past the limit the
+// server closes the connection instead of draining what the client still
+// sends: an unauthenticated client costs at most limit bytes.
+func readBody(c echo.Context, limit int64, what string) ([]byte, error) {
+	r := c.Request()
 	if r.ContentLength > limit {
 		return nil, mapping.Errorf(mapping.CodeTooLarge, "%s body is %d bytes, over the limit of %d", what, r.ContentLength, limit)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, limit))
 	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, mapping.Errorf(mapping.CodeTooLarge, "%s body is over the limit of %d bytes", what, limit)
+		}
 		return nil, &mapping.Error{Code: mapping.CodeInvalid, Message: "could not read the " + what + " body", Err: err}
 	}
-	if int64(len(body)) > limit {
-		return nil, mapping.Errorf(mapping.CodeTooLarge, "%s body is over the limit of %d bytes", what, limit)
-	}
 	return body, nil
+}
+
+// clientIP is the address rate limits count against: Echo's IPExtractor when
+// the server configured one (it decides which proxies' X-Forwarded-For to
+// believe), else the peer address. Without an extractor Echo's RealIP would
+// believe any client's X-Forwarded-For, so it is not used.
+func clientIP(c echo.Context) string {
+	if c.Echo().IPExtractor != nil {
+		return c.RealIP()
+	}
+	host, _, err := net.SplitHostPort(c.Request().RemoteAddr)
+	if err != nil {
+		return c.Request().RemoteAddr
+	}
+	return host
 }
 
 // errorMessage is the client-facing message of err, safe to log.

@@ -382,18 +382,29 @@ func TestCORS(t *testing.T) {
 	}
 }
 
+// doFrom sends a session report from the peer address ip with the given headers.
+func (ts *testServer) doFrom(ip, body string, header map[string]string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodPost, "/jimo/session", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.RemoteAddr = ip + ":40000"
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	ts.e.ServeHTTP(rec, req)
+	return rec
+}
+
 func TestSessionRateLimit(t *testing.T) {
 	ts := newTestServer(t, func(c *Config) { c.RateLimit = RateLimit{PerSecond: 2, Burst: 3} })
 	body := `{"token":"` + goodUserID + `"}`
-	from := func(ip string) int {
-		return ts.do(http.MethodPost, "/jimo/session", body, map[string]string{"X-Real-IP": ip}).Code
-	}
+	from := func(ip string) int { return ts.doFrom(ip, body, nil).Code }
 	for i := 0; i < 3; i++ {
 		if code := from("192.0.2.1"); code != 200 {
 			t.Fatalf("request %d within the burst: got %d, want 200", i+1, code)
 		}
 	}
-	rec := ts.do(http.MethodPost, "/jimo/session", body, map[string]string{"X-Real-IP": "192.0.2.1"})
+	rec := ts.doFrom("192.0.2.1", body, nil)
 	if rec.Code != 429 {
 		t.Fatalf("over the burst: got %d, want 429", rec.Code)
 	}
@@ -406,6 +417,12 @@ func TestSessionRateLimit(t *testing.T) {
 	if code := from("192.0.2.2"); code != 200 {
 		t.Errorf("another address: got %d, want 200", code)
 	}
+	// Without an IPExtractor, forwarding headers are the client's word: not believed.
+	for _, h := range []string{"X-Forwarded-For", "X-Real-IP"} {
+		if rec := ts.doFrom("192.0.2.1", body, map[string]string{h: "203.0.113.9"}); rec.Code != 429 {
+			t.Errorf("%s from the limited peer: got %d, want 429", h, rec.Code)
+		}
+	}
 	ts.now = ts.now.Add(500 * time.Millisecond) // one token back at 2/s
 	if code := from("192.0.2.1"); code != 200 {
 		t.Errorf("after refill: got %d, want 200", code)
@@ -415,11 +432,13 @@ func TestSessionRateLimit(t *testing.T) {
 	}
 }
 
-func TestRateLimitDisabled(t *testing.T) {
-	ts := newTestServer(t, func(c *Config) { c.RateLimit = RateLimit{PerSecond: -1} })
-	for i := 0; i < 50; i++ {
-		if rec := ts.do(http.MethodPost, "/jimo/session", `{"token":"`+goodUserID+`"}`, nil); rec.Code != 200 {
-			t.Fatalf("request %d: got %d, want 200", i, rec.Code)
+func TestRateLimitZeroMeansNoLimit(t *testing.T) {
+	for _, perSecond := range []float64{0, -1} {
+		ts := newTestServer(t, func(c *Config) { c.RateLimit = RateLimit{PerSecond: perSecond} })
+		for i := 0; i < 50; i++ {
+			if rec := ts.do(http.MethodPost, "/jimo/session", `{"token":"`+goodUserID+`"}`, nil); rec.Code != 200 {
+				t.Fatalf("PerSecond %v, request %d: got %d, want 200", perSecond, i, rec.Code)
+			}
 		}
 	}
 }
@@ -432,8 +451,8 @@ func TestLimiterForgetsIdleClients(t *testing.T) {
 	}
 	now = now.Add(2 * time.Minute)
 	l.allow("new")
-	if got := len(l.buckets); got != 1 {
-		t.Errorf("buckets after idle sweep: got %d, want 1", got)
+	if got := len(l.clients); got != 1 {
+		t.Errorf("clients after idle sweep: got %d, want 1", got)
 	}
 }
 

@@ -4,88 +4,88 @@ import (
 	"math"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
-// RateLimit configures the per-client-IP token bucket of POST /jimo/session.
-// Zero fields mean the defaults (10 requests a second, bursts of 20); a
-// negative PerSecond turns the limit off.
+// RateLimit configures the per-client-IP limit of POST /jimo/session
+// (golang.org/x/time/rate token buckets). PerSecond 0 (or less) means no
+// limit, as everywhere in the bridge; Burst 0 means twice PerSecond, at
+// least 1. The buckets live in this process: each replica limits on its own.
 type RateLimit struct {
 	PerSecond float64
 	Burst     int
 }
 
-func (r RateLimit) withDefaults() RateLimit {
-	if r.PerSecond == 0 {
-		r.PerSecond = 10
-	}
-	if r.Burst <= 0 {
-		r.Burst = 20
-	}
-	return r
-}
+// maxClients bounds how many client buckets a limiter keeps; past it, full
+// buckets are forgotten first, then arbitrary ones.
+const maxClients = 1 << 16
 
-// limiter is a token bucket per key. It keeps state only for keys seen
-// recently: a bucket that has refilled completely is forgotten.
+// limiter is a rate.Limiter per key. It keeps state only for keys seen
+// recently: a bucket that has refilled completely is forgotten, which
+// changes nothing (a new one starts full).
 type limiter struct {
-	rate  float64 // tokens per second
-	burst float64
+	limit rate.Limit
+	burst int
 	now   func() time.Time
 
 	mu        sync.Mutex
-	buckets   map[string]*bucket
+	clients   map[string]*rate.Limiter
 	lastSweep time.Time
 }
 
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
-
+// newLimiter returns the limiter of cfg, or nil (no limit) when PerSecond is 0 or less.
 func newLimiter(cfg RateLimit, now func() time.Time) *limiter {
-	cfg = cfg.withDefaults()
-	if cfg.PerSecond < 0 {
+	if cfg.PerSecond <= 0 || math.IsNaN(cfg.PerSecond) {
 		return nil
 	}
-	return &limiter{rate: cfg.PerSecond, burst: float64(cfg.Burst), now: now, buckets: map[string]*bucket{}}
+	burst := cfg.Burst
+	if burst <= 0 {
+		burst = max(1, int(math.Ceil(2*cfg.PerSecond)))
+	}
+	return &limiter{limit: rate.Limit(cfg.PerSecond), burst: burst, now: now, clients: map[string]*rate.Limiter{}}
 }
 
-// allow takes one token from key's bucket. When none is left it returns
-// false and how long until one is.
+// allow takes one token from key's bucket. When none is left it takes
+// nothing and returns false and how long until one is.
 func (l *limiter) allow(key string) (bool, time.Duration) {
 	if l == nil {
 		return true, 0
 	}
 	now := l.now()
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.sweep(now)
-	b, ok := l.buckets[key]
-	if !ok {
-		b = &bucket{tokens: l.burst, at: now}
-		l.buckets[key] = b
+	lim := l.clients[key]
+	if lim == nil {
+		l.sweep(now)
+		lim = rate.NewLimiter(l.limit, l.burst)
+		l.clients[key] = lim
 	}
-	if elapsed := now.Sub(b.at).Seconds(); elapsed > 0 {
-		b.tokens = math.Min(l.burst, b.tokens+elapsed*l.rate)
+	l.mu.Unlock()
+	r := lim.ReserveN(now, 1)
+	if wait := r.DelayFrom(now); wait > 0 {
+		r.CancelAt(now)
+		return false, wait
 	}
-	b.at = now
-	if b.tokens >= 1 {
-		b.tokens--
-		return true, 0
-	}
-	wait := time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
-	return false, wait
+	return true, 0
 }
 
-// sweep forgets full buckets, at most once a minute.
+// sweep forgets full buckets, at most once a minute unless the map is full;
+// if it is still full, it forgets arbitrary ones. Callers hold l.mu.
 func (l *limiter) sweep(now time.Time) {
-	if now.Sub(l.lastSweep) < time.Minute {
+	full := len(l.clients) >= maxClients
+	if !full && now.Sub(l.lastSweep) < time.Minute {
 		return
 	}
 	l.lastSweep = now
-	full := time.Duration(l.burst / l.rate * float64(time.Second))
-	for k, b := range l.buckets {
-		if now.Sub(b.at) >= full {
-			delete(l.buckets, k)
+	for k, lim := range l.clients {
+		if lim.TokensAt(now) >= float64(l.burst) {
+			delete(l.clients, k)
 		}
+	}
+	for k := range l.clients {
+		if len(l.clients) < maxClients {
+			break
+		}
+		delete(l.clients, k)
 	}
 }

@@ -113,7 +113,8 @@ type SessionConfig struct {
 	// RequireSignature is set.
 	SigningSecret []byte
 	// RequireSignature makes shared-mode reports without a valid signature fail
-	// with 401. Derived mode always requires one.
+	// with 401. Derived mode always requires one. The bridge sets it whenever
+	// the operator configured SigningSecret (or asked for it), DESIGN §4.
 	RequireSignature bool
 	// Blocklist refuses placeholder user IDs.
 	Blocklist mapping.Blocklist

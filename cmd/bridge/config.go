@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -28,10 +31,11 @@ type config struct {
 	JimoSigningSecret   string
 	JimoWebhookSecret   string
 	JimoForwardTrack    bool
-	JimoRequireSigned   bool
+	JimoRequireSigned   optionalBool
 	JimoSessionRate     float64
 	AllowedOrigins      []string
 	AdminPassword       string
+	AdminLoginRate      float64
 	BlockedIDs          []string
 	MaxAnonymousIDs     int
 	MaxLinks            int
@@ -43,7 +47,95 @@ type config struct {
 	DeliveryWorkers     int
 	KeepDeliveredJobs   time.Duration
 	DeletionGrace       time.Duration
-	TrustProxy          bool
+	// TrustedProxies are the proxies whose X-Forwarded-For is believed; empty:
+	// the peer address is the client.
+	TrustedProxies []*net.IPNet
+
+	// jimoSigningExplicit records that the operator set the signing secret
+	// (before a missing one is generated): it then requires signatures.
+	jimoSigningExplicit bool
+}
+
+// jimoRequireSignature is the session signature policy (DESIGN §4): an
+// explicit BRIDGE_JIMO_REQUIRE_SIGNATURE decides; without one, signatures
+// are required exactly when the operator configured the signing secret. A
+// generated secret with no explicit choice accepts unsigned reports (the
+// admin overview warns about it). Derived mode requires them regardless.
+func (c config) jimoRequireSignature() bool {
+	if c.JimoRequireSigned.set {
+		return c.JimoRequireSigned.value
+	}
+	return c.jimoSigningExplicit
+}
+
+// optionalBool is a boolean flag that remembers whether it was given.
+type optionalBool struct{ set, value bool }
+
+func (b *optionalBool) String() string {
+	if b == nil || !b.set {
+		return ""
+	}
+	return strconv.FormatBool(b.value)
+}
+
+func (b *optionalBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("want true or false")
+	}
+	b.set, b.value = true, v
+	return nil
+}
+
+func (b *optionalBool) IsBoolFlag() bool { return true }
+
+// removedFlag refuses a flag (and its variable) that no longer exists, saying what replaced it.
+type removedFlag string
+
+func (r removedFlag) String() string   { return "" }
+func (r removedFlag) Set(string) error { return errors.New(string(r)) }
+func (r removedFlag) IsBoolFlag() bool { return true }
+
+// cidrList is a comma-separated list of CIDR ranges; a bare IP address is a
+// range of one address.
+type cidrList struct{ p *[]*net.IPNet }
+
+func (l cidrList) String() string {
+	if l.p == nil {
+		return ""
+	}
+	var out []string
+	for _, n := range *l.p {
+		out = append(out, n.String())
+	}
+	return strings.Join(out, ",")
+}
+
+func (l cidrList) Set(s string) error {
+	*l.p = nil
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v == "" {
+			continue
+		}
+		if !strings.Contains(v, "/") {
+			ip := net.ParseIP(v)
+			if ip == nil {
+				return fmt.Errorf("%q is neither a CIDR range (10.0.0.0/8) nor an IP address", v)
+			}
+			bits := 128
+			if ip4 := ip.To4(); ip4 != nil {
+				ip, bits = ip4, 32
+			}
+			*l.p = append(*l.p, &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)})
+			continue
+		}
+		_, n, err := net.ParseCIDR(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a CIDR range such as 10.0.0.0/8 or fd00::/8", v)
+		}
+		*l.p = append(*l.p, n)
+	}
+	return nil
 }
 
 // secretNames are the configuration fields that must never be logged or shown.
@@ -92,10 +184,11 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.StringVar(&c.JimoSigningSecret, "jimo-signing-secret", "", "secret shared with the app's backend for session signatures (generated when empty)")
 	fs.StringVar(&c.JimoWebhookSecret, "jimo-webhook-secret", "", "authenticates Jimo's outgoing webhooks (generated when empty)")
 	fs.BoolVar(&c.JimoForwardTrack, "jimo-forward-track", false, "forward Segment track calls to Jimo as server-side events")
-	fs.BoolVar(&c.JimoRequireSigned, "jimo-require-signature", false, "require a signature on every session report, also in shared mode")
+	fs.Var(&c.JimoRequireSigned, "jimo-require-signature", "require a signature on every session report (default: true when the signing secret is configured, false when it is generated; derived mode always requires one)")
 	fs.Float64Var(&c.JimoSessionRate, "jimo-session-rate", 10, "session reports per second accepted per client IP (0: no limit)")
 	fs.Var(listValue{&c.AllowedOrigins}, "allowed-origins", "comma-separated origins allowed to call /jimo/session from the page")
 	fs.StringVar(&c.AdminPassword, "admin-password", "", "admin page and /api/v1 password (generated when empty)")
+	fs.Float64Var(&c.AdminLoginRate, "admin-login-rate", 2, "wrong admin passwords a minute accepted per client IP after 5 (0: no limit)")
 	fs.Var(listValue{&c.BlockedIDs}, "blocked-ids", "comma-separated extra values that are never identifiers")
 	fs.IntVar(&c.MaxAnonymousIDs, "max-anonymous-ids", 100, "anonymous IDs per profile before a link becomes a conflict")
 	fs.IntVar(&c.MaxLinks, "max-links", 1000, "links per profile before a link becomes a conflict")
@@ -107,7 +200,8 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", 128, "outbox deliveries in flight at once")
 	fs.DurationVar(&c.KeepDeliveredJobs, "keep-delivered-jobs", 7*24*time.Hour, "how long delivered outbox jobs stay visible before they are removed")
 	fs.DurationVar(&c.DeletionGrace, "deletion-grace", 24*time.Hour, "how long a privacy deletion holds the deleted identifiers back (hidden, never forwarded) before erasing them, so late older messages are decided in order (0: erase at once)")
-	fs.BoolVar(&c.TrustProxy, "trust-proxy", false, "take the client IP from X-Forwarded-For (only behind a proxy that sets it)")
+	fs.Var(cidrList{&c.TrustedProxies}, "trusted-proxies", "comma-separated CIDR ranges of the proxies whose X-Forwarded-For is believed (empty: the peer address is the client)")
+	fs.Var(removedFlag("BRIDGE_TRUST_PROXY (-trust-proxy) was removed: set BRIDGE_TRUSTED_PROXIES (-trusted-proxies) to the CIDR ranges of your proxies instead"), "trust-proxy", "removed: use -trusted-proxies")
 
 	set := map[string]bool{}
 	if err := fs.Parse(args); err != nil {
@@ -131,6 +225,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q; see -help", fs.Args())
 	}
+	c.jimoSigningExplicit = c.JimoSigningSecret != ""
 	if c.JimoTokenMode != "shared" && c.JimoTokenMode != "derived" {
 		return c, fmt.Errorf("jimo token mode %q: want shared or derived", c.JimoTokenMode)
 	}

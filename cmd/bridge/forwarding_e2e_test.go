@@ -103,7 +103,8 @@ func (b *testBridge) jobDestinations(t *testing.T) []string {
 
 func TestPageResetReachesSegment(t *testing.T) {
 	b, fakeJimo, fakeSegment := forwardingBridge(t)
-	body := `{"token":"user-page-8c1f3a9e27d4","anonymousId":"anon-page-1","email":"lin@example.com","name":"Lin"}`
+	body := `{"token":"user-page-8c1f3a9e27d4","anonymousId":"anon-page-1","email":"lin@example.com","name":"Lin","signature":"` +
+		signUserID(testSigningSecret, "user-page-8c1f3a9e27d4") + `"}`
 	status, resp := b.post(t, "/jimo/session", []byte(body), map[string]string{"Origin": testPageOrigin, "Content-Type": "application/json"})
 	if status != http.StatusOK {
 		t.Fatalf("session: got %d %s, want 200", status, resp)

@@ -240,8 +240,8 @@ func TestJimoBrowser(t *testing.T) {
 	chromium := chromiumPath(t)
 	start := time.Now()
 	pages := newTestPages(t)
-	live := startBridge(t, "", "-allowed-origins", pages.URL)
-	stopped := startBridge(t, "", "-allowed-origins", pages.URL)
+	live := startBridge(t, "", "-allowed-origins", pages.URL, acceptUnsigned)
+	stopped := startBridge(t, "", "-allowed-origins", pages.URL, acceptUnsigned)
 	stopped.stop(t)
 
 	browserCtx := newBrowser(t, chromium, 1000, 900)

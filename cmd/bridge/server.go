@@ -200,13 +200,13 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		Session: jimo.SessionConfig{
 			Mode:             mode,
 			SigningSecret:    []byte(cfg.JimoSigningSecret),
-			RequireSignature: cfg.JimoRequireSigned,
+			RequireSignature: cfg.jimoRequireSignature(),
 			Blocklist:        mapping.NewBlocklist(cfg.BlockedIDs),
 			TokenSecret:      []byte(tokenSecret),
 		},
 		WebhookSecret:  cfg.JimoWebhookSecret,
 		AllowedOrigins: cfg.AllowedOrigins,
-		RateLimit:      jimo.RateLimit{PerSecond: sessionRate(cfg.JimoSessionRate)},
+		RateLimit:      jimo.RateLimit{PerSecond: cfg.JimoSessionRate},
 		Logger:         logger,
 	})
 	if err != nil {
@@ -216,10 +216,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(logger)
-	e.IPExtractor = echo.ExtractIPDirect()
-	if cfg.TrustProxy {
-		e.IPExtractor = echo.ExtractIPFromXFFHeader()
-	}
+	e.IPExtractor = ipExtractor(cfg.TrustedProxies)
 	refused := newRefusals(a.metrics, logger, time.Now, time.Second, cfg.SegmentSharedSecret != "")
 	e.Use(observeRequests(a.metrics, refused, logger))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
@@ -237,11 +234,19 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	e.Match([]string{http.MethodPost, http.MethodOptions}, "/jimo/session", jim.Session, jim.CORS())
 	e.POST("/jimo/webhook", jim.Webhook)
 
+	// Derived mode always requires signatures.
+	unsigned := mode == jimo.ModeShared && !cfg.jimoRequireSignature()
+	if unsigned {
+		logger.Warn("jimo session reports are accepted without a signature: anyone who knows a user ID can join a browser to it",
+			"fix", "configure BRIDGE_JIMO_SIGNING_SECRET (shared with your backend) or set BRIDGE_JIMO_REQUIRE_SIGNATURE=true")
+	}
 	adm, err := admin.New(admin.Config{
-		Store:    a.store,
-		Password: cfg.AdminPassword,
-		Logger:   logger,
-		Counters: a.metrics.adminCounters,
+		Store:            a.store,
+		Password:         cfg.AdminPassword,
+		LoginRate:        cfg.AdminLoginRate,
+		Logger:           logger,
+		Counters:         a.metrics.adminCounters,
+		UnsignedSessions: unsigned,
 	})
 	if err != nil {
 		return nil, err
@@ -263,12 +268,21 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	return e, nil
 }
 
-// sessionRate maps the configured rate to jimo's: 0 means no limit, as for the Tracking API.
-func sessionRate(perSecond float64) float64 {
-	if perSecond <= 0 {
-		return -1
+// ipExtractor decides who the client is, for every limit keyed by client IP
+// (login lockout, session rate, Tracking API). With no trusted proxies it is
+// the peer address. Otherwise X-Forwarded-For is read from the right and the
+// first address outside the trusted ranges is the client; a request whose peer
+// is not a trusted proxy is taken at its peer address, whatever it claims.
+// Loopback, link-local and private addresses are trusted only when listed.
+func ipExtractor(trusted []*net.IPNet) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
 	}
-	return perSecond
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, r := range trusted {
+		opts = append(opts, echo.TrustIPRange(r))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
 }
 
 // serve runs the bridge until ctx ends, then shuts down gracefully: stop

@@ -66,6 +66,17 @@ type Config struct {
 	Secure bool
 	// Counters returns the process counters shown as warnings; nil means none.
 	Counters func() Counters
+	// LoginRate is how many wrong admin passwords a minute one client IP may
+	// send once it has sent 5 (login form and API alike); 0 means no limit.
+	// The client IP is echo.Context.RealIP when the Echo instance has an
+	// IPExtractor (set it to trust exactly the proxies in front), else the
+	// peer address.
+	LoginRate float64
+	// UnsignedSessions says that POST /jimo/session accepts reports without a
+	// signature (a generated signing secret and no explicit choice, or
+	// BRIDGE_JIMO_REQUIRE_SIGNATURE=false): the overview then shows a
+	// standing warning that anyone who knows a user ID can join a browser to it.
+	UnsignedSessions bool
 	// SessionIdle and SessionMax bound a login session: it ends after
 	// SessionIdle without a request or SessionMax after the login, whichever
 	// comes first. Defaults: 2 hours and 12 hours.
@@ -96,6 +107,7 @@ type Admin struct {
 	now      func() time.Time
 	secure   bool
 	counters func() Counters
+	unsigned bool
 
 	pages    map[string]*template.Template
 	static   fs.FS
@@ -132,8 +144,9 @@ func New(cfg Config) (*Admin, error) {
 		now:      cfg.Now,
 		secure:   cfg.Secure,
 		counters: cfg.Counters,
+		unsigned: cfg.UnsignedSessions,
 		sessions: newSessions(cfg.SessionIdle, cfg.SessionMax),
-		throttle: newThrottle(),
+		throttle: newThrottle(cfg.LoginRate),
 		base:     "/admin",
 	}
 	var err error
@@ -242,7 +255,7 @@ func (a *Admin) page(h pageHandler) echo.HandlerFunc {
 			}
 			return c.Redirect(http.StatusSeeOther, to)
 		}
-		if c.Request().Method == http.MethodPost && !validToken(c.FormValue(csrfField), s.csrf) {
+		if c.Request().Method == http.MethodPost && !validToken(formToken(c), s.csrf) {
 			return a.render(c, http.StatusForbidden, "error", errorView{
 				frame:   a.frame(c, s, "Forbidden", ""),
 				Status:  http.StatusForbidden,
@@ -255,6 +268,13 @@ func (a *Admin) page(h pageHandler) echo.HandlerFunc {
 		}
 		return nil
 	}
+}
+
+// formToken is the CSRF token a form posted: from the request body only,
+// never from the query string (a token in a URL leaks through logs, history
+// and Referer).
+func formToken(c echo.Context) string {
+	return c.Request().PostFormValue(csrfField)
 }
 
 // pageStatus maps error codes to HTTP statuses for the HTML pages.

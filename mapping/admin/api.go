@@ -19,7 +19,8 @@ const maxAPIBody = 64 << 10
 // RegisterAPI adds the admin operations as JSON to g (mounted at /api/v1),
 // which must already require the admin password. Errors are *mapping.Error
 // values for the server's error handler; repairs are logged with operator
-// "api". POST bodies must be JSON (Content-Type: application/json), which a
+// "api". Raw payloads and job payloads in answers have their secret-looking
+// fields replaced by Redacted (see RedactJSON). POST bodies must be JSON (Content-Type: application/json), which a
 // cross-site HTML form cannot send.
 //
 //	GET  /search?q=KIND:VALUE|VALUE[&kind=K][&prefix=1][&after=CURSOR][&limit=N]  {"hits":[...],"next":"..."}
@@ -135,6 +136,10 @@ func (a *Admin) apiHistory(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	for i := range h.Messages {
+		h.Messages[i].Raw = RedactJSON(h.Messages[i].Raw)
+	}
+	redactJobs(h.Jobs)
 	return c.JSON(http.StatusOK, map[string]any{"history": h})
 }
 
@@ -276,5 +281,15 @@ func (a *Admin) apiJobs(c echo.Context) error {
 	if jobs == nil {
 		jobs = []mapping.JobInfo{}
 	}
+	redactJobs(jobs)
 	return c.JSON(http.StatusOK, map[string]any{"jobs": jobs})
+}
+
+// redactJobs replaces, in place, the secret-looking fields of the jobs'
+// payloads (see RedactJSON): a payload carries what a client sent (traits,
+// properties), which may include credentials.
+func redactJobs(jobs []mapping.JobInfo) {
+	for i := range jobs {
+		jobs[i].Payload = RedactJSON(jobs[i].Payload)
+	}
 }

@@ -17,11 +17,16 @@ import (
 // admin password as Basic auth for user "admin" or as "Authorization: Bearer
 // <password>", compared in constant time. Wrong passwords count against the
 // client IP in the same lockout as the login form, so guessing through the
-// API is as slow as through the page.
+// API is as slow as through the page. Every answer behind it, refusals
+// included, carries Cache-Control: no-store and X-Content-Type-Options: nosniff.
 func (a *Admin) RequireAPI() echo.MiddlewareFunc {
 	want := sha256.Sum256(a.password)
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			// Answers hold personal data: never cached, never sniffed; also the refusals.
+			h := c.Response().Header()
+			h.Set(echo.HeaderCacheControl, "no-store")
+			h.Set(echo.HeaderXContentTypeOptions, "nosniff")
 			ip, now := clientIP(c), a.now()
 			if wait := a.throttle.locked(ip, now); wait > 0 {
 				return apiLockedOut(c, wait.Seconds())

@@ -55,6 +55,12 @@ type env struct {
 // wrap, if not nil, wraps the store the admin sees.
 func newEnv(t *testing.T, wrap func(*mapping.Store) Store) *env {
 	t.Helper()
+	return newEnvWith(t, wrap, nil)
+}
+
+// newEnvWith is newEnv with the admin's Config changed by mutate, if not nil.
+func newEnvWith(t *testing.T, wrap func(*mapping.Store) Store, mutate func(*Config)) *env {
+	t.Helper()
 	store, err := mapping.Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), mapping.Options{})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
@@ -65,9 +71,13 @@ func newEnv(t *testing.T, wrap func(*mapping.Store) Store) *env {
 		s = wrap(store)
 	}
 	clk := &clock{now: time.Now().UTC()}
-	a, err := New(Config{Store: s, Password: testPassword, Now: clk.Now, Counters: func() Counters {
+	cfg := Config{Store: s, Password: testPassword, Now: clk.Now, LoginRate: 2, Counters: func() Counters {
 		return Counters{SignatureFailures: 3}
-	}})
+	}}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	a, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -47,9 +47,11 @@ type backlogRow struct {
 
 type overviewView struct {
 	frame
-	O         mapping.Overview
-	Attention []attention
-	Backlogs  []backlogRow
+	// UnsignedSessions shows the standing warning about unsigned session reports.
+	UnsignedSessions bool
+	O                mapping.Overview
+	Attention        []attention
+	Backlogs         []backlogRow
 }
 
 // counter is one process counter as the pages show it.
@@ -72,7 +74,7 @@ func (a *Admin) overview(c echo.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	v := overviewView{frame: a.frame(c, s, "Overview", "overview"), O: o}
+	v := overviewView{frame: a.frame(c, s, "Overview", "overview"), O: o, UnsignedSessions: a.unsigned}
 	now := a.now()
 	for _, b := range o.Backlogs {
 		row := backlogRow{Backlog: b}
@@ -206,7 +208,8 @@ type linkView struct {
 
 type messageView struct {
 	mapping.MessageInfo
-	Pretty string
+	// Shown is the raw payload as the page shows it (redacted, capped).
+	Shown shown
 }
 
 type destinationView struct {
@@ -280,7 +283,7 @@ func (a *Admin) profile(c echo.Context, s *session) error {
 		v.Identifiers = append(v.Identifiers, iv)
 	}
 	for _, m := range h.Messages {
-		v.Messages = append(v.Messages, messageView{MessageInfo: m, Pretty: prettyRaw(m.Raw)})
+		v.Messages = append(v.Messages, messageView{MessageInfo: m, Shown: showRaw(m.Raw)})
 	}
 	byDest := map[string]*destinationView{}
 	for _, j := range h.Jobs {

@@ -108,7 +108,7 @@ func TestRawMessagesHideSecrets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := prettyRaw(tt.raw)
+			got := showRaw(tt.raw).Text
 			if !strings.Contains(got, tt.want) {
 				t.Errorf("got %q, want it to contain %q", got, tt.want)
 			}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"golang.org/x/time/rate"
 )
 
 // Cookie and form field names.
@@ -44,7 +45,9 @@ type flash struct {
 
 type flashLink struct{ Label, Href string }
 
-// sessions maps the SHA-256 of a session ID to its session.
+// sessions maps the SHA-256 of a session ID to its session. They live in
+// this process (per-replica by design: an operator signs in to the replica
+// that serves the admin page; see README, "Behind a proxy").
 type sessions struct {
 	mu        sync.Mutex
 	m         map[[32]byte]*session
@@ -138,73 +141,107 @@ func validToken(got, want string) bool {
 	return got != "" && want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
-// Lockout policy: the first freeFailures wrong passwords from a client cost
-// nothing; each further one locks the client out for lockBase, doubling,
-// up to lockMax. A success, or forgetAfter without failures, resets it.
-const (
-	freeFailures = 5
-	lockBase     = 30 * time.Second
-	lockMax      = 15 * time.Minute
-	forgetAfter  = time.Hour
-)
+// freeFailures is how many wrong passwords a client may send at once before
+// the login limit slows it down: the burst of its token bucket.
+const freeFailures = 5
 
-// throttle counts wrong passwords per client IP.
+// throttle limits wrong admin passwords (page and API alike) per client IP
+// with a token bucket of golang.org/x/time/rate: freeFailures at once, then
+// one more each time a token comes back (LoginRate a minute). Only wrong
+// passwords take tokens; a client with none left is refused without its
+// password being checked, and a right password forgets its bucket. The
+// buckets live in this process: each replica limits on its own (per-replica
+// by design; n replicas allow n times the rate, which against a generated
+// password changes nothing). A nil *throttle limits nothing.
 type throttle struct {
-	mu sync.Mutex
-	m  map[string]*attempts
+	limit rate.Limit
+
+	mu        sync.Mutex
+	m         map[string]*rate.Limiter
+	lastSweep time.Time
 }
 
-type attempts struct {
-	failures int
-	last     time.Time
-	until    time.Time
+// maxThrottled bounds the clients a throttle remembers; full buckets go first.
+const maxThrottled = 1 << 16
+
+// newThrottle returns the throttle of perMinute wrong passwords a minute, or
+// nil (no limit) when perMinute is 0 or less.
+func newThrottle(perMinute float64) *throttle {
+	if !(perMinute > 0) {
+		return nil
+	}
+	return &throttle{limit: rate.Limit(perMinute / 60), m: map[string]*rate.Limiter{}}
 }
 
-func newThrottle() *throttle { return &throttle{m: map[string]*attempts{}} }
+// wait is how long until lim has a token, or 0.
+func wait(lim *rate.Limiter, now time.Time) time.Duration {
+	tokens := lim.TokensAt(now)
+	if tokens >= 1 {
+		return 0
+	}
+	return time.Duration((1 - tokens) / float64(lim.Limit()) * float64(time.Second))
+}
 
 // locked returns how long the client must still wait, or 0.
 func (t *throttle) locked(ip string, now time.Time) time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if a := t.m[ip]; a != nil && now.Before(a.until) {
-		return a.until.Sub(now)
+	if t == nil {
+		return 0
 	}
-	return 0
+	t.mu.Lock()
+	lim := t.m[ip]
+	t.mu.Unlock()
+	if lim == nil {
+		return 0
+	}
+	return wait(lim, now)
 }
 
 // fail records a wrong password and returns the lockout it causes (0 for none yet).
 func (t *throttle) fail(ip string, now time.Time) time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.m) > 10000 {
-		for k, a := range t.m {
-			if now.Sub(a.last) > forgetAfter && !now.Before(a.until) {
-				delete(t.m, k)
-			}
-		}
-	}
-	a := t.m[ip]
-	if a == nil || (now.Sub(a.last) > forgetAfter && !now.Before(a.until)) {
-		a = &attempts{}
-		t.m[ip] = a
-	}
-	a.failures++
-	a.last = now
-	if a.failures < freeFailures {
+	if t == nil {
 		return 0
 	}
-	lock := lockMax
-	if n := a.failures - freeFailures; n < 10 {
-		lock = min(lockBase<<n, lockMax)
+	t.mu.Lock()
+	lim := t.m[ip]
+	if lim == nil {
+		t.sweep(now)
+		lim = rate.NewLimiter(t.limit, freeFailures)
+		t.m[ip] = lim
 	}
-	a.until = now.Add(lock)
-	return lock
+	t.mu.Unlock()
+	lim.AllowN(now, 1)
+	return wait(lim, now)
 }
 
+// succeed forgets the client's wrong passwords.
 func (t *throttle) succeed(ip string) {
+	if t == nil {
+		return
+	}
 	t.mu.Lock()
 	delete(t.m, ip)
 	t.mu.Unlock()
+}
+
+// sweep forgets full buckets (as good as none), at most once a minute unless
+// the map is full, then arbitrary ones while it still is. Callers hold t.mu.
+func (t *throttle) sweep(now time.Time) {
+	full := len(t.m) >= maxThrottled
+	if !full && now.Sub(t.lastSweep) < time.Minute {
+		return
+	}
+	t.lastSweep = now
+	for k, lim := range t.m {
+		if lim.TokensAt(now) >= freeFailures {
+			delete(t.m, k)
+		}
+	}
+	for k := range t.m {
+		if len(t.m) < maxThrottled {
+			break
+		}
+		delete(t.m, k)
+	}
 }
 
 // clientIP is the address lockouts count against: Echo's IPExtractor when
@@ -302,7 +339,7 @@ func (a *Admin) next(p string) string {
 func (a *Admin) login(c echo.Context) error {
 	now := a.now()
 	ck, err := c.Cookie(loginCookie)
-	if err != nil || !validToken(c.FormValue(csrfField), ck.Value) {
+	if err != nil || !validToken(formToken(c), ck.Value) {
 		return a.render(c, http.StatusForbidden, "error", errorView{
 			frame:   a.frame(c, nil, "Forbidden", ""),
 			Status:  http.StatusForbidden,
@@ -314,7 +351,7 @@ func (a *Admin) login(c echo.Context) error {
 	if wait := a.throttle.locked(ip, now); wait > 0 {
 		return a.lockedOut(c, wait)
 	}
-	got := sha256.Sum256([]byte(c.FormValue("password")))
+	got := sha256.Sum256([]byte(c.Request().PostFormValue("password")))
 	want := sha256.Sum256(a.password)
 	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		if wait := a.throttle.fail(ip, now); wait > 0 {
