@@ -294,9 +294,7 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 		return History{}, fmt.Errorf("history jobs: %w", err)
 	}
 	for _, j := range jobs {
-		info := j.JobInfo
-		info.CreatedAt, info.UpdatedAt, info.RunAt = time.Unix(0, j.Created).UTC(), time.Unix(0, j.Updated).UTC(), time.Unix(0, j.Run).UTC()
-		h.Jobs = append(h.Jobs, info)
+		h.Jobs = append(h.Jobs, j.info())
 	}
 
 	var docs []string
