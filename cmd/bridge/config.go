@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -42,6 +43,7 @@ type config struct {
 	MaxDeliveryAttempts int
 	DeliveryWorkers     int
 	KeepDeliveredJobs   time.Duration
+	KeepMessages        time.Duration
 	TrustProxy          bool
 }
 
@@ -105,6 +107,8 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.IntVar(&c.MaxDeliveryAttempts, "max-delivery-attempts", 12, "deliveries tried per outbox job before it is dead")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", 128, "outbox deliveries in flight at once")
 	fs.DurationVar(&c.KeepDeliveredJobs, "keep-delivered-jobs", 7*24*time.Hour, "how long delivered outbox jobs stay visible before they are removed")
+	fs.Var(daysValue{&c.KeepMessages}, "keep-messages", "how long raw message payloads are kept, e.g. 90d or 2160h (0: forever; the identity graph and link log are kept until deletion)")
+	c.KeepMessages = 90 * 24 * time.Hour
 	fs.BoolVar(&c.TrustProxy, "trust-proxy", false, "take the client IP from X-Forwarded-For (only behind a proxy that sets it)")
 
 	set := map[string]bool{}
@@ -133,6 +137,37 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 		return c, fmt.Errorf("jimo token mode %q: want shared or derived", c.JimoTokenMode)
 	}
 	return c, nil
+}
+
+// daysValue is a duration flag that also takes whole days ("90d").
+type daysValue struct{ p *time.Duration }
+
+func (d daysValue) String() string {
+	if d.p == nil {
+		return ""
+	}
+	if *d.p > 0 && *d.p%(24*time.Hour) == 0 {
+		return strconv.FormatInt(int64(*d.p/(24*time.Hour)), 10) + "d"
+	}
+	return d.p.String()
+}
+
+func (d daysValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.ParseUint(n, 10, 16)
+		if err != nil {
+			return fmt.Errorf("want a number of days like 90d, or a duration like 2160h")
+		}
+		*d.p = time.Duration(days) * 24 * time.Hour
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("want a number of days like 90d, or a duration like 2160h")
+	}
+	*d.p = v
+	return nil
 }
 
 func lookup(getenv func(string) string, name string) (string, bool) {

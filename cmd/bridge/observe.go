@@ -138,6 +138,20 @@ func (a *app) outboxGauges(logger *slog.Logger) {
 		backlog(func(b mapping.Backlog) float64 { return float64(b.Pending) }))
 	a.metrics.gauge("bridge_outbox_dead_jobs", "Outbox jobs that failed for good and wait for an operator, by destination.",
 		backlog(func(b mapping.Backlog) float64 { return float64(b.Dead) }))
+	a.metrics.gauge("bridge_outbox_paused", "1 while a destination's deliveries are paused after repeated failures (it is being probed), by destination.",
+		func() map[string]float64 {
+			out := map[string]float64{}
+			if a.outbox == nil {
+				return out
+			}
+			for _, d := range a.outbox.Destinations() {
+				out[labels("destination", d.Destination)] = 0
+				if d.Paused {
+					out[labels("destination", d.Destination)] = 1
+				}
+			}
+			return out
+		})
 	a.metrics.gauge("bridge_outbox_oldest_job_seconds", "Age of the oldest waiting outbox job, by destination.",
 		backlog(func(b mapping.Backlog) float64 {
 			if b.Oldest.IsZero() {

@@ -3,7 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +17,7 @@ import (
 	analytics "github.com/segmentio/analytics-go/v3"
 
 	"github.com/bridgeworks/bridge/jimo/jimotest"
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // TestDeliveryAfterFaults: a transient failure is retried until delivered
@@ -72,4 +79,138 @@ func TestDeliveryAfterFaults(t *testing.T) {
 	if got := outbox("list"); strings.Contains(got, "dead") {
 		t.Errorf("dead jobs left after the retry:\n%s", got)
 	}
+}
+
+// apiGet reads an admin API path as JSON into out.
+func (b *testBridge) apiGet(t *testing.T, path string, out any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, b.URL+path, nil)
+	req.SetBasicAuth("admin", testAdminPassword)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: got status %d, want 200: %s", path, resp.StatusCode, body)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		t.Fatalf("GET %s: %v: %s", path, err, body)
+	}
+}
+
+// Delivered and dead jobs have no runAt in /api/v1/jobs (they used to
+// report 1754-08-30T22:43:41Z, a zero time overflowed).
+func TestJobsAPIRunAt(t *testing.T) {
+	fakeJimo := jimotest.NewServer(t, jimoKey)
+	b := startBridge(t, "", "-jimo-api-key", jimoKey, "-jimo-endpoint", fakeJimo.URL)
+	fakeJimo.FailWith(400, 1)
+	client := newClient(t, b, nil)
+	must(t, client.Enqueue(analytics.Identify{UserId: "user-refused-5b1d7e3a9c24", AnonymousId: "anon-refused"}))
+	must(t, client.Close())
+	if _, err := fakeJimo.WaitFor(0, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	client = newClient(t, b, nil)
+	must(t, client.Enqueue(analytics.Identify{UserId: "user-taken-8e2c4a6f1b37", AnonymousId: "anon-taken"}))
+	must(t, client.Close())
+	if _, err := fakeJimo.WaitFor(1, deliveryDeadline); err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Jobs []map[string]any `json:"jobs"`
+	}
+	for deadline := time.Now().Add(deliveryDeadline); ; time.Sleep(50 * time.Millisecond) {
+		out.Jobs = nil // a reused map would keep the keys of an earlier answer
+		b.apiGet(t, "/api/v1/jobs?state=all", &out)
+		states := map[string]int{}
+		for _, j := range out.Jobs {
+			states[fmt.Sprint(j["state"])]++
+		}
+		if states["done"] == 1 && states["dead"] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("jobs: got %v, want one done and one dead", out.Jobs)
+		}
+	}
+	for _, j := range out.Jobs {
+		if runAt, ok := j["runAt"]; ok {
+			t.Errorf("%v job: got runAt %v, want none", j["state"], runAt)
+		}
+	}
+}
+
+// A payload older than BRIDGE_KEEP_MESSAGES is expired when the bridge
+// starts (and every hour); the history API and the profile page say so,
+// and the profile stays.
+func TestPayloadExpiryShown(t *testing.T) {
+	first := startBridge(t, "")
+	client := newClient(t, first, nil)
+	must(t, client.Enqueue(analytics.Identify{UserId: "user-expiring-4f2a8c6e1d93", AnonymousId: "anon-expiring",
+		Traits: analytics.NewTraits().Set("plan", "pro-secret-plan")}))
+	must(t, client.Close())
+	if _, ok := first.profile(t, "user_id:user-expiring-4f2a8c6e1d93"); !ok {
+		t.Fatal("profile not stored")
+	}
+	first.stop(t)
+
+	b := startBridge(t, first.DB, "-keep-messages", "1ms")
+	p, ok := b.profile(t, "user_id:user-expiring-4f2a8c6e1d93")
+	if !ok {
+		t.Fatal("profile gone after its payload expired")
+	}
+	var out struct {
+		History mapping.History `json:"history"`
+	}
+	h := &out.History
+	for deadline := time.Now().Add(deliveryDeadline); ; time.Sleep(50 * time.Millisecond) {
+		b.apiGet(t, fmt.Sprintf("/api/v1/profiles/%d/history", p.ID), &out)
+		if len(h.Messages) == 1 && h.Messages[0].RawExpiredAt != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("history: got %+v, want the message's payload expired", h.Messages)
+		}
+	}
+	if m := h.Messages[0]; m.Raw != "" || m.Type != "identify" {
+		t.Errorf("expired message: got type %q raw %q, want the row without its payload", m.Type, m.Raw)
+	}
+
+	page := adminPage(t, b, fmt.Sprintf("/admin/profiles/%d", p.ID))
+	if !strings.Contains(page, "Payload expired") {
+		t.Errorf("profile page does not say the payload expired:\n%s", page)
+	}
+}
+
+var csrfInput = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// adminPage signs in to the admin page and returns the HTML of path.
+func adminPage(t *testing.T, b *testBridge, path string) string {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	get := func(p string) string {
+		resp, err := c.Get(b.URL + p)
+		if err != nil {
+			t.Fatalf("GET %s: %v", p, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: got status %d: %s", p, resp.StatusCode, body)
+		}
+		return string(body)
+	}
+	m := csrfInput.FindStringSubmatch(get("/admin/login"))
+	if m == nil {
+		t.Fatal("no CSRF token on the sign-in form")
+	}
+	resp, err := c.PostForm(b.URL+"/admin/login", url.Values{"csrf": {m[1]}, "password": {testAdminPassword}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return get(path)
 }
