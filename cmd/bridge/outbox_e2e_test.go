@@ -34,8 +34,7 @@ func TestDeliveryAfterFaults(t *testing.T) {
 
 	fakeJimo.FailWith(500, 2)
 	identify("user-flaky-3e8a1c5d7f92")
-	reqs, err := fakeJimo.WaitFor(1, deliveryDeadline)
-	if err != nil {
+	if _, err := fakeJimo.WaitFor(1, deliveryDeadline); err != nil {
 		t.Fatal(err)
 	}
 	if got := fakeJimo.Attempts(); got != 3 {
@@ -66,7 +65,8 @@ func TestDeliveryAfterFaults(t *testing.T) {
 	if got := outbox("retry", "-all"); !strings.Contains(got, "1 job(s)") {
 		t.Errorf("retry: got %q, want 1 job", got)
 	}
-	if reqs, err = fakeJimo.WaitFor(2, deliveryDeadline); err != nil {
+	reqs, err := fakeJimo.WaitFor(2, deliveryDeadline)
+	if err != nil {
 		t.Fatal(err)
 	}
 	seen := map[string]int{}

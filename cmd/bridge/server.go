@@ -27,7 +27,7 @@ type app struct {
 	metrics *metrics
 	echo    *echo.Echo
 	senders map[string]mapping.Sender
-	closers []func() error // senders to close after the outbox stops
+	closers []func() error  // senders to close after the outbox stops
 	outbox  *mapping.Outbox // set by runOutbox, before the server starts
 }
 
