@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"errors"
 	"log/slog"
 	"sort"
 	"sync"
@@ -123,6 +124,13 @@ func (b *breaker) result(d string, err error, probe bool) (resumed bool) {
 	if len(st.lastErr) > 500 {
 		st.lastErr = st.lastErr[:500]
 	}
+	// A destination that asked for a pause (429 or 503 with Retry-After,
+	// at most an hour) is not probed before it ends.
+	var asked time.Duration
+	var de *DeliveryError
+	if errors.As(err, &de) {
+		asked = min(de.RetryAfter, time.Hour)
+	}
 	switch {
 	case !st.pausedSince.IsZero() && probe:
 		st.probes++
@@ -130,9 +138,9 @@ func (b *breaker) result(d string, err error, probe bool) (resumed bool) {
 		if st.probes < 30 {
 			wait = min(b.first<<st.probes, b.cap)
 		}
-		st.nextProbe = now.Add(wait)
+		st.nextProbe = now.Add(max(wait, asked))
 	case st.pausedSince.IsZero() && st.failures >= b.after:
-		st.pausedSince, st.probes, st.nextProbe = now, 0, now.Add(b.first)
+		st.pausedSince, st.probes, st.nextProbe = now, 0, now.Add(max(b.first, asked))
 		b.log.Warn("destination keeps failing; pausing its deliveries and probing it", "destination", d,
 			"failures", st.failures, "err", st.lastErr)
 	}

@@ -155,8 +155,11 @@ func TestBreakerCountsConsecutiveFailures(t *testing.T) {
 	if active, _ := b.plan(); len(active) != 1 {
 		t.Fatalf("a permanent refusal counted as a transient failure")
 	}
-	b.result("d", transient, false)
+	b.result("d", ClassifyStatus(429, 10*time.Second, errors.New("429")), false)
 	if active, probes := b.plan(); len(active) != 0 || len(probes) != 0 {
 		t.Fatalf("got active %v, probes %v; want paused, no probe before its time", active, probes)
+	}
+	if st := b.status()[0]; !st.NextProbe.Equal(t0.Add(10 * time.Second)) {
+		t.Errorf("next probe: got %v, want %v (the destination's Retry-After)", st.NextProbe, t0.Add(10*time.Second))
 	}
 }

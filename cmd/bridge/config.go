@@ -107,8 +107,8 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.IntVar(&c.MaxDeliveryAttempts, "max-delivery-attempts", 12, "deliveries tried per outbox job before it is dead")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", 128, "outbox deliveries in flight at once")
 	fs.DurationVar(&c.KeepDeliveredJobs, "keep-delivered-jobs", 7*24*time.Hour, "how long delivered outbox jobs stay visible before they are removed")
-	fs.Var(daysValue{&c.KeepMessages}, "keep-messages", "how long raw message payloads are kept, e.g. 90d or 2160h (0: forever; the identity graph and link log are kept until deletion)")
 	c.KeepMessages = 90 * 24 * time.Hour
+	fs.Var(daysValue{&c.KeepMessages}, "keep-messages", "how long raw message payloads are kept, e.g. 90d or 2160h (0: forever; the identity graph and link log are kept until deletion)")
 	fs.BoolVar(&c.TrustProxy, "trust-proxy", false, "take the client IP from X-Forwarded-For (only behind a proxy that sets it)")
 
 	set := map[string]bool{}

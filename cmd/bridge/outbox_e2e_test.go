@@ -214,3 +214,37 @@ func adminPage(t *testing.T, b *testBridge, path string) string {
 	resp.Body.Close()
 	return get(path)
 }
+
+func TestKeepMessagesConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  string
+		want time.Duration
+		err  bool
+	}{
+		{"default", nil, "", 90 * 24 * time.Hour, false},
+		{"days from the environment", nil, "30d", 30 * 24 * time.Hour, false},
+		{"duration flag", []string{"-keep-messages", "36h"}, "", 36 * time.Hour, false},
+		{"forever", []string{"-keep-messages", "0"}, "30d", 0, false},
+		{"negative", []string{"-keep-messages", "-1h"}, "", 0, true},
+		{"not a number of days", []string{"-keep-messages", "ninetyd"}, "", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := func(k string) string {
+				if k == "BRIDGE_KEEP_MESSAGES" {
+					return tt.env
+				}
+				return ""
+			}
+			c, err := parseConfig("bridge", tt.args, getenv, io.Discard)
+			if (err != nil) != tt.err {
+				t.Fatalf("got error %v, want error %v", err, tt.err)
+			}
+			if err == nil && c.KeepMessages != tt.want {
+				t.Errorf("got %v, want %v", c.KeepMessages, tt.want)
+			}
+		})
+	}
+}
