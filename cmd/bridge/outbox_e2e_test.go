@@ -3,14 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"os"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -247,4 +252,116 @@ func TestKeepMessagesConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ingestPhase posts single-event identifies from 16 clients for d and
+// returns how many were acknowledged and their median latency.
+func ingestPhase(t *testing.T, b *testBridge, phase string, d time.Duration) (int, time.Duration) {
+	t.Helper()
+	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte(testWriteKey+":"))
+	var mu sync.Mutex
+	var lat []time.Duration
+	var failed error
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for c := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 30 * time.Second}
+			for i := 0; time.Now().Before(stop); i++ {
+				body := fmt.Sprintf(`{"userId":"user-%s-%02d-%06d-5e8b2c","anonymousId":"anon-%s-%d-%d","traits":{"plan":"pro"}}`, phase, c, i, phase, c, i)
+				req, _ := http.NewRequest(http.MethodPost, b.URL+"/v1/identify", strings.NewReader(body))
+				req.Header.Set("Authorization", auth)
+				req.Header.Set("Content-Type", "application/json")
+				start := time.Now()
+				resp, err := client.Do(req)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
+				}
+				mu.Lock()
+				if err != nil {
+					failed = err
+					mu.Unlock()
+					return
+				}
+				lat = append(lat, time.Since(start))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if failed != nil {
+		t.Fatalf("%s: identify failed: %v", phase, failed)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return len(lat), lat[len(lat)/2]
+}
+
+// pausedMetric reads bridge_outbox_paused for Jimo from /metrics ("" if absent).
+func pausedMetric(t *testing.T, b *testBridge) string {
+	t.Helper()
+	_, body := b.get(t, "/metrics")
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, `bridge_outbox_paused{destination="jimo"} `); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// TestOutboxOutageAndRecovery: while Jimo answers 503, ingestion goes on,
+// the outbox pauses Jimo (shown in /metrics) and stops sending it all but
+// probes; when Jimo answers again, everything is delivered once. It logs
+// ingest rates and drain time; BRIDGE_OUTAGE_SECONDS lengthens each phase.
+func TestOutboxOutageAndRecovery(t *testing.T) {
+	phase := 2 * time.Second
+	if v, err := strconv.Atoi(os.Getenv("BRIDGE_OUTAGE_SECONDS")); err == nil && v > 0 {
+		phase = time.Duration(v) * time.Second
+	}
+	fakeJimo := jimotest.NewServer(t, jimoKey)
+	b := startBridge(t, "", "-jimo-api-key", jimoKey, "-jimo-endpoint", fakeJimo.URL)
+
+	upN, upP50 := ingestPhase(t, b, "up", phase)
+	if _, err := fakeJimo.WaitFor(upN, deliveryDeadline); err != nil {
+		t.Fatal(err)
+	}
+	fakeJimo.FailWith(503, -1)
+	before := fakeJimo.Attempts()
+	downN, downP50 := ingestPhase(t, b, "down", phase)
+	for deadline := time.Now().Add(deliveryDeadline); pausedMetric(t, b) != "1"; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("bridge_outbox_paused{destination=\"jimo\"}: got %q, want 1 during the outage", pausedMetric(t, b))
+		}
+	}
+	duringOutage := fakeJimo.Attempts() - before
+	if duringOutage >= downN {
+		t.Errorf("got %d attempts to Jimo during the outage for %d jobs, want fewer (a paused destination is only probed)", duringOutage, downN)
+	}
+
+	fakeJimo.Recover()
+	recovered := time.Now()
+	reqs, err := fakeJimo.WaitFor(upN+downN, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain := time.Since(recovered)
+	seen := map[string]bool{}
+	for _, r := range reqs {
+		seen[r.IdempotencyKey] = true
+	}
+	if len(seen) != upN+downN {
+		t.Errorf("got %d distinct deliveries, want %d", len(seen), upN+downN)
+	}
+	for deadline := time.Now().Add(deliveryDeadline); pausedMetric(t, b) != "0"; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("bridge_outbox_paused{destination=\"jimo\"}: got %q, want 0 after recovery", pausedMetric(t, b))
+		}
+	}
+	t.Logf("Jimo up: %d identifies in %v (%.0f/s, p50 %v); Jimo 503: %d (%.0f/s, p50 %v), %d attempts reached Jimo; backlog of %d delivered %v after recovery",
+		upN, phase, float64(upN)/phase.Seconds(), upP50, downN, float64(downN)/phase.Seconds(), downP50, duringOutage, downN, drain.Round(time.Millisecond))
 }
