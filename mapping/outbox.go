@@ -55,7 +55,7 @@ type OutboxOptions struct {
 	PauseAfter int
 	// ProbeInterval is the wait before the first probe of a paused
 	// destination; it doubles after each failed probe, up to MaxProbeInterval.
-	// Defaults 1 s and 1 minute.
+	// Defaults 1 s and 30 s.
 	ProbeInterval, MaxProbeInterval time.Duration
 }
 
@@ -186,7 +186,7 @@ func (s *Store) NewOutbox(opts OutboxOptions) *Outbox {
 		opts.ProbeInterval = time.Second
 	}
 	if opts.MaxProbeInterval <= 0 {
-		opts.MaxProbeInterval = time.Minute
+		opts.MaxProbeInterval = 30 * time.Second
 	}
 	opts.MaxProbeInterval = max(opts.MaxProbeInterval, opts.ProbeInterval)
 	var destinations []string
