@@ -138,3 +138,48 @@ func TestJobsRunAt(t *testing.T) {
 		}
 	}
 }
+
+// makeDue walks the pending jobs in windows of a batch and makes only the
+// given destination's waiting jobs due; other destinations keep their time.
+func TestMakeDueInBatches(t *testing.T) {
+	clock := &testClock{now: t0}
+	s := openTestStore(t, Options{Now: clock.Now})
+	var msgs []Message
+	for i := range 35 {
+		m := identify(fmt.Sprintf("m%d", i), fmt.Sprintf("user-%d", i), "", 0)
+		dest := "resumed"
+		if i%3 == 0 {
+			dest = "other"
+		}
+		m.Jobs = []Job{{Destination: dest, OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
+		msgs = append(msgs, m)
+	}
+	submit(t, s, msgs...)
+	later := t0.Add(time.Hour).UnixNano()
+	if err := s.inTx(context.Background(), func(ctx context.Context, w *writer) error {
+		_, err := w.exec(ctx, `UPDATE jobs SET run_at = ?, attempts = 2`, later)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.makeDue(context.Background(), "resumed", 10)
+	if err != nil || n != 23 {
+		t.Fatalf("makeDue: got %d, %v; want the 23 jobs of the resumed destination", n, err)
+	}
+	var rows []struct {
+		Destination string `db:"destination"`
+		RunAt       int64  `db:"run_at"`
+	}
+	if err := s.read.Select(&rows, `SELECT destination, run_at FROM jobs`); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		want := later
+		if r.Destination == "resumed" {
+			want = t0.UnixNano()
+		}
+		if r.RunAt != want {
+			t.Errorf("%s job: got run_at %d, want %d", r.Destination, r.RunAt, want)
+		}
+	}
+}
