@@ -302,28 +302,35 @@ func (o *Outbox) Run(ctx context.Context) error {
 	return nil
 }
 
-// housekeep prunes delivered jobs every hour and makes the backlog of a
-// destination that answered again due at once, until ctx ends.
+// housekeep prunes delivered jobs every hour and, beside it, makes the
+// backlog of a destination that answered again due at once, until ctx ends.
 func (o *Outbox) housekeep(ctx context.Context) {
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for {
+			select {
+			case d := <-o.resumed:
+				n, err := o.s.makeDue(ctx, d, housekeepingBatch)
+				if err != nil && ctx.Err() == nil {
+					o.opts.Logger.Warn("make a resumed destination's jobs due", "destination", d, "err", err)
+				}
+				o.opts.Logger.Info("destination backlog due again", "destination", d, "jobs", n)
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	tick := time.NewTicker(time.Hour)
 	defer tick.Stop()
-	prune := func() {
+	for {
 		if _, err := o.s.pruneDone(ctx, o.opts.KeepDone, housekeepingBatch, nil); err != nil && ctx.Err() == nil {
 			o.opts.Logger.Warn("prune delivered jobs", "err", err)
 		}
-	}
-	prune()
-	for {
 		select {
-		case d := <-o.resumed:
-			n, err := o.s.makeDue(ctx, d, housekeepingBatch)
-			if err != nil && ctx.Err() == nil {
-				o.opts.Logger.Warn("make a resumed destination's jobs due", "destination", d, "err", err)
-			}
-			o.opts.Logger.Info("destination backlog due again", "destination", d, "jobs", n)
 		case <-tick.C:
-			prune()
 		case <-ctx.Done():
+			<-drained
 			return
 		}
 	}
