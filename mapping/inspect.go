@@ -194,7 +194,11 @@ type MessageInfo struct {
 	ReceivedAt time.Time `json:"receivedAt"`
 	Rejected   string    `json:"rejected"`
 	Notes      []string  `json:"notes"`
-	Raw        string    `json:"raw"`
+	// Raw is the payload as received; "" once it expired.
+	Raw string `json:"raw"`
+	// RawExpiredAt is when the payload was removed after BRIDGE_KEEP_MESSAGES;
+	// nil while it is kept. The message's links and traits stay.
+	RawExpiredAt *time.Time `json:"rawExpiredAt,omitempty"`
 }
 
 // TraitInfo is one merged trait with where and when it was last set.
@@ -266,8 +270,9 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 		Rejected   string `db:"rejected"`
 		Notes      string `db:"notes"`
 		Raw        string `db:"raw"`
+		Expired    int64  `db:"raw_expired_at"`
 	}
-	const messageColumns = `SELECT source, message_id, type, event, event_at, received_at, rejected, notes, raw FROM messages `
+	const messageColumns = `SELECT source, message_id, type, event, event_at, received_at, rejected, notes, raw, raw_expired_at FROM messages `
 	if err := s.selectIn(ctx, &msgs, messageColumns+`WHERE `+messagesReferencing+` ORDER BY received_at DESC LIMIT 50`, ids); err != nil {
 		return History{}, fmt.Errorf("history messages: %w", err)
 	}
@@ -284,8 +289,13 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 		if m.Notes != "" {
 			json.Unmarshal([]byte(m.Notes), &notes)
 		}
-		h.Messages = append(h.Messages, MessageInfo{Source: m.Source, MessageID: m.MessageID, Type: m.Type, Event: m.Event,
-			EventAt: time.Unix(0, m.EventAt).UTC(), ReceivedAt: time.Unix(0, m.ReceivedAt).UTC(), Rejected: m.Rejected, Notes: notes, Raw: m.Raw})
+		info := MessageInfo{Source: m.Source, MessageID: m.MessageID, Type: m.Type, Event: m.Event,
+			EventAt: time.Unix(0, m.EventAt).UTC(), ReceivedAt: time.Unix(0, m.ReceivedAt).UTC(), Rejected: m.Rejected, Notes: notes, Raw: m.Raw}
+		if m.Expired != 0 {
+			t := time.Unix(0, m.Expired).UTC()
+			info.RawExpiredAt = &t
+		}
+		h.Messages = append(h.Messages, info)
 	}
 
 	var jobs []jobRow
@@ -294,9 +304,7 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 		return History{}, fmt.Errorf("history jobs: %w", err)
 	}
 	for _, j := range jobs {
-		info := j.JobInfo
-		info.CreatedAt, info.UpdatedAt, info.RunAt = time.Unix(0, j.Created).UTC(), time.Unix(0, j.Updated).UTC(), time.Unix(0, j.Run).UTC()
-		h.Jobs = append(h.Jobs, info)
+		h.Jobs = append(h.Jobs, j.info())
 	}
 
 	var docs []string
@@ -429,16 +437,28 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 	return o, nil
 }
 
-// messagesSince counts messages received at or after since. Message IDs grow
-// with arrival, so a binary search over IDs finds the first one in a few
-// index lookups, without an index on received_at.
+// messagesSince counts messages received at or after since.
 func (s *Store) messagesSince(ctx context.Context, since int64) (int, error) {
+	first, err := s.firstMessageSince(ctx, since)
+	if err != nil {
+		return 0, fmt.Errorf("count recent messages: %w", err)
+	}
+	var n int
+	err = s.read.GetContext(ctx, &n, `SELECT COUNT(*) FROM messages WHERE id >= ?`, first)
+	return n, err
+}
+
+// firstMessageSince returns the ID of the first message received at or
+// after since (one past the last message if there is none; 0 if there are
+// no messages). Message IDs grow with arrival, so a binary search over IDs
+// finds it in a few index lookups, without an index on received_at.
+func (s *Store) firstMessageSince(ctx context.Context, since int64) (int64, error) {
 	var bounds struct {
 		Lo sql.NullInt64 `db:"lo"`
 		Hi sql.NullInt64 `db:"hi"`
 	}
 	if err := s.read.GetContext(ctx, &bounds, `SELECT MIN(id) AS lo, MAX(id) AS hi FROM messages`); err != nil {
-		return 0, fmt.Errorf("count recent messages: %w", err)
+		return 0, err
 	}
 	if !bounds.Hi.Valid {
 		return 0, nil
@@ -453,7 +473,7 @@ func (s *Store) messagesSince(ctx context.Context, since int64) (int, error) {
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("count recent messages: %w", err)
+			return 0, err
 		}
 		if at >= since {
 			hi = mid
@@ -461,7 +481,5 @@ func (s *Store) messagesSince(ctx context.Context, since int64) (int, error) {
 			lo = mid + 1
 		}
 	}
-	var n int
-	err := s.read.GetContext(ctx, &n, `SELECT COUNT(*) FROM messages WHERE id >= ?`, lo)
-	return n, err
+	return lo, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +49,14 @@ type OutboxOptions struct {
 	Logger *slog.Logger
 	// Observer is told about every delivery; nil means none.
 	Observer DeliveryObserver
+	// PauseAfter is how many consecutive transient failures (network, 408,
+	// 429, 5xx) pause a destination: its jobs are no longer claimed, and one
+	// job at a time probes it; default 5.
+	PauseAfter int
+	// ProbeInterval is the wait before the first probe of a paused
+	// destination; it doubles after each failed probe, up to MaxProbeInterval.
+	// Defaults 1 s and 30 s.
+	ProbeInterval, MaxProbeInterval time.Duration
 }
 
 // DeliveryObserver is told the result of every delivery attempt.
@@ -117,6 +126,8 @@ type claimedJob struct {
 	MessageID   string `db:"message_id"`
 	Payload     string `db:"payload"`
 	Attempts    int    `db:"attempts"`
+	// probe is set on the one job that probes a paused destination.
+	probe bool
 }
 
 // wakeOutbox tells an idle worker that new jobs were committed.
@@ -127,13 +138,23 @@ func (s *Store) wakeOutbox() {
 	}
 }
 
-// RunOutbox delivers outbox jobs until ctx ends, then waits up to
-// ShutdownGrace for deliveries in flight and releases the rest (they are
-// claimed again later, without counting the attempt). Jobs with the same
-// destination and ordering key are delivered one at a time, in the order
-// they were written. A job claimed by a worker that crashed is claimed
-// again when its lease expires.
-func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
+// Outbox is the delivery worker of a Store: it claims due jobs, sends them,
+// records their outcomes in batches, pauses destinations that keep failing
+// and probes them until they answer again. Create it with NewOutbox; its
+// Destinations method may be called at any time, also while Run runs.
+type Outbox struct {
+	s            *Store
+	opts         OutboxOptions
+	destinations []string
+	breaker      *breaker
+	// resumed carries destinations that answered again, for the
+	// housekeeper to make their backlog due.
+	resumed chan string
+}
+
+// NewOutbox returns the delivery worker for opts, with defaults applied. It
+// does nothing until Run.
+func (s *Store) NewOutbox(opts OutboxOptions) *Outbox {
 	if opts.Workers <= 0 {
 		opts.Workers = 128
 	}
@@ -158,15 +179,50 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.PauseAfter <= 0 {
+		opts.PauseAfter = 5
+	}
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = time.Second
+	}
+	if opts.MaxProbeInterval <= 0 {
+		opts.MaxProbeInterval = 30 * time.Second
+	}
+	opts.MaxProbeInterval = max(opts.MaxProbeInterval, opts.ProbeInterval)
 	var destinations []string
 	for d := range opts.Senders {
 		destinations = append(destinations, d)
 	}
-	if len(destinations) == 0 {
+	sort.Strings(destinations)
+	return &Outbox{
+		s:            s,
+		opts:         opts,
+		destinations: destinations,
+		breaker:      newBreaker(destinations, opts, s.opts.Now),
+		resumed:      make(chan string, len(destinations)+1),
+	}
+}
+
+// RunOutbox runs NewOutbox(opts) until ctx ends; see Outbox.Run.
+func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
+	return s.NewOutbox(opts).Run(ctx)
+}
+
+// Run delivers outbox jobs until ctx ends, then waits up to ShutdownGrace
+// for deliveries in flight and releases the rest (they are claimed again
+// later, without counting the attempt). Jobs with the same destination and
+// ordering key are delivered one at a time, in the order they were written.
+// A job claimed by a worker that crashed is claimed again when its lease
+// expires. A destination that fails PauseAfter times in a row is paused:
+// none of its jobs is claimed but one probe at a time, at a capped
+// backoff; once a probe gets through, its waiting jobs are due at once.
+// Delivered jobs older than KeepDone are pruned every hour, in batches.
+func (o *Outbox) Run(ctx context.Context) error {
+	s, opts := o.s, o.opts
+	if len(o.destinations) == 0 {
 		<-ctx.Done()
 		return nil
 	}
-
 	if opts.ReleaseOnStart {
 		if err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
 			_, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', locked_until = 0 WHERE state = 'running'`)
@@ -184,16 +240,13 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 	results := make(chan delivery, opts.Workers)
 	recorded := make(chan struct{})
 	go func() { s.recordLoop(results, opts); close(recorded) }()
+	// Pruning and draining a resumed destination's backlog run beside the
+	// claims, in batches of their own.
+	housekept := make(chan struct{})
+	go func() { o.housekeep(ctx); close(housekept) }()
 	slots := make(chan struct{}, opts.Workers)
 	var inflight sync.WaitGroup
-	nextPrune := time.Now()
 	for ctx.Err() == nil {
-		if time.Now().After(nextPrune) {
-			if _, err := s.PruneDone(ctx, opts.KeepDone); err != nil && ctx.Err() == nil {
-				opts.Logger.Warn("prune delivered jobs", "err", err)
-			}
-			nextPrune = time.Now().Add(time.Hour)
-		}
 		// Wait for at least one free slot.
 		select {
 		case slots <- struct{}{}:
@@ -202,7 +255,12 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 			continue
 		}
 		free := opts.Workers - len(slots)
-		jobs, err := s.claim(ctx, destinations, free, opts.Lease)
+		active, probes := o.breaker.plan()
+		var jobs []claimedJob
+		var err error
+		if len(active) > 0 || len(probes) > 0 {
+			jobs, err = s.claimJobs(ctx, active, free, probes, opts.Lease)
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				opts.Logger.Error("claim outbox jobs", "err", err)
@@ -219,11 +277,14 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 			continue
 		}
 		for _, j := range jobs {
+			if j.probe {
+				o.breaker.probing(j.Destination)
+			}
 			slots <- struct{}{}
 			inflight.Add(1)
 			go func() {
 				defer func() { <-slots; inflight.Done() }()
-				results <- s.deliver(sendCtx, j, opts)
+				results <- o.deliver(sendCtx, j)
 			}()
 		}
 	}
@@ -237,7 +298,42 @@ func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
 	}
 	close(results)
 	<-recorded
+	<-housekept
 	return nil
+}
+
+// housekeep prunes delivered jobs every hour and, beside it, makes the
+// backlog of a destination that answered again due at once, until ctx ends.
+func (o *Outbox) housekeep(ctx context.Context) {
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for {
+			select {
+			case d := <-o.resumed:
+				n, err := o.s.makeDue(ctx, d, housekeepingBatch)
+				if err != nil && ctx.Err() == nil {
+					o.opts.Logger.Warn("make a resumed destination's jobs due", "destination", d, "err", err)
+				}
+				o.opts.Logger.Info("destination backlog due again", "destination", d, "jobs", n)
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		if _, err := o.s.pruneDone(ctx, o.opts.KeepDone, housekeepingBatch, nil); err != nil && ctx.Err() == nil {
+			o.opts.Logger.Warn("prune delivered jobs", "err", err)
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			<-drained
+			return
+		}
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -247,12 +343,19 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// claim takes up to n due jobs, at most one per (destination, ordering key):
-// the oldest undelivered job of each key, so per-user order holds. Jobs whose
-// lease expired (their worker crashed) are made pending again first. Due jobs
-// are found walking the (state, id) index, so a claim costs the same with a
-// backlog of ten or of a million.
+// claim takes up to n due jobs of destinations; see claimJobs.
 func (s *Store) claim(ctx context.Context, destinations []string, n int, lease time.Duration) ([]claimedJob, error) {
+	return s.claimJobs(ctx, destinations, n, nil, lease)
+}
+
+// claimJobs takes up to n due jobs of the active destinations, at most one
+// per (destination, ordering key): the oldest undelivered job of each key,
+// so per-user order holds. For each probe destination it takes one more job
+// to probe it with: the oldest due one, or else the oldest one waiting.
+// Jobs whose lease expired (their worker crashed) are made pending again
+// first. Due jobs are found walking the (state, id) index, so a claim costs
+// the same with a backlog of ten or of a million.
+func (s *Store) claimJobs(ctx context.Context, active []string, n int, probes []string, lease time.Duration) ([]claimedJob, error) {
 	var jobs []claimedJob
 	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
 		jobs = jobs[:0] // the function runs again if its group is retried
@@ -260,20 +363,49 @@ func (s *Store) claim(ctx context.Context, destinations []string, n int, lease t
 		if _, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', locked_until = 0 WHERE state = 'running' AND locked_until <= ?`, now); err != nil {
 			return err
 		}
-		marks := strings.TrimSuffix(strings.Repeat("?,", len(destinations)), ",")
-		args := []any{JobRunning, now + lease.Nanoseconds(), now}
-		for _, d := range destinations {
-			args = append(args, d)
+		if len(active) > 0 && n > 0 {
+			marks := strings.TrimSuffix(strings.Repeat("?,", len(active)), ",")
+			args := []any{JobRunning, now + lease.Nanoseconds(), now}
+			for _, d := range active {
+				args = append(args, d)
+			}
+			args = append(args, now, n)
+			if err := w.sel(ctx, &jobs, `UPDATE jobs SET state = ?, locked_until = ?, attempts = attempts + 1, updated_at = ?
+				WHERE id IN (
+					SELECT j.id FROM jobs j
+					WHERE j.state = 'pending' AND j.destination IN (`+marks+`) AND j.run_at <= ?
+					  AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.destination = j.destination AND e.ordering_key = j.ordering_key
+					                  AND e.id < j.id AND e.state IN ('pending', 'running'))
+					ORDER BY j.id LIMIT ?)
+				RETURNING id, destination, ordering_key, message_id, payload, attempts`, args...); err != nil {
+				return err
+			}
 		}
-		args = append(args, now, n)
-		return w.sel(ctx, &jobs, `UPDATE jobs SET state = ?, locked_until = ?, attempts = attempts + 1, updated_at = ?
-			WHERE id IN (
-				SELECT j.id FROM jobs j
-				WHERE j.state = 'pending' AND j.destination IN (`+marks+`) AND j.run_at <= ?
-				  AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.destination = j.destination AND e.ordering_key = j.ordering_key
-				                  AND e.id < j.id AND e.state IN ('pending', 'running'))
-				ORDER BY j.id LIMIT ?)
-			RETURNING id, destination, ordering_key, message_id, payload, attempts`, args...)
+		for _, d := range probes {
+			var probe []claimedJob
+			// The oldest due job first: a job that failed a probe waits its
+			// backoff, so the next probe tries another one.
+			for _, due := range []int64{now, 1<<63 - 1} {
+				if err := w.sel(ctx, &probe, `UPDATE jobs SET state = ?, locked_until = ?, attempts = attempts + 1, updated_at = ?
+					WHERE id IN (
+						SELECT j.id FROM jobs j
+						WHERE j.state = 'pending' AND j.destination = ? AND j.run_at <= ?
+						  AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.destination = j.destination AND e.ordering_key = j.ordering_key
+						                  AND e.id < j.id AND e.state IN ('pending', 'running'))
+						ORDER BY j.id LIMIT 1)
+					RETURNING id, destination, ordering_key, message_id, payload, attempts`, JobRunning, now+lease.Nanoseconds(), now, d, due); err != nil {
+					return err
+				}
+				if len(probe) > 0 {
+					break
+				}
+			}
+			for _, j := range probe {
+				j.probe = true
+				jobs = append(jobs, j)
+			}
+		}
+		return nil
 	})
 	return jobs, err
 }
@@ -284,18 +416,35 @@ type delivery struct {
 	out outcome
 }
 
-// deliver sends one job and decides its outcome.
-func (s *Store) deliver(ctx context.Context, j claimedJob, opts OutboxOptions) delivery {
+// deliver sends one job, tells the breaker how it went, and decides the
+// job's outcome. A probe that fails transiently costs its job no attempt:
+// the destination failed, not the job.
+func (o *Outbox) deliver(ctx context.Context, j claimedJob) delivery {
+	s, opts := o.s, o.opts
 	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease)
 	err := opts.Senders[j.Destination].Send(sendCtx, Job{Destination: j.Destination, OrderingKey: j.OrderingKey, MessageID: j.MessageID, Payload: []byte(j.Payload)})
 	cancel()
-	o := decideDelivery(err, j.Attempts, opts.MaxAttempts, s.opts.Now(), opts.Jitter())
+	now := s.opts.Now()
 	if err != nil && ctx.Err() != nil {
 		// Shutting down: give the job back without counting the attempt.
-		o = outcome{state: JobPending, runAt: s.opts.Now(), lastErr: "released at shutdown", result: "released"}
 		j.Attempts--
+		return delivery{job: j, out: outcome{state: JobPending, runAt: now, lastErr: "released at shutdown", result: "released"}}
 	}
-	return delivery{job: j, out: o}
+	if o.breaker.result(j.Destination, err, j.probe) {
+		select {
+		case o.resumed <- j.Destination:
+		default: // already queued
+		}
+	}
+	if j.probe && err != nil && Retryable(err) {
+		j.Attempts--
+		// It waits its backoff (never dead: it did not use an attempt), so
+		// the next probe tries another job.
+		out := decideDelivery(err, max(j.Attempts, 1), opts.MaxAttempts+1, now, opts.Jitter())
+		out.lastErr = "probe: " + out.lastErr
+		return delivery{job: j, out: out}
+	}
+	return delivery{job: j, out: decideDelivery(err, j.Attempts, opts.MaxAttempts, now, opts.Jitter())}
 }
 
 // recordLoop commits delivery outcomes, as many as are waiting in one
@@ -320,8 +469,14 @@ func (s *Store) recordLoop(results <-chan delivery, opts OutboxOptions) {
 		err := s.inTx(context.Background(), func(ctx context.Context, w *writer) error {
 			now := s.opts.Now().UnixNano()
 			for _, d := range batch {
+				// A delivered or dead job is due never: its run_at is 0, not
+				// the zero time (which UnixNano cannot represent).
+				var runAt int64
+				if !d.out.runAt.IsZero() {
+					runAt = d.out.runAt.UnixNano()
+				}
 				if _, err := w.exec(ctx, `UPDATE jobs SET state = ?, run_at = ?, attempts = ?, locked_until = 0, last_error = ?, updated_at = ? WHERE id = ?`,
-					d.out.state, d.out.runAt.UnixNano(), d.job.Attempts, d.out.lastErr, now, d.job.ID); err != nil {
+					d.out.state, runAt, d.job.Attempts, d.out.lastErr, now, d.job.ID); err != nil {
 					return err
 				}
 			}
@@ -344,18 +499,11 @@ func (s *Store) recordLoop(results <-chan delivery, opts OutboxOptions) {
 }
 
 // PruneDone removes delivered jobs last updated more than keep ago and
-// returns how many; the outbox worker calls it every hour.
+// returns how many; the outbox worker calls it every hour. It deletes in
+// batches of a few hundred jobs, each its own transaction, so ingestion
+// goes on between them.
 func (s *Store) PruneDone(ctx context.Context, keep time.Duration) (int, error) {
-	var n int64
-	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
-		res, err := w.exec(ctx, `DELETE FROM jobs WHERE state = 'done' AND updated_at < ?`, s.opts.Now().Add(-keep).UnixNano())
-		if err != nil {
-			return err
-		}
-		n, err = res.RowsAffected()
-		return err
-	})
-	return int(n), err
+	return s.pruneDone(ctx, keep, housekeepingBatch, nil)
 }
 
 // JobInfo is an outbox job as operators see it.
@@ -371,7 +519,9 @@ type JobInfo struct {
 	Payload       string    `json:"payload" db:"payload"`
 	CreatedAt     time.Time `json:"createdAt" db:"-"`
 	UpdatedAt     time.Time `json:"updatedAt" db:"-"`
-	RunAt         time.Time `json:"runAt" db:"-"`
+	// RunAt is when a pending job is due (or a running one was); nil for
+	// delivered and dead jobs, which are due never.
+	RunAt *time.Time `json:"runAt,omitempty" db:"-"`
 }
 
 type jobRow struct {
@@ -396,28 +546,38 @@ func (s *Store) Jobs(ctx context.Context, state string, limit int) ([]JobInfo, e
 	}
 	out := make([]JobInfo, len(rows))
 	for i, r := range rows {
-		out[i] = r.JobInfo
-		out[i].CreatedAt, out[i].UpdatedAt, out[i].RunAt = time.Unix(0, r.Created).UTC(), time.Unix(0, r.Updated).UTC(), time.Unix(0, r.Run).UTC()
+		out[i] = r.info()
 	}
 	return out, nil
 }
 
+// info is the row as operators see it. Only a pending or running job has a
+// run_at that means something (older versions stored an overflowed zero
+// time in delivered and dead ones).
+func (r jobRow) info() JobInfo {
+	j := r.JobInfo
+	j.CreatedAt, j.UpdatedAt = time.Unix(0, r.Created).UTC(), time.Unix(0, r.Updated).UTC()
+	if j.State == JobPending || j.State == JobRunning {
+		t := time.Unix(0, r.Run).UTC()
+		j.RunAt = &t
+	}
+	return j
+}
+
 // RetryJobs makes dead jobs due again with a fresh set of attempts: the
 // given IDs, or every dead job when ids is empty. It returns how many it
-// revived; an ID that is not a dead job is a CodeNotFound error.
+// revived; an ID that is not a dead job is a CodeNotFound error. Every dead
+// job is revived in batches of a few hundred, each its own transaction, so
+// ingestion goes on between them; a job that dies again meanwhile is not
+// revived twice.
 func (s *Store) RetryJobs(ctx context.Context, ids []int64) (int, error) {
+	if len(ids) == 0 {
+		return s.retryAll(ctx, housekeepingBatch, nil)
+	}
 	var n int64
 	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
 		n = 0 // the function runs again if its group is retried
 		now := s.opts.Now().UnixNano()
-		if len(ids) == 0 {
-			res, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ? WHERE state = 'dead'`, now, now)
-			if err != nil {
-				return err
-			}
-			n, err = res.RowsAffected()
-			return err
-		}
 		for _, id := range ids {
 			res, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ? WHERE id = ? AND state = 'dead'`, now, now, id)
 			if err != nil {

@@ -47,6 +47,7 @@ type config struct {
 	DeliveryWorkers     int
 	KeepDeliveredJobs   time.Duration
 	DeletionGrace       time.Duration
+	KeepMessages        time.Duration
 	// TrustedProxies are the proxies whose X-Forwarded-For is believed; empty:
 	// the peer address is the client.
 	TrustedProxies []*net.IPNet
@@ -202,6 +203,8 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.DurationVar(&c.DeletionGrace, "deletion-grace", 24*time.Hour, "how long a privacy deletion holds the deleted identifiers back (hidden, never forwarded) before erasing them, so late older messages are decided in order (0: erase at once)")
 	fs.Var(cidrList{&c.TrustedProxies}, "trusted-proxies", "comma-separated CIDR ranges of the proxies whose X-Forwarded-For is believed (empty: the peer address is the client)")
 	fs.Var(removedFlag("BRIDGE_TRUST_PROXY (-trust-proxy) was removed: set BRIDGE_TRUSTED_PROXIES (-trusted-proxies) to the CIDR ranges of your proxies instead"), "trust-proxy", "removed: use -trusted-proxies")
+	c.KeepMessages = 90 * 24 * time.Hour
+	fs.Var(daysValue{&c.KeepMessages}, "keep-messages", "how long raw message payloads are kept, e.g. 90d or 2160h (0: forever; the identity graph and link log are kept until deletion)")
 
 	set := map[string]bool{}
 	if err := fs.Parse(args); err != nil {
@@ -230,6 +233,37 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 		return c, fmt.Errorf("jimo token mode %q: want shared or derived", c.JimoTokenMode)
 	}
 	return c, nil
+}
+
+// daysValue is a duration flag that also takes whole days ("90d").
+type daysValue struct{ p *time.Duration }
+
+func (d daysValue) String() string {
+	if d.p == nil {
+		return ""
+	}
+	if *d.p > 0 && *d.p%(24*time.Hour) == 0 {
+		return strconv.FormatInt(int64(*d.p/(24*time.Hour)), 10) + "d"
+	}
+	return d.p.String()
+}
+
+func (d daysValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.ParseUint(n, 10, 16)
+		if err != nil {
+			return fmt.Errorf("want a number of days like 90d, or a duration like 2160h")
+		}
+		*d.p = time.Duration(days) * 24 * time.Hour
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("want a number of days like 90d, or a duration like 2160h")
+	}
+	*d.p = v
+	return nil
 }
 
 func lookup(getenv func(string) string, name string) (string, bool) {

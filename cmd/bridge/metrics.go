@@ -217,3 +217,31 @@ func (o *outboxCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(o.oldest, prometheus.GaugeValue, age, b.Destination)
 	}
 }
+
+// pausedCollector reports, per destination, 1 while the outbox has paused its
+// deliveries after repeated failures (it is being probed), else 0. The state
+// lives in the outbox of this process.
+type pausedCollector struct {
+	destinations func() []mapping.DestinationStatus
+	paused       *prometheus.Desc
+}
+
+// registerPaused adds bridge_outbox_paused, read from destinations at each scrape.
+func (m *metrics) registerPaused(destinations func() []mapping.DestinationStatus) {
+	m.registry.MustRegister(&pausedCollector{destinations: destinations, paused: prometheus.NewDesc("bridge_outbox_paused",
+		"1 while a destination's deliveries are paused after repeated failures (it is being probed), by destination.", []string{"destination"}, nil)})
+}
+
+// Describe implements prometheus.Collector.
+func (p *pausedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- p.paused }
+
+// Collect implements prometheus.Collector.
+func (p *pausedCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, d := range p.destinations() {
+		v := 0.0
+		if d.Paused {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(p.paused, prometheus.GaugeValue, v, d.Destination)
+	}
+}

@@ -27,7 +27,8 @@ type app struct {
 	metrics *metrics
 	echo    *echo.Echo
 	senders map[string]mapping.Sender
-	closers []func() error // senders to close after the outbox stops
+	closers []func() error  // senders to close after the outbox stops
+	outbox  *mapping.Outbox // set by runOutbox, before the server starts
 }
 
 // buildSenders creates a sender per configured destination. The HTTP clients
@@ -73,26 +74,35 @@ func (a *app) userIDOfToken(ctx context.Context, token string) (string, error) {
 	return p.UserID, nil
 }
 
-// runOutbox delivers outbox jobs until ctx ends; done is closed when it has stopped.
+// runOutbox delivers outbox jobs and expires old message payloads until ctx
+// ends; done is closed when both have stopped.
 func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan struct{}) {
 	done = make(chan struct{})
+	a.outbox = a.store.NewOutbox(mapping.OutboxOptions{
+		Senders:     a.senders,
+		MaxAttempts: a.cfg.MaxDeliveryAttempts,
+		Workers:     a.cfg.DeliveryWorkers,
+		KeepDone:    a.cfg.KeepDeliveredJobs,
+		// One process delivers from a SQLite file: what a crashed one held is due at once.
+		ReleaseOnStart: true,
+		Logger:         logger,
+		Observer:       a.metrics,
+	})
+	a.metrics.registerPaused(a.outbox.Destinations)
+	retained := make(chan struct{})
+	go func() {
+		defer close(retained)
+		a.store.RunRetention(ctx, mapping.RetentionOptions{KeepMessages: a.cfg.KeepMessages, Logger: logger})
+	}()
 	go func() {
 		defer close(done)
-		a.store.RunOutbox(ctx, mapping.OutboxOptions{
-			Senders:     a.senders,
-			MaxAttempts: a.cfg.MaxDeliveryAttempts,
-			Workers:     a.cfg.DeliveryWorkers,
-			KeepDone:    a.cfg.KeepDeliveredJobs,
-			// One process delivers from a SQLite file: what a crashed one held is due at once.
-			ReleaseOnStart: true,
-			Logger:         logger,
-			Observer:       a.metrics,
-		})
+		a.outbox.Run(ctx)
 		for _, c := range a.closers {
 			if err := c(); err != nil {
 				logger.Warn("close sender", "err", err)
 			}
 		}
+		<-retained
 	}()
 	return done
 }
