@@ -69,6 +69,10 @@ type Message struct {
 	Raw json.RawMessage
 	// Rejected, when set, is why the message is stored but not applied (for example a missing identity).
 	Rejected string
+	// Notes are what the protocol package noticed while decoding a message it
+	// still applies (for example a timestamp it could not read, so receivedAt
+	// stands in); each begins with a fixed word that counters use as a label.
+	Notes []string
 	// Jobs are the outbox jobs this message causes; they are written only if the message is new.
 	Jobs []Job
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/segment"
 )
 
 // observeRequests counts requests by route and status and logs them (path
@@ -70,6 +71,11 @@ func (s countingStore) Submit(ctx context.Context, msgs []mapping.Message) ([]ma
 		for _, n := range r.Notes {
 			s.m.add("bridge_rules_fired_total", 1, "rule", ruleOf(n))
 		}
+		if !r.Duplicate {
+			for _, n := range msgs[i].Notes {
+				s.m.add("bridge_message_notes_total", 1, "source", source, "note", noteOf(n))
+			}
+		}
 	}
 	return receipts, nil
 }
@@ -89,6 +95,14 @@ func ruleOf(note string) string {
 		return "rejected"
 	case strings.Contains(note, "deleted"):
 		return "deleted_identifier"
+	}
+	return "other"
+}
+
+// noteOf reduces a decoding note (mapping.Message.Notes) to a low-cardinality label.
+func noteOf(note string) string {
+	if strings.HasPrefix(note, segment.NoteUnreadableTimestamp+":") {
+		return segment.NoteUnreadableTimestamp
 	}
 	return "other"
 }
@@ -158,6 +172,7 @@ func describeMetrics(m *metrics) {
 		"bridge_messages_duplicate_total": "Messages already stored (same source and message ID), by source.",
 		"bridge_messages_rejected_total":  "Messages stored but not applied, by source and reason.",
 		"bridge_rules_fired_total":        "Identity rules that fired (refused values, conflicts, caps, impersonation).",
+		"bridge_message_notes_total":      "Messages applied with a decoding note (for example an unreadable timestamp), by source and note.",
 		"bridge_commit_messages":          "Messages per group commit.",
 		"bridge_commit_seconds":           "Group commit latency.",
 		"bridge_commit_errors_total":      "Group commits that failed.",
