@@ -17,7 +17,7 @@ import (
 const outboxUsage = `usage:
   bridge outbox list  [-db PATH] [-state dead|pending|running|done|all] [-limit N]
   bridge outbox retry [-db PATH] (-all | JOB_ID...)
-Flags may come before or after the job IDs; -db defaults to BRIDGE_DB, else bridge.db.`
+Flags may come before or after the job IDs; -db defaults to BRIDGE_DB, else to bridge.db`
 
 // runOutbox is the operator's view of the outbox: list jobs (dead ones by
 // default) and retry dead ones. It opens the same database as the server and
