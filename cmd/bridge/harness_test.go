@@ -18,6 +18,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/bridgeworks/bridge/internal/testenv"
 	"github.com/bridgeworks/bridge/mapping"
 )
 
@@ -189,7 +190,7 @@ func chromiumPath(t *testing.T) string {
 			return p
 		}
 	}
-	requireAll(t, "chromium not installed (neither /usr/bin/chromium nor chromium on PATH): the browser test needs it (apt-get install -y chromium)")
+	testenv.Missing(t, "chromium", "apt-get install -y chromium")
 	return ""
 }
 
