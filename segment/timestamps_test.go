@@ -172,3 +172,18 @@ func TestDeliveredTimeNotes(t *testing.T) {
 		t.Errorf("got notes %q, want one about the timestamp", m.Notes)
 	}
 }
+
+// TestTimestampOneZoneInContextZone: when only one of sentAt and timestamp
+// has a zone, the other is read in context.timezone, whichever it is.
+func TestTimestampOneZoneInContextZone(t *testing.T) {
+	for _, body := range []string{
+		`{"timestamp":"2024-05-14T10:59:58","sentAt":"2024-05-14T09:00:06Z","context":{"timezone":"Europe/Berlin"}}`,
+		`{"timestamp":"2024-05-14T08:59:58Z","sentAt":"2024-05-14T11:00:06","context":{"timezone":"Europe/Berlin"}}`,
+		`{"timestamp":"2024-05-14T04:59:58","sentAt":"2024-05-14T09:00:06Z","context":{"timezone":"America/New_York"}}`,
+	} {
+		m := decodeOne(t, "track", strings.Replace(body, "{", `{"userId":"u","event":"E",`, 1))
+		if want := receivedAt.Add(-8 * time.Second); !m.Timestamp.Equal(want) {
+			t.Errorf("%s: got timestamp %v, want %v", body, m.Timestamp, want)
+		}
+	}
+}
