@@ -116,8 +116,11 @@ func objectField(fields map[string]json.RawMessage, name string) (map[string]any
 	if isNull(raw) {
 		return nil, nil
 	}
+	// Numbers stay json.Number: integers beyond 2^53 keep every digit.
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
 	var m map[string]any
-	if raw[0] != '{' || json.Unmarshal(raw, &m) != nil {
+	if raw[0] != '{' || d.Decode(&m) != nil {
 		return nil, mapping.Errorf(mapping.CodeInvalid, "field %q must be a JSON object or null", name)
 	}
 	return m, nil

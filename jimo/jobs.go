@@ -61,11 +61,11 @@ type TrackEvent struct {
 // first 32 hex digits of sha256("jimo|"+source+"|"+m.ID+"|identify"); its
 // OrderingKey is m.UserID.
 //
-// ok is false, and nothing is to be forwarded, when the message is not an
-// identify, has no ID or no user ID, is rejected or impersonated, came from
-// Jimo or carries the bridge's forwarded marker (no echo), carries a
-// UserIDWarning in shared mode (a guessable ID is not handed to Jimo), or
-// when derived mode has no token secret.
+// It only translates: whether the message may be forwarded at all (echoes,
+// rejected or impersonated messages, guessable user IDs) is the caller's
+// forwarding policy to decide, once for every kind of job. ok is false when
+// there is nothing to build: the message is not an identify, has no ID or no
+// user ID, or derived mode has no token secret.
 func IdentifyJob(m mapping.Message, mode Mode, tokenSecret []byte) (mapping.Job, bool) {
 	if m.Type != "identify" {
 		return mapping.Job{}, false
@@ -92,7 +92,7 @@ func IdentifyJob(m mapping.Message, mode Mode, tokenSecret []byte) (mapping.Job,
 // "track", with an event name) about a user: the event is m.Event, the
 // properties CleanTraits of the "properties" object of m.Raw. The user,
 // message ID (kind "track") and ordering key are as for IdentifyJob, and so
-// are the cases where ok is false.
+// are the cases where ok is false (and a track without an event name).
 func TrackJob(m mapping.Message, mode Mode, tokenSecret []byte) (mapping.Job, bool) {
 	event := strings.TrimSpace(m.Event)
 	if m.Type != "track" || event == "" {
@@ -121,16 +121,11 @@ func TrackJob(m mapping.Message, mode Mode, tokenSecret []byte) (mapping.Job, bo
 	})
 }
 
-// jimoUser returns the Jimo userId for m, or false when m must not be
-// forwarded to Jimo.
+// jimoUser returns the Jimo userId for m, or false when there is none: no
+// user ID or message ID, or derived mode without a token secret.
 func jimoUser(m mapping.Message, mode Mode, tokenSecret []byte) (string, bool) {
 	userID := strings.TrimSpace(m.UserID)
-	switch {
-	case userID == "", m.ID == "", m.Rejected != "", m.Impersonating:
-		return "", false
-	case m.Source == mapping.SourceJimoSession || m.Source == mapping.SourceJimoWebhook:
-		return "", false
-	case m.Forwarded:
+	if userID == "" || m.ID == "" {
 		return "", false
 	}
 	if mode == ModeDerived {
@@ -138,9 +133,6 @@ func jimoUser(m mapping.Message, mode Mode, tokenSecret []byte) (string, bool) {
 			return "", false
 		}
 		return DeriveToken(tokenSecret, userID), true
-	}
-	if m.UserIDWarning != "" {
-		return "", false
 	}
 	return userID, true
 }

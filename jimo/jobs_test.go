@@ -124,15 +124,10 @@ func TestIdentifyJobRefuses(t *testing.T) {
 		{"no user ID", func(m *mapping.Message) { m.UserID = "" }, jimo.ModeShared, nil, false},
 		{"blank user ID", func(m *mapping.Message) { m.UserID = "  " }, jimo.ModeShared, nil, false},
 		{"track", func(m *mapping.Message) { m.Type = "track" }, jimo.ModeShared, nil, false},
-		{"from a Jimo session", func(m *mapping.Message) { m.Source = mapping.SourceJimoSession }, jimo.ModeShared, nil, false},
-		{"from a Jimo webhook", func(m *mapping.Message) { m.Source = mapping.SourceJimoWebhook }, jimo.ModeShared, nil, false},
-		{"forwarded by the bridge", func(m *mapping.Message) {
-			m.Forwarded = true
-		}, jimo.ModeShared, nil, false},
-		{"rejected", func(m *mapping.Message) { m.Rejected = "missing_identity" }, jimo.ModeShared, nil, false},
-		{"impersonating", func(m *mapping.Message) { m.Impersonating = true }, jimo.ModeShared, nil, false},
-		{"guessable in shared mode", func(m *mapping.Message) { m.UserIDWarning = "all digits" }, jimo.ModeShared, nil, false},
-		{"guessable in derived mode", func(m *mapping.Message) { m.UserIDWarning = "all digits" }, jimo.ModeDerived, tokenSecret, true},
+		// Echoes, rejected, impersonated and guessable messages are the
+		// forwarding policy's to refuse (cmd/bridge forwarding.allow): the
+		// builder translates what it is given.
+		{"derived mode", func(m *mapping.Message) {}, jimo.ModeDerived, tokenSecret, true},
 		{"derived without secret", func(m *mapping.Message) {}, jimo.ModeDerived, nil, false},
 		{"no message ID", func(m *mapping.Message) { m.ID = "" }, jimo.ModeShared, nil, false},
 	}
@@ -189,7 +184,7 @@ func TestTrackJob(t *testing.T) {
 		{"no event", func(m *mapping.Message) { m.Event = "" }},
 		{"identify", func(m *mapping.Message) { m.Type = "identify" }},
 		{"anonymous", func(m *mapping.Message) { m.UserID = "" }},
-		{"forwarded", func(m *mapping.Message) { m.Forwarded = true }},
+		{"no message ID", func(m *mapping.Message) { m.ID = "" }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			m2 := m

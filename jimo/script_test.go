@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/bridgeworks/bridge/mapping/testenv"
 )
 
 // nodeOrSkip finds node, or skips (fails under BRIDGE_TEST_REQUIRE_ALL=1).
@@ -12,10 +14,7 @@ func nodeOrSkip(t *testing.T) string {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		if os.Getenv("BRIDGE_TEST_REQUIRE_ALL") == "1" {
-			t.Fatalf("node is required to test bridge.js (BRIDGE_TEST_REQUIRE_ALL=1): %v", err)
-		}
-		t.Skip("node not found: skipping the bridge.js checks (install nodejs to run them)")
+		testenv.Missing(t, "node", "apt-get install -y nodejs")
 	}
 	return node
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -38,6 +39,7 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	// Identifiers are read even from a rejected message, so that a privacy
 	// deletion finds the message by them.
 	ids, notes := w.identifiers(m)
+	notes = append(slices.Clip(m.Notes), notes...)
 	ids, err := w.previousIDKind(ctx, ids)
 	if err != nil {
 		return Receipt{}, err

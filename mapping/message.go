@@ -71,6 +71,10 @@ type Message struct {
 	Raw json.RawMessage
 	// Rejected, when set, is why the message is stored but not applied (for example a missing identity).
 	Rejected string
+	// Notes are what the protocol package noticed while decoding a message it
+	// still applies (for example a timestamp it could not read, so receivedAt
+	// stands in); each begins with a fixed word that counters use as a label.
+	Notes []string
 	// Jobs are the outbox jobs this message causes; they are written only if the message is new.
 	Jobs []Job
 }
@@ -92,6 +96,8 @@ type Job struct {
 type Receipt struct {
 	// Duplicate is true when a message with the same source and ID was already stored.
 	Duplicate bool
-	// Notes lists the rules that fired (refused values, impersonation, conflicts), for the client and the admin page.
+	// Notes lists the message's decoding notes (Message.Notes) first, then
+	// the rules that fired (refused values, impersonation, conflicts), for
+	// the client and the admin page.
 	Notes []string
 }

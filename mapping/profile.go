@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -20,6 +21,19 @@ type traitEntry struct {
 }
 
 type traitDoc map[string]traitEntry
+
+// UnmarshalJSON decodes numbers as json.Number, so integers beyond 2^53
+// (Snowflake IDs) keep every digit however often a profile is merged.
+func (d *traitDoc) UnmarshalJSON(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]traitEntry
+	if err := dec.Decode(&m); err != nil {
+		return err
+	}
+	*d = m
+	return nil
+}
 
 // merge sets every trait of m whose order key is newer than the stored one.
 func (d traitDoc) merge(traits map[string]any, key string, source Source) {

@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -262,9 +263,9 @@ func (t *translator) event(raw []byte, route string) Event {
 	m.Rejected = string(why)
 
 	if t.delivered {
-		m.Timestamp = deliveredTime(f, t.receivedAt)
+		m.Timestamp, m.Notes = deliveredTime(f, t.receivedAt)
 	} else {
-		m.Timestamp = t.stampTimes(f)
+		m.Timestamp, m.Notes = t.stampTimes(f)
 	}
 	m.Raw = encodeObject(f)
 	return ev
@@ -424,6 +425,8 @@ func idProblem(v string) string {
 }
 
 // traitsValue decodes a traits object; missing and null give nil, true.
+// Numbers are json.Number, so integers beyond 2^53 (Snowflake IDs) keep
+// every digit in the profile and in what is forwarded.
 func traitsValue(raw json.RawMessage) (map[string]any, bool) {
 	if absent(raw) {
 		return nil, true
@@ -431,8 +434,10 @@ func traitsValue(raw json.RawMessage) (map[string]any, bool) {
 	if raw[0] != '{' {
 		return nil, false
 	}
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
 	var traits map[string]any
-	if err := json.Unmarshal(raw, &traits); err != nil {
+	if err := d.Decode(&traits); err != nil {
 		return nil, false
 	}
 	return traits, true

@@ -206,6 +206,8 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	c.KeepMessages = 90 * 24 * time.Hour
 	fs.Var(daysValue{&c.KeepMessages}, "keep-messages", "how long raw message payloads are kept, e.g. 90d or 2160h (0: forever; the identity graph and link log are kept until deletion)")
 
+	fs.Usage = func() { printUsage(fs) }
+
 	set := map[string]bool{}
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -278,4 +280,43 @@ func redactIfSecret(flagName, v string) string {
 		}
 	}
 	return v
+}
+
+// usageHead is the top of bridge -help: what the command does and its subcommands.
+const usageHead = `bridge makes Segment and Jimo agree on who a user is.
+
+usage:
+  bridge [flags]               serve until interrupted
+  bridge outbox list [flags]   list outbox jobs (dead ones by default)
+  bridge outbox retry [flags] (-all | JOB_ID...)
+                               make dead jobs due again (bridge outbox -help)
+  bridge bench [flags]         measure ingest against baselines (bridge bench -help)
+  bridge help                  this text
+
+Every flag can be given instead as the BRIDGE_* variable shown under it; a
+flag on the command line wins over its variable.
+
+flags:
+`
+
+// printUsage writes bridge -help: usageHead, then every flag with its
+// BRIDGE_* variable, meaning and default.
+func printUsage(fs *flag.FlagSet) {
+	w := fs.Output()
+	fmt.Fprint(w, usageHead)
+	fs.VisitAll(func(f *flag.Flag) {
+		kind, usage := flag.UnquoteUsage(f)
+		if _, ok := f.Value.(listValue); ok {
+			kind = "list"
+		}
+		head := "  -" + f.Name
+		if kind != "" {
+			head += " " + kind
+		}
+		fmt.Fprintf(w, "%s\n      %s: %s", head, envName(f.Name), usage)
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			fmt.Fprintf(w, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/testenv"
 )
 
 // Credentials every test bridge is started with.
@@ -189,7 +190,7 @@ func chromiumPath(t *testing.T) string {
 			return p
 		}
 	}
-	requireAll(t, "chromium not installed (neither /usr/bin/chromium nor chromium on PATH): the browser test needs it (apt-get install -y chromium)")
+	testenv.Missing(t, "chromium", "apt-get install -y chromium")
 	return ""
 }
 

@@ -9,6 +9,7 @@
 //	bridge bench [flags]    measure ingest against baselines
 //	bridge outbox list      list dead (or other) outbox jobs
 //	bridge outbox retry     make dead jobs due again
+//	bridge help             list the subcommands, flags and BRIDGE_* variables
 package main
 
 import (
@@ -38,12 +39,19 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "bridge:", err)
-		}
-		os.Exit(1)
+	os.Exit(exitCode(run(ctx, os.Args[1:], os.Getenv, os.Stdout), os.Stderr))
+}
+
+// exitCode is the exit status for run's result, which it reports on stderr:
+// 0 for success and for help that was asked for (-help, -h, bridge help), 1
+// for any error.
+func exitCode(err error, stderr io.Writer) int {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
 	}
+	fmt.Fprintln(stderr, "bridge:", err)
+	return 1
 }
 
 // run is the whole program: it dispatches subcommands and otherwise serves
@@ -56,6 +64,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return runBench(ctx, args[1:], stdout)
 		case "outbox":
 			return runOutbox(ctx, args[1:], getenv, stdout)
+		case "help":
+			_, err := parseConfig("bridge", []string{"-help"}, getenv, stdout)
+			return err
 		}
 	}
 	cfg, err := parseConfig("bridge", args, getenv, stdout)

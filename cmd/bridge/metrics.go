@@ -36,6 +36,7 @@ type metrics struct {
 	messagesDuplicate *prometheus.CounterVec // source
 	messagesRejected  *prometheus.CounterVec // source, reason
 	rulesFired        *prometheus.CounterVec // rule
+	messageNotes      *prometheus.CounterVec // source, note
 
 	// Group commits (mapping.CommitObserver).
 	commitMessages prometheus.Histogram
@@ -76,6 +77,7 @@ func newMetrics() *metrics {
 		messagesDuplicate: counter("bridge_messages_duplicate_total", "Messages already stored (same source and message ID), by source.", "source"),
 		messagesRejected:  counter("bridge_messages_rejected_total", "Messages stored but not applied, by source and reason.", "source", "reason"),
 		rulesFired:        counter("bridge_rules_fired_total", "Identity rules that fired (refused values, conflicts, caps, impersonation).", "rule"),
+		messageNotes:      counter("bridge_message_notes_total", "Messages stored with a decoding note (for example an unreadable timestamp), by source and note.", "source", "note"),
 
 		commitMessages: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bridge_commit_messages", Help: "Messages per group commit.", Buckets: sizeBuckets}),
 		commitSeconds:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bridge_commit_seconds", Help: "Group commit latency.", Buckets: latencyBuckets}),
@@ -91,7 +93,7 @@ func newMetrics() *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.requests, m.requestSeconds, m.refusals,
-		m.eventsReceived, m.requestsRejected, m.messagesStored, m.messagesDuplicate, m.messagesRejected, m.rulesFired,
+		m.eventsReceived, m.requestsRejected, m.messagesStored, m.messagesDuplicate, m.messagesRejected, m.rulesFired, m.messageNotes,
 		m.commitMessages, m.commitSeconds, m.commitErrors,
 		m.deliveries, m.deliveryAttempts,
 	)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/bridgeworks/bridge/mapping"
 	"github.com/bridgeworks/bridge/mapping/admin"
+	"github.com/bridgeworks/bridge/segment"
 )
 
 // observeRequests counts requests by route template and status, hands
@@ -181,7 +182,16 @@ func (s countingStore) Submit(ctx context.Context, msgs []mapping.Message) ([]ma
 		default:
 			s.m.messagesStored.WithLabelValues(source).Inc()
 		}
-		for _, n := range r.Notes {
+		if r.Duplicate {
+			continue
+		}
+		// A receipt's notes start with the message's decoding notes (see
+		// mapping.Receipt); the rest are the identity rules that fired.
+		decoding := min(len(msgs[i].Notes), len(r.Notes))
+		for _, n := range r.Notes[:decoding] {
+			s.m.messageNotes.WithLabelValues(source, noteOf(n)).Inc()
+		}
+		for _, n := range r.Notes[decoding:] {
 			s.m.rulesFired.WithLabelValues(ruleOf(n)).Inc()
 		}
 	}
@@ -203,6 +213,14 @@ func ruleOf(note string) string {
 		return "rejected"
 	case strings.Contains(note, "deleted"):
 		return "deleted_identifier"
+	}
+	return "other"
+}
+
+// noteOf reduces a decoding note (mapping.Message.Notes) to a low-cardinality label.
+func noteOf(note string) string {
+	if strings.HasPrefix(note, segment.NoteUnreadableTimestamp+":") {
+		return segment.NoteUnreadableTimestamp
 	}
 	return "other"
 }

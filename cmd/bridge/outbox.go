@@ -16,11 +16,13 @@ import (
 
 const outboxUsage = `usage:
   bridge outbox list  [-db PATH] [-state dead|pending|running|done|all] [-limit N]
-  bridge outbox retry [-db PATH] (-all | JOB_ID...)`
+  bridge outbox retry [-db PATH] (-all | JOB_ID...)
+Flags may come before or after the job IDs; -db defaults to BRIDGE_DB, else to bridge.db`
 
 // runOutbox is the operator's view of the outbox: list jobs (dead ones by
 // default) and retry dead ones. It opens the same database as the server and
-// can run while the server does.
+// can run while the server does. -help (also as the command) prints the
+// usage and returns flag.ErrHelp.
 func runOutbox(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%s", outboxUsage)
@@ -31,10 +33,21 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 	if v := getenv("BRIDGE_DB"); v != "" {
 		*db = v
 	}
-	state := fs.String("state", mapping.JobDead, "jobs in this state, or all")
-	limit := fs.Int("limit", 100, "at most this many jobs")
-	all := fs.Bool("all", false, "retry every dead job")
-	if err := fs.Parse(args[1:]); err != nil {
+	state := fs.String("state", mapping.JobDead, "list: jobs in this state, or all")
+	limit := fs.Int("limit", 100, "list: at most this many jobs")
+	all := fs.Bool("all", false, "retry: every dead job")
+	fs.Usage = func() {
+		fmt.Fprintln(stdout, outboxUsage)
+		fmt.Fprintln(stdout, "flags:")
+		fs.PrintDefaults()
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	positional, err := parseInterleaved(fs, args[1:])
+	if err != nil {
 		return err
 	}
 	open := func() (*mapping.Store, error) {
@@ -51,6 +64,9 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 			return err
 		}
 		defer store.Close()
+		if len(positional) > 0 {
+			return fmt.Errorf("bridge outbox list takes no arguments, got %q\n%s", positional, outboxUsage)
+		}
 		if *state == "all" {
 			*state = ""
 		}
@@ -66,7 +82,7 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 		return tw.Flush()
 	case "retry":
 		var ids []int64
-		for _, a := range fs.Args() {
+		for _, a := range positional {
 			id, err := strconv.ParseInt(a, 10, 64)
 			if err != nil {
 				return fmt.Errorf("job ID %q is not a number\n%s", a, outboxUsage)
@@ -89,4 +105,27 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 		return nil
 	}
 	return fmt.Errorf("unknown outbox command %q\n%s", args[0], outboxUsage)
+}
+
+// parseInterleaved parses fs's flags wherever they stand among the
+// positional arguments (flag.FlagSet.Parse stops at the first of those), so
+// "retry 42 43 -db x.db" works, and returns the positional arguments in
+// order. Everything after "--" is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional, rest []string
+	for i, a := range args {
+		if a == "--" {
+			args, rest = args[:i], args[i+1:]
+			break
+		}
+	}
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if args = fs.Args(); len(args) == 0 {
+			return append(positional, rest...), nil
+		}
+		positional, args = append(positional, args[0]), args[1:]
+	}
 }
