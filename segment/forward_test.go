@@ -1,14 +1,22 @@
 package segment_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	analytics "github.com/segmentio/analytics-go/v3"
 
 	"github.com/bridgeworks/bridge/jimo"
 	"github.com/bridgeworks/bridge/mapping"
@@ -18,16 +26,25 @@ import (
 
 const writeKey = "wk_forward"
 
-// forwardTimeout bounds each Send in these tests.
+// forwardTimeout bounds each request in these tests.
 const forwardTimeout = 2 * time.Second
 
-func newForwarder(t testing.TB, srv *segmenttest.Server, edit func(*segment.ForwarderConfig)) *segment.Forwarder {
+// countingTransport counts the requests the Forwarder itself makes, those
+// that never reach the server included.
+type countingTransport struct{ n atomic.Int64 }
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func newForwarder(t testing.TB, srv *segmenttest.Server, edit func(*segment.ForwarderConfig)) (*segment.Forwarder, *countingTransport) {
 	t.Helper()
+	rt := &countingTransport{}
 	cfg := segment.ForwarderConfig{
-		Endpoint: srv.URL,
-		WriteKey: writeKey,
-		Timeout:  forwardTimeout,
-		Interval: 5 * time.Millisecond,
+		Endpoint:   srv.URL,
+		WriteKey:   writeKey,
+		HTTPClient: &http.Client{Timeout: forwardTimeout, Transport: rt},
 		ResolveUserID: func(ctx context.Context, token string) (string, error) {
 			return map[string]string{
 				"7c9e6679-7425-40de-944b-e07fc1f90ae7": "usr_grace_7f3a9c2e41d8b6a0",           // a derived token
@@ -43,7 +60,7 @@ func newForwarder(t testing.TB, srv *segmenttest.Server, edit func(*segment.Forw
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	return f
+	return f, rt
 }
 
 func deliveryError(t *testing.T, err error) *mapping.DeliveryError {
@@ -81,9 +98,24 @@ func nthJob(t testing.TB, n int) mapping.Job {
 	return j
 }
 
+// decodeJSON decodes b with numbers kept as written.
+func decodeJSON(t *testing.T, b []byte) map[string]any {
+	t.Helper()
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var m map[string]any
+	if err := d.Decode(&m); err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	return m
+}
+
+// TestForwarderDelivers: each job's payload reaches Segment as one request
+// holding one message, field for field: nothing lost, nothing added but the
+// resolved userId in place of the jimoToken; the identify byte for byte.
 func TestForwarderDelivers(t *testing.T) {
 	srv := segmenttest.NewServer(t, writeKey)
-	f := newForwarder(t, srv, nil)
+	f, rt := newForwarder(t, srv, nil)
 	identify := identifyJob(t)
 	track, ok := segment.TrackJob(webhookMessage(t, "jimo/webhook_tour_completed.json", jimo.ModeShared), "", nil)
 	if !ok {
@@ -93,27 +125,29 @@ func TestForwarderDelivers(t *testing.T) {
 	if !ok {
 		t.Fatal("no relay job")
 	}
-	for _, j := range []mapping.Job{identify, track, relay} {
+	jobs := []mapping.Job{identify, track, relay}
+	before := time.Now().UTC()
+	for _, j := range jobs {
 		if err := f.Send(context.Background(), j); err != nil {
 			t.Fatalf("Send %s: %v", j.MessageID, err)
 		}
 	}
-	msgs := srv.Messages()
-	if len(msgs) != 3 {
-		t.Fatalf("%d messages, want 3", len(msgs))
-	}
-	want := []struct{ typ, id, userID, anonymousID, event string }{
-		{"identify", identify.MessageID, "usr_ada_0f8fad5bd9cb469f", "6d2a4f1e-8c3b-4a5d-b7e9-0f1a2b3c4d5e", ""},
-		{"track", track.MessageID, "0f8fad5b-d9cb-469f-a165-70867728950e", "", "Jimo Tour Completed"},
-		{"track", "6a9f3b2d-1c4e-4f70-8b8c-9d0e1f2a3b4c", "usr_2b7f9d1c4e6a8b0d", "", "Report Exported"},
+	after := time.Now().UTC()
+	msgs, batches := srv.Messages(), srv.Batches()
+	if len(msgs) != 3 || len(batches) != 3 || rt.n.Load() != 3 {
+		t.Fatalf("%d messages in %d requests (%d sent), want 3 in 3", len(msgs), len(batches), rt.n.Load())
 	}
 	for i, m := range msgs {
-		w := want[i]
-		if m.Type != w.typ || m.MessageID != w.id || m.UserID != w.userID || m.AnonymousID != w.anonymousID || m.Event != w.event {
-			t.Errorf("message %d: %s %s user %q anon %q event %q, want %s %s %q %q %q", i, m.Type, m.MessageID, m.UserID, m.AnonymousID, m.Event, w.typ, w.id, w.userID, w.anonymousID, w.event)
+		want := decodeJSON(t, jobs[i].Payload)
+		if tok, ok := want["jimoToken"]; ok {
+			delete(want, "jimoToken")
+			want["userId"] = tok // shared mode: the token is the user ID
 		}
-		if !m.Forwarded {
-			t.Errorf("message %d lacks the bridge marker: %s", i, m.Raw)
+		if got := decodeJSON(t, m.Raw); !reflect.DeepEqual(got, want) {
+			t.Errorf("message %d:\n got %s\nwant the payload %s", i, m.Raw, jobs[i].Payload)
+		}
+		if m.Batch != i || !m.Forwarded {
+			t.Errorf("message %d in request %d, forwarded %v; want its own request, marked", i, m.Batch, m.Forwarded)
 		}
 		// Fed back through Segment's webhook destination, the message is
 		// recognised as the bridge's own and is not forwarded again.
@@ -125,29 +159,71 @@ func TestForwarderDelivers(t *testing.T) {
 			t.Errorf("message %d fed back to the relay: ok, want refused", i)
 		}
 	}
-	id := msgs[0]
-	if id.Traits["email"] != "ada@example.com" || id.Traits["name"] != "Ada Lovelace" || fmt.Sprint(id.Traits["seats"]) != "12" {
-		t.Errorf("identify traits %v", id.Traits)
+	wantIdentify := `{"type":"identify","messageId":"` + identify.MessageID + `","anonymousId":"6d2a4f1e-8c3b-4a5d-b7e9-0f1a2b3c4d5e",` +
+		`"userId":"usr_ada_0f8fad5bd9cb469f","timestamp":"2025-11-23T12:00:00Z","context":{"bridge":{"forwarded":true}},` +
+		`"traits":{"email":"ada@example.com","name":"Ada Lovelace","seats":12},"integrations":{"Jimo":false,"Jimo (Actions)":false}}`
+	b := batches[0]
+	sentAt, err := time.Parse(time.RFC3339Nano, b.SentAt)
+	if err != nil || sentAt.Before(before) || sentAt.After(after) {
+		t.Errorf("sentAt %q, want the time of sending (%v..%v)", b.SentAt, before, after)
 	}
-	if id.Timestamp != "2025-11-23T12:00:00Z" {
-		t.Errorf("identify timestamp %q, want the session's", id.Timestamp)
+	wantBody := `{"messageId":"` + identify.MessageID + `","sentAt":"` + b.SentAt + `","batch":[` + wantIdentify + `],` +
+		`"context":{"library":{"name":"analytics-go","version":"` + analytics.Version + `"}}}`
+	if string(b.Body) != wantBody {
+		t.Errorf("request body\n got %s\nwant %s", b.Body, wantBody)
 	}
-	if integrations := id.Integrations; integrations["Jimo"] != false || integrations["Jimo (Actions)"] != false {
-		t.Errorf("integrations %v, want the Jimo destinations off", integrations)
+	wantAuth := "Basic " + base64.StdEncoding.EncodeToString([]byte(writeKey+":"))
+	if b.Path != "/v1/batch" || b.Gzip || b.Header.Get("Authorization") != wantAuth || b.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("request %s gzip %v headers %v, want POST /v1/batch, plain JSON, Basic auth with the write key", b.Path, b.Gzip, b.Header)
 	}
-	if ip := msgs[2].Context["ip"]; ip != "198.51.100.4" {
-		t.Errorf("relayed context ip %v, want the original's", ip)
+}
+
+// TestForwarderEncodesAsAnalyticsGo: the message the Forwarder sends is the
+// one analytics-go's own client sends for the same call, byte for byte.
+func TestForwarderEncodesAsAnalyticsGo(t *testing.T) {
+	ours := segmenttest.NewServer(t, writeKey)
+	f, _ := newForwarder(t, ours, nil)
+	job := identifyJob(t)
+	if err := f.Send(context.Background(), job); err != nil {
+		t.Fatal(err)
 	}
-	for _, b := range srv.Batches() {
-		if lib, _ := b.Context["library"].(map[string]any); lib["name"] != "analytics-go" {
-			t.Errorf("batch context %v, want analytics-go's library", b.Context)
-		}
+	theirs := segmenttest.NewServer(t, writeKey)
+	client, err := analytics.NewWithConfig(writeKey, analytics.Config{Endpoint: theirs.URL, BatchSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Enqueue(analytics.Identify{
+		MessageId: job.MessageID, UserId: "usr_ada_0f8fad5bd9cb469f", AnonymousId: "6d2a4f1e-8c3b-4a5d-b7e9-0f1a2b3c4d5e", Timestamp: t0,
+		Context:      &analytics.Context{Extra: map[string]any{"bridge": map[string]any{"forwarded": true}}},
+		Traits:       analytics.NewTraits().SetEmail("ada@example.com").SetName("Ada Lovelace").Set("seats", 12),
+		Integrations: analytics.NewIntegrations().Disable("Jimo").Disable("Jimo (Actions)"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, want := ours.Messages(), theirs.Messages()
+	if len(got) != 1 || len(want) != 1 {
+		t.Fatalf("%d and %d messages, want 1 each", len(got), len(want))
+	}
+	if !bytes.Equal(got[0].Raw, want[0].Raw) {
+		t.Errorf("message\n got %s\nwant %s (analytics-go's)", got[0].Raw, want[0].Raw)
+	}
+	g, w := decodeJSON(t, ours.Batches()[0].Body), decodeJSON(t, theirs.Batches()[0].Body)
+	for _, m := range []map[string]any{g, w} {
+		delete(m, "batch")
+		delete(m, "messageId")
+		delete(m, "sentAt")
+	}
+	if !reflect.DeepEqual(g, w) {
+		t.Errorf("batch fields %v, want analytics-go's %v", g, w)
 	}
 }
 
 func TestForwarderResolvesJimoTokens(t *testing.T) {
 	srv := segmenttest.NewServer(t, writeKey)
-	f := newForwarder(t, srv, nil)
+	f, _ := newForwarder(t, srv, nil)
 	j, ok := segment.TrackJob(webhookMessage(t, "jimo/webhook_survey_answered.json", jimo.ModeDerived), "", nil)
 	if !ok {
 		t.Fatal("no job")
@@ -168,17 +244,19 @@ func TestForwarderResolvesJimoTokens(t *testing.T) {
 	if d := deliveryError(t, err); d.Permanent || !strings.Contains(err.Error(), "no user") {
 		t.Errorf("unresolved token: %v (permanent %v), want transient", err, d.Permanent)
 	}
-	failing := newForwarder(t, srv, func(c *segment.ForwarderConfig) {
+	failing, _ := newForwarder(t, srv, func(c *segment.ForwarderConfig) {
 		c.ResolveUserID = func(context.Context, string) (string, error) { return "", errors.New("database is locked") }
 	})
 	if d := deliveryError(t, failing.Send(context.Background(), j)); d.Permanent {
 		t.Errorf("resolver error: permanent, want transient")
 	}
-	if n := len(srv.Messages()); n != 1 {
-		t.Errorf("%d messages, want still 1", n)
+	if n := srv.Attempts(); n != 1 {
+		t.Errorf("%d requests, want still 1", n)
 	}
 }
 
+// TestForwarderFailures: every failure is classified after exactly one
+// request, whatever it is; retrying is the outbox's business.
 func TestForwarderFailures(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -187,176 +265,152 @@ func TestForwarderFailures(t *testing.T) {
 		permanent  bool
 		retryAfter time.Duration
 		contains   string
-		// attempts is how many requests reach the fake at most.
-		attempts int
+		reached    int  // requests that reach the server
+		timeout    bool // the error is a net.Error timeout
 	}{
-		{name: "400 is permanent at once", fault: func(s *segmenttest.Server) { s.FailWith(400, -1) }, permanent: true, contains: "400", attempts: 1},
-		{name: "wrong write key is permanent", fault: func(s *segmenttest.Server) {}, key: "wk_wrong", permanent: true, contains: "401", attempts: 1},
-		{name: "429 is transient with Retry-After", fault: func(s *segmenttest.Server) { s.RetryAfter(9, -1) }, retryAfter: 9 * time.Second, contains: "429", attempts: 1},
-		{name: "500 is transient after short retries", fault: func(s *segmenttest.Server) { s.FailWith(500, -1) }, contains: "500", attempts: 10},
-		{name: "hang is transient at the timeout", fault: func(s *segmenttest.Server) { s.Hang(time.Minute) }, contains: "deadline", attempts: 10},
-		{name: "refused connections are transient", fault: func(s *segmenttest.Server) { s.Refuse() }, contains: "refused", attempts: 0},
+		{name: "400 is permanent", fault: func(s *segmenttest.Server) { s.FailWith(400, -1) }, permanent: true, contains: "400 Bad Request: {\"error\":\"injected failure: Bad Request\"}", reached: 1},
+		{name: "wrong write key is permanent", key: "wk_wrong", permanent: true, contains: "401", reached: 1},
+		{name: "408 is transient", fault: func(s *segmenttest.Server) { s.FailWith(408, -1) }, contains: "408", reached: 1},
+		{name: "429 is transient with Retry-After", fault: func(s *segmenttest.Server) { s.RetryAfter(9, -1) }, retryAfter: 9 * time.Second, contains: "429", reached: 1},
+		{name: "500 is transient", fault: func(s *segmenttest.Server) { s.FailWith(500, -1) }, contains: "500", reached: 1},
+		{name: "503 is transient", fault: func(s *segmenttest.Server) { s.FailWith(503, -1) }, contains: "503", reached: 1},
+		{name: "a hang is transient at the client's timeout", fault: func(s *segmenttest.Server) { s.Hang(time.Minute) }, contains: "POST /v1/batch", reached: 1, timeout: true},
+		{name: "a refused connection is transient", fault: func(s *segmenttest.Server) { s.Refuse() }, contains: "refused", reached: 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			srv := segmenttest.NewServer(t, writeKey)
-			f := newForwarder(t, srv, func(c *segment.ForwarderConfig) {
+			f, rt := newForwarder(t, srv, func(c *segment.ForwarderConfig) {
 				if tt.key != "" {
 					c.WriteKey = tt.key
 				}
-				c.Timeout = 500 * time.Millisecond
+				c.HTTPClient.Timeout = 300 * time.Millisecond
 			})
-			tt.fault(srv)
-			start := time.Now()
+			if tt.fault != nil {
+				tt.fault(srv)
+			}
 			err := f.Send(context.Background(), identifyJob(t))
-			elapsed := time.Since(start)
 			d := deliveryError(t, err)
 			if d.Permanent != tt.permanent || mapping.Retryable(err) == tt.permanent {
 				t.Errorf("permanent %v, Retryable %v; want permanent %v (%v)", d.Permanent, mapping.Retryable(err), tt.permanent, err)
 			}
+			if ne := net.Error(nil); (errors.As(err, &ne) && ne.Timeout()) != tt.timeout {
+				t.Errorf("error %v: a timeout %v, want %v", err, !tt.timeout, tt.timeout)
+			}
 			if d.RetryAfter != tt.retryAfter {
 				t.Errorf("RetryAfter %v, want %v", d.RetryAfter, tt.retryAfter)
 			}
-			if !strings.Contains(err.Error(), tt.contains) {
-				t.Errorf("error %q does not mention %q", err, tt.contains)
+			if !strings.Contains(err.Error(), tt.contains) || strings.Contains(err.Error(), writeKey) {
+				t.Errorf("error %q does not mention %q (or quotes the write key)", err, tt.contains)
 			}
-			// The job's time is bounded by the timeout, whatever analytics-go retries.
-			if elapsed > time.Second {
-				t.Errorf("Send took %v, want it bounded by its 500ms timeout", elapsed)
-			}
-			if n := srv.Attempts(); n > tt.attempts {
-				t.Errorf("%d requests reached the fake, want at most %d", n, tt.attempts)
+			if n, r := rt.n.Load(), srv.Attempts(); n != 1 || r != tt.reached {
+				t.Errorf("%d requests sent, %d reached the fake; want 1 sent, %d reached", n, r, tt.reached)
 			}
 			if n := len(srv.Messages()); n != 0 {
 				t.Errorf("%d messages accepted, want none", n)
 			}
+			if tt.key != "" {
+				return
+			}
+			// Nothing stuck: the next Send (the outbox's retry) goes through, in one request.
 			srv.Recover()
-			if tt.key == "" {
-				// Nothing stuck: the next attempt (the outbox's retry) goes through, once.
-				if err := f.Send(context.Background(), identifyJob(t)); err != nil {
-					t.Fatalf("Send after Recover: %v", err)
-				}
-				if n := len(srv.Messages()); n != 1 {
-					t.Errorf("%d messages after Recover, want 1", n)
-				}
+			if err := f.Send(context.Background(), identifyJob(t)); err != nil {
+				t.Fatalf("Send after Recover: %v", err)
+			}
+			if n, m := rt.n.Load(), len(srv.Messages()); n != 2 || m != 1 {
+				t.Errorf("%d requests, %d messages after Recover; want 2 and 1", n, m)
 			}
 		})
 	}
 }
 
-func TestForwarderRecoversWithinRetries(t *testing.T) {
+// TestForwarderRetriesAreTheOutboxs: two 503s, then success: each Send is
+// one attempt, so the job takes three Sends.
+func TestForwarderRetriesAreTheOutboxs(t *testing.T) {
 	srv := segmenttest.NewServer(t, writeKey)
-	f := newForwarder(t, srv, nil)
+	f, rt := newForwarder(t, srv, nil)
 	srv.FailWith(503, 2)
+	for i := range 2 {
+		if err := f.Send(context.Background(), identifyJob(t)); !mapping.Retryable(err) || err == nil {
+			t.Fatalf("Send %d: %v, want a transient error", i, err)
+		}
+	}
 	if err := f.Send(context.Background(), identifyJob(t)); err != nil {
-		t.Fatalf("Send: %v, want analytics-go's short retries to get through", err)
+		t.Fatalf("third Send: %v", err)
 	}
-	if n, a := len(srv.Messages()), srv.Attempts(); n != 1 || a != 3 {
-		t.Errorf("%d messages in %d requests, want 1 in 3", n, a)
-	}
-}
-
-// A refusal of a batch that held several messages cannot be pinned on one of
-// them: all get a transient error, and each is then sent alone, which decides.
-func TestForwarderBatchRefusalIsRetriedAlone(t *testing.T) {
-	srv := segmenttest.NewServer(t, writeKey)
-	f := newForwarder(t, srv, func(c *segment.ForwarderConfig) {
-		c.BatchSize = 2
-		c.Interval = time.Hour // a batch leaves when it holds 2 messages
-	})
-	srv.FailWith(400, -1)
-	jobs := []mapping.Job{nthJob(t, 1), nthJob(t, 2)}
-	errs := make([]error, len(jobs))
-	var wg sync.WaitGroup
-	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = f.Send(context.Background(), j)
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if d := deliveryError(t, err); d.Permanent || !strings.Contains(err.Error(), "batch of 2") {
-			t.Errorf("job %d in a refused batch: %v (permanent %v), want transient", i, err, d.Permanent)
-		}
-	}
-	// Alone, each is refused for good; a BatchSize of 2 would otherwise hold
-	// the first for an hour.
-	for i, j := range jobs {
-		err := f.Send(context.Background(), j)
-		if d := deliveryError(t, err); !d.Permanent {
-			t.Errorf("job %d alone: %v, want permanent", i, err)
-		}
-	}
-	if n := srv.Attempts(); n != 3 {
-		t.Errorf("%d requests, want 3 (one batch, two alone)", n)
+	if n, a, m := rt.n.Load(), srv.Attempts(), len(srv.Messages()); n != 3 || a != 3 || m != 1 {
+		t.Errorf("%d requests sent, %d received, %d messages; want 3, 3, 1", n, a, m)
 	}
 }
 
-func TestForwarderBatchesConcurrentSends(t *testing.T) {
+func TestForwarderContextCancelled(t *testing.T) {
 	srv := segmenttest.NewServer(t, writeKey)
-	f := newForwarder(t, srv, func(c *segment.ForwarderConfig) { c.Interval = 50 * time.Millisecond })
-	const n = 20
-	var wg sync.WaitGroup
-	var failed atomic.Int32
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f.Send(context.Background(), nthJob(t, i)); err != nil {
-				failed.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Fatalf("%d sends failed", failed.Load())
-	}
-	msgs := srv.Messages()
-	seen := map[string]bool{}
-	for _, m := range msgs {
-		seen[m.MessageID] = true
-	}
-	if len(msgs) != n || len(seen) != n {
-		t.Errorf("%d messages, %d distinct, want %d of each", len(msgs), len(seen), n)
-	}
-	if b := len(srv.Batches()); b >= n {
-		t.Errorf("%d requests for %d concurrent sends, want them batched", b, n)
-	}
-}
-
-func TestForwarderContextAndClose(t *testing.T) {
-	srv := segmenttest.NewServer(t, writeKey)
-	f := newForwarder(t, srv, func(c *segment.ForwarderConfig) { c.Timeout = 300 * time.Millisecond })
+	f, rt := newForwarder(t, srv, func(c *segment.ForwarderConfig) { c.HTTPClient.Timeout = 0 })
 	srv.Hang(time.Minute)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if d := deliveryError(t, f.Send(ctx, identifyJob(t))); d.Permanent {
-		t.Error("cancelled context: permanent, want transient")
+	done := make(chan error, 1)
+	go func() { done <- f.Send(ctx, identifyJob(t)) }()
+	for deadline := time.Now().Add(5 * time.Second); srv.Attempts() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never reached the fake")
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if d := deliveryError(t, err); d.Permanent || !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled Send: %v (permanent %v), want transient, wrapping context.Canceled", err, d.Permanent)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Send did not return when its context was cancelled")
+	}
+	if n := rt.n.Load(); n != 1 {
+		t.Errorf("%d requests, want 1", n)
 	}
 	srv.Recover()
 	if err := f.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	if err := f.Close(); err != nil {
-		t.Errorf("second Close: %v", err)
+	if err := f.Send(context.Background(), identifyJob(t)); err != nil {
+		t.Errorf("Send after Close: %v, want the Forwarder still usable", err)
 	}
-	if d := deliveryError(t, f.Send(context.Background(), identifyJob(t))); d.Permanent {
-		t.Error("Send after Close: permanent, want transient")
+}
+
+func TestForwarderConcurrentSends(t *testing.T) {
+	srv := segmenttest.NewServer(t, writeKey)
+	f, _ := newForwarder(t, srv, nil)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() { errs[i] = f.Send(context.Background(), nthJob(t, i)) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, m := range srv.Messages() {
+		seen[m.MessageID] = true
+	}
+	if len(seen) != n || len(srv.Messages()) != n || len(srv.Batches()) != n {
+		t.Errorf("%d messages (%d distinct) in %d requests, want %d of each", len(srv.Messages()), len(seen), len(srv.Batches()), n)
 	}
 }
 
 func TestForwarderBadPayloads(t *testing.T) {
 	srv := segmenttest.NewServer(t, writeKey)
-	f := newForwarder(t, srv, func(c *segment.ForwarderConfig) { c.ResolveUserID = nil })
+	f, rt := newForwarder(t, srv, func(c *segment.ForwarderConfig) { c.ResolveUserID = nil })
 	tests := []struct{ name, payload string }{
 		{"not JSON", `{"type":`},
 		{"unknown type", `{"type":"delete","messageId":"m","userId":"u","timestamp":"2024-05-14T09:02:00Z","context":{}}`},
 		{"nobody", `{"type":"identify","messageId":"m","timestamp":"2024-05-14T09:02:00Z","context":{}}`},
 		{"track without event", `{"type":"track","messageId":"m","userId":"u","timestamp":"2024-05-14T09:02:00Z","context":{}}`},
+		{"group without groupId", `{"type":"group","messageId":"m","userId":"u","timestamp":"2024-05-14T09:02:00Z","context":{}}`},
 		{"traits not an object", `{"type":"identify","messageId":"m","userId":"u","traits":[1],"timestamp":"2024-05-14T09:02:00Z","context":{}}`},
+		{"context not an object", `{"type":"identify","messageId":"m","userId":"u","timestamp":"2024-05-14T09:02:00Z","context":"x"}`},
 		{"token without resolver", `{"type":"track","messageId":"m","jimoToken":"t","event":"e","timestamp":"2024-05-14T09:02:00Z","context":{}}`},
 		{"over 32 KB", `{"type":"track","messageId":"m","userId":"u","event":"e","timestamp":"2024-05-14T09:02:00Z","properties":{"p":"` + strings.Repeat("x", 33<<10) + `"}}`},
 	}
@@ -368,23 +422,25 @@ func TestForwarderBadPayloads(t *testing.T) {
 			}
 		})
 	}
-	if n := srv.Attempts(); n != 0 {
+	if n := rt.n.Load(); n != 0 {
 		t.Errorf("%d requests for bad payloads, want none", n)
 	}
 }
 
 func TestForwarderAlwaysMarks(t *testing.T) {
 	srv := segmenttest.NewServer(t, writeKey)
-	f := newForwarder(t, srv, nil)
-	// A payload built without the marker still leaves with it.
-	payload := `{"type":"track","messageId":"m-unmarked","userId":"u","event":"e","timestamp":"2024-05-14T09:02:00Z","context":{"bridge":{"hop":1},"ip":"192.0.2.1"}}`
+	f, _ := newForwarder(t, srv, nil)
+	// A payload built without the marker still leaves with it, the rest of
+	// its context as it was, numbers included.
+	payload := `{"type":"track","messageId":"m-unmarked","userId":"u","event":"e","timestamp":"2024-05-14T09:02:00.123+02:00",` +
+		`"context":{"bridge":{"hop":1},"ip":"192.0.2.1","n":12345678901234567890},"properties":{"big":1.50}}`
 	if err := f.Send(context.Background(), mapping.Job{Destination: segment.Destination, MessageID: "m-unmarked", Payload: []byte(payload)}); err != nil {
 		t.Fatal(err)
 	}
-	m := srv.Messages()[0]
-	bridge, _ := m.Context["bridge"].(map[string]any)
-	if !m.Forwarded || fmt.Sprint(bridge["hop"]) != "1" || m.Context["ip"] != "192.0.2.1" {
-		t.Errorf("context %v, want the marker added to what was there", m.Context)
+	want := `{"type":"track","messageId":"m-unmarked","userId":"u","event":"e","timestamp":"2024-05-14T09:02:00.123+02:00",` +
+		`"context":{"bridge":{"forwarded":true,"hop":1},"ip":"192.0.2.1","n":12345678901234567890},"properties":{"big":1.50}}`
+	if got := string(srv.Messages()[0].Raw); got != want {
+		t.Errorf("message\n got %s\nwant %s", got, want)
 	}
 }
 
@@ -395,49 +451,33 @@ func TestNewForwarderNeedsWriteKey(t *testing.T) {
 }
 
 // BenchmarkForwarderSend measures deliveries per second to a fake Segment
-// that answers at once, from concurrent senders (the outbox's workers; 32 by
-// default). A Send waits for its batch to leave: at once when it is full,
-// else at the next Interval tick, so partial batches cost up to Interval.
+// that answers at once, from concurrent senders (the outbox's workers), one
+// request per job.
 func BenchmarkForwarderSend(b *testing.B) {
-	for _, bc := range []struct {
-		name      string
-		interval  time.Duration
-		batchSize int
-		senders   int
-	}{
-		{"default_32_senders", 0, 0, 32},
-		{"default_8_senders", 0, 0, 8},
-		{"default_128_senders", 0, 0, 128},
-		{"interval25ms_batch100_32_senders", 25 * time.Millisecond, 100, 32},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
+	for _, senders := range []int{8, 32, 128} {
+		b.Run(fmt.Sprintf("%d_senders", senders), func(b *testing.B) {
 			srv := segmenttest.NewServer(b, writeKey)
-			f := newForwarder(b, srv, func(c *segment.ForwarderConfig) {
-				c.Interval, c.BatchSize = bc.interval, bc.batchSize
+			f, _ := newForwarder(b, srv, func(c *segment.ForwarderConfig) {
+				t := http.DefaultTransport.(*http.Transport).Clone()
+				t.MaxIdleConnsPerHost = senders
+				c.HTTPClient = &http.Client{Timeout: forwardTimeout, Transport: t}
 			})
 			jobs := make([]mapping.Job, 1024)
 			for i := range jobs {
 				jobs[i] = nthJob(b, i)
 			}
-			senders := bc.senders
 			var next, failed atomic.Int64
 			b.ResetTimer()
 			start := time.Now()
 			var wg sync.WaitGroup
 			for range senders {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							return
-						}
+				wg.Go(func() {
+					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
 						if err := f.Send(context.Background(), jobs[i%int64(len(jobs))]); err != nil {
 							failed.Add(1)
 						}
 					}
-				}()
+				})
 			}
 			wg.Wait()
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "jobs/s")

@@ -33,7 +33,7 @@ type app struct {
 
 // buildSenders creates a sender per configured destination. The HTTP clients
 // do not retry: the outbox does.
-func (a *app) buildSenders(logger *slog.Logger) error {
+func (a *app) buildSenders() error {
 	a.senders = map[string]mapping.Sender{}
 	if a.cfg.JimoAPIKey != "" && a.cfg.JimoEndpoint != "" {
 		transport := http.DefaultTransport.(*http.Transport).Clone()
@@ -41,12 +41,13 @@ func (a *app) buildSenders(logger *slog.Logger) error {
 		a.senders[jimo.Destination] = jimo.NewClient(a.cfg.JimoEndpoint, a.cfg.JimoAPIKey, &http.Client{Timeout: 30 * time.Second, Transport: transport})
 	}
 	if a.cfg.SegmentForwardWriteKey != "" {
+		transport := http.DefaultTransport.(*http.Transport).Clone()
+		transport.MaxIdleConnsPerHost = a.cfg.DeliveryWorkers // one request per delivery in flight
 		fwd, err := segment.NewForwarder(segment.ForwarderConfig{
 			Endpoint:      a.cfg.SegmentEndpoint,
 			WriteKey:      a.cfg.SegmentForwardWriteKey,
 			ResolveUserID: a.userIDOfToken,
-			BatchSize:     a.cfg.DeliveryWorkers, // one batch can carry every delivery in flight
-			Logger:        logger,
+			HTTPClient:    &http.Client{Timeout: segment.DefaultForwardTimeout, Transport: transport},
 		})
 		if err != nil {
 			return err
@@ -172,7 +173,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 	}
 	m.registerOutbox(store.Backlogs, time.Now, logger)
 	a := &app{cfg: cfg, store: store, metrics: m}
-	if err := a.buildSenders(logger); err != nil {
+	if err := a.buildSenders(); err != nil {
 		store.Close()
 		return nil, err
 	}
