@@ -148,3 +148,38 @@ func TestReadBodyReadError(t *testing.T) {
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// TestReadBodyBudget: bodies hold their memory from a shared budget while
+// they are read and used; when it is spent, reading stops with unavailable,
+// and what a body held is given back on release or on error.
+func TestReadBodyBudget(t *testing.T) {
+	b := newBudget(64 << 10)
+	small := bytes.Repeat([]byte("a"), 20<<10)
+	first, release1, err := readBody(bytes.NewReader(small), "", 1<<20, b, nil)
+	if err != nil || !bytes.Equal(first, small) {
+		t.Fatalf("first body: got %d bytes, %v; want it read", len(first), err)
+	}
+	// 20 KB read into a 32 KB buffer: 32 KB of 64 held.
+	_, _, err = readBody(bytes.NewReader(bytes.Repeat([]byte("b"), 40<<10)), "", 1<<20, b, nil)
+	if code := errorCode(err); code != mapping.CodeUnavailable {
+		t.Fatalf("second body over what is left: got %v, want code unavailable", err)
+	}
+	if b.free != 32<<10 {
+		t.Errorf("after the refused body: got %d bytes free, want %d (it gave back what it held)", b.free, 32<<10)
+	}
+	release1()
+	if b.free != 64<<10 {
+		t.Errorf("after release: got %d bytes free, want all %d", b.free, 64<<10)
+	}
+	var tee bytes.Buffer
+	zipped := gzipBytes(t, bytes.Repeat([]byte("c"), 60<<10))
+	got, release, err := readBody(bytes.NewReader(zipped), "gzip", 1<<20, nil, &tee)
+	defer release()
+	if err != nil || len(got) != 60<<10 || !bytes.Equal(tee.Bytes(), got) {
+		t.Errorf("gzip with tee: got %d bytes (tee %d), %v; want 60 KB seen by both", len(got), tee.Len(), err)
+	}
+	_, _, err = readBody(bytes.NewReader(zipped), "gzip", 1<<20, newBudget(8<<10), nil)
+	if code := errorCode(err); code != mapping.CodeUnavailable {
+		t.Errorf("a budget smaller than the first buffer: got %v, want code unavailable before inflating", err)
+	}
+}

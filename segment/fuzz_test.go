@@ -127,12 +127,12 @@ func FuzzDecodeWebhook(f *testing.F) {
 	f.Add([]byte(`[{"type":"delete","userId":"u"},{"type":"track"}]`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		secret := []byte("s")
-		if !VerifySignature(secret, body, Sign(secret, body)) {
-			t.Errorf("a signature over the whole body does not verify")
+		if got := VerifySignature(secret, body, Sign(secret, body)); got != SignedAll {
+			t.Errorf("a signature over the whole body: got coverage %d, want SignedAll", got)
 		}
 		if first, ok := firstElement(body); ok {
-			if !bytes.Contains(body, first) || !VerifySignature(secret, body, Sign(secret, first)) {
-				t.Errorf("element 0 %q is not a span of the body that verifies", first)
+			if !bytes.Contains(body, first) || VerifySignature(secret, body, Sign(secret, first)) != SignedFirst {
+				t.Errorf("element 0 %q is not a span of the body that verifies as SignedFirst", first)
 			}
 		}
 		events, err := DecodeWebhook(body, receivedAt)
@@ -141,6 +141,11 @@ func FuzzDecodeWebhook(f *testing.F) {
 			return
 		}
 		checkEvents(t, events, mapping.SourceSegmentWebhook, "")
+		for i, ev := range events {
+			if i > 0 && ev.Message.Type == "delete" && ev.Message.Rejected == "" {
+				t.Errorf("element %d is a delete outside the signature, accepted", i)
+			}
+		}
 	})
 }
 
