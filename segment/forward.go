@@ -513,10 +513,6 @@ func messageIDOf(m analytics.Message) string {
 		return v.MessageId
 	case analytics.Alias:
 		return v.MessageId
-	case *analytics.Identify:
-		return v.MessageId
-	case *analytics.Track:
-		return v.MessageId
 	}
 	return ""
 }
