@@ -23,115 +23,171 @@ import (
 // CodeInvalid. Compressed input is also capped (a little above limit), so an
 // endless stream of empty gzip members cannot keep the reader busy.
 func ReadBody(r io.Reader, contentEncoding string, limit int64) ([]byte, error) {
-	body, _, err := readBody(r, contentEncoding, limit, nil, nil)
-	return body, err
+	rd, err := readBody(r, contentEncoding, limit, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return rd.bytes()
 }
 
-// readBody is ReadBody with the body's memory held from b (nil: unbounded)
-// and every decompressed byte also written to tee (if not nil) as it is read,
-// so a body can be hashed while it streams in. release gives the memory back
-// to b; call it once the body is no longer used (it is a no-op after an
-// error). When b cannot hold more, reading stops with CodeUnavailable.
-func readBody(r io.Reader, contentEncoding string, limit int64, b *budget, tee io.Writer) (body []byte, release func(), err error) {
-	release = func() {}
+// readBody reads a body as ReadBody does, into fixed-size chunks whose
+// memory is held from b (nil: unbounded), writing every decompressed byte
+// also to tee (if not nil) as it is read, so a body can be hashed while it
+// streams in and refused without ever being copied whole. When b cannot
+// hold the next chunk, reading stops with CodeUnavailable. On success the
+// caller owns the returned body: it calls bytes for the content, or release
+// to give everything back.
+func readBody(r io.Reader, contentEncoding string, limit int64, b *budget, tee io.Writer) (*body, error) {
 	enc := strings.ToLower(strings.TrimSpace(contentEncoding))
 	if enc != "" && enc != "identity" && enc != "gzip" && enc != "x-gzip" {
-		return nil, release, mapping.Errorf(mapping.CodeInvalid,
+		return nil, mapping.Errorf(mapping.CodeInvalid,
 			"Content-Encoding %q is not supported; send the body uncompressed or with Content-Encoding: gzip", truncate(contentEncoding, 40))
 	}
-	// The first buffer is reserved before anything is read or inflated, so
+	rd := &body{budget: b, limit: limit, tee: tee}
+	// The first chunk is reserved before anything is read or inflated, so
 	// the budget also bounds how many bodies are being read at once.
-	rd := &bodyReader{budget: b, limit: limit, tee: tee}
 	if err := rd.grow(); err != nil {
-		return nil, release, err
+		return nil, err
 	}
-	release = rd.release
-	defer func() {
-		if err != nil {
-			rd.release()
-			body = nil
-		}
-	}()
+	var err error
 	if enc == "" || enc == "identity" {
-		body, err = rd.readAll(r, "")
-		return body, release, err
+		err = rd.readFrom(r, "")
+	} else {
+		err = rd.readGzip(r)
 	}
+	if err != nil {
+		rd.release()
+		return nil, err
+	}
+	return rd, nil
+}
+
+func (rd *body) readGzip(r io.Reader) error {
 	// Incompressible data grows by a few bytes per 16 KB block under gzip;
 	// legitimate input never needs more than this.
-	compressed := &io.LimitedReader{R: r, N: limit + limit/16 + 4096}
+	compressed := &io.LimitedReader{R: r, N: rd.limit + rd.limit/16 + 4096}
 	zr, err := gzip.NewReader(compressed)
 	if err != nil {
 		if compressed.N <= 0 {
-			return nil, release, tooLarge(limit)
+			return tooLarge(rd.limit)
 		}
-		return nil, release, readError(err, "gzip")
+		return readError(err, "gzip")
 	}
 	defer zr.Close()
-	body, err = rd.readAll(zr, "gzip")
+	err = rd.readFrom(zr, "gzip")
 	if err != nil && compressed.N <= 0 && mapping.ErrorCode(err) == mapping.CodeInvalid {
-		return nil, release, tooLarge(limit)
+		return tooLarge(rd.limit)
 	}
-	return body, release, err
+	return err
 }
 
-// bodyReader reads one body into a buffer that doubles as it fills, up to
-// limit+1 bytes, holding the buffer's capacity from its budget.
-type bodyReader struct {
+// chunkSize is the size of the pieces a body is read into. Chunks of
+// refused bodies are reused, so a flood of them makes no garbage.
+const chunkSize = 32 << 10
+
+var chunks = sync.Pool{New: func() any { return new([chunkSize]byte) }}
+
+// body is a request body read into chunks, up to limit+1 bytes, holding
+// their memory from its budget until release.
+type body struct {
 	budget *budget
 	limit  int64
 	tee    io.Writer
-	buf    []byte
+	chunks []*[chunkSize]byte
+	n      int64 // bytes read
 	held   int64
+	whole  []byte // the content once bytes has put it in one slice
 }
 
-// firstBuffer is the capacity a body is first read into.
-const firstBuffer = 16 << 10
-
-// grow replaces the full buffer by one twice its size (at most limit+1),
-// reserving the new one from the budget before allocating it.
-func (rd *bodyReader) grow() error {
-	size := min(max(firstBuffer, 2*int64(cap(rd.buf))), rd.limit+1)
-	if !rd.budget.take(size) {
+// grow adds a chunk, reserving it from the budget first.
+func (rd *body) grow() error {
+	if !rd.budget.take(chunkSize) {
 		return busy()
 	}
-	nb := make([]byte, len(rd.buf), size)
-	copy(nb, rd.buf)
-	rd.budget.give(int64(cap(rd.buf)))
-	rd.buf, rd.held = nb, size
+	rd.held += chunkSize
+	rd.chunks = append(rd.chunks, chunks.Get().(*[chunkSize]byte))
 	return nil
 }
 
-func (rd *bodyReader) release() {
+// readFrom reads r to its end, refusing more than limit bytes after reading limit+1.
+func (rd *body) readFrom(r io.Reader, encoding string) error {
+	for {
+		used := int(rd.n % chunkSize)
+		if used == 0 && rd.n > 0 {
+			if err := rd.grow(); err != nil {
+				return err
+			}
+		}
+		room := rd.chunks[len(rd.chunks)-1][used:]
+		if left := rd.limit + 1 - rd.n; int64(len(room)) > left {
+			room = room[:left]
+		}
+		n, err := r.Read(room)
+		if n > 0 && rd.tee != nil {
+			rd.tee.Write(room[:n])
+		}
+		rd.n += int64(n)
+		if rd.n > rd.limit {
+			return tooLarge(rd.limit)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return readError(err, encoding)
+		}
+	}
+}
+
+// bytes returns the content in one slice, held from the budget until
+// release; the chunks go back to the pool.
+func (rd *body) bytes() ([]byte, error) {
+	if rd.whole != nil || rd.n == 0 {
+		return rd.whole, nil
+	}
+	if len(rd.chunks) == 1 {
+		// A small body is copied out (the chunk's reservation covers the
+		// copy), so the chunk goes back to the pool for the next request.
+		rd.whole = append(make([]byte, 0, rd.n), rd.chunks[0][:rd.n]...)
+		chunks.Put(rd.chunks[0])
+		rd.chunks = nil
+		return rd.whole, nil
+	}
+	if !rd.budget.take(rd.n) {
+		return nil, busy()
+	}
+	whole := make([]byte, 0, rd.n)
+	left := rd.n
+	for _, c := range rd.chunks {
+		k := min(left, chunkSize)
+		whole = append(whole, c[:k]...)
+		left -= k
+	}
+	rd.putChunks()
+	rd.held += rd.n
+	rd.whole = whole
+	return whole, nil
+}
+
+// release gives back everything the body holds; call it once the content
+// is no longer used.
+func (rd *body) release() {
+	if rd == nil {
+		return
+	}
+	rd.putChunks()
 	rd.budget.give(rd.held)
 	rd.held = 0
 }
 
-// readAll reads r to its end, refusing more than limit bytes after reading limit+1.
-func (rd *bodyReader) readAll(r io.Reader, encoding string) ([]byte, error) {
-	for {
-		if len(rd.buf) == cap(rd.buf) {
-			if int64(len(rd.buf)) > rd.limit {
-				return nil, tooLarge(rd.limit)
-			}
-			if err := rd.grow(); err != nil {
-				return nil, err
-			}
-		}
-		n, err := r.Read(rd.buf[len(rd.buf):cap(rd.buf)])
-		if n > 0 && rd.tee != nil {
-			rd.tee.Write(rd.buf[len(rd.buf) : len(rd.buf)+n])
-		}
-		rd.buf = rd.buf[:len(rd.buf)+n]
-		if int64(len(rd.buf)) > rd.limit {
-			return nil, tooLarge(rd.limit)
-		}
-		if err == io.EOF {
-			return rd.buf, nil
-		}
-		if err != nil {
-			return nil, readError(err, encoding)
-		}
+// putChunks returns the chunks to the pool and their reservation to the budget.
+func (rd *body) putChunks() {
+	for _, c := range rd.chunks {
+		chunks.Put(c)
 	}
+	rd.budget.give(int64(len(rd.chunks)) * chunkSize)
+	rd.held -= int64(len(rd.chunks)) * chunkSize
+	rd.chunks = nil
 }
 
 // budget bounds the bytes of request bodies held in memory at once, across

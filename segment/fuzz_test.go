@@ -134,6 +134,14 @@ func FuzzDecodeWebhook(f *testing.F) {
 			if !bytes.Contains(body, first) || VerifySignature(secret, body, Sign(secret, first)) != SignedFirst {
 				t.Errorf("element 0 %q is not a span of the body that verifies as SignedFirst", first)
 			}
+			// The same, streamed in small writes.
+			s := newSigner(secret)
+			for i := 0; i < len(body); i += 3 {
+				s.Write(body[i:min(i+3, len(body))])
+			}
+			if want, _ := parseSignature(secret, Sign(secret, first)); s.coverage(want) != SignedFirst {
+				t.Errorf("element 0 %q streamed in writes of 3 does not verify as SignedFirst", first)
+			}
 		}
 		events, err := DecodeWebhook(body, receivedAt)
 		if err != nil {

@@ -2,8 +2,6 @@ package segment
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha1"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,9 +65,10 @@ type Config struct {
 	Jobs func(m *mapping.Message)
 }
 
-// DefaultMaxPendingBytes is the default of Config.MaxPendingBytes: four
-// webhook deliveries of the largest default size, or 128 Tracking API
-// batches of the largest size.
+// DefaultMaxPendingBytes is the default of Config.MaxPendingBytes. A body
+// holds what it has read (in 32 KB chunks) and, once authenticated, its
+// copy in one slice: two webhook deliveries of the largest default size at
+// once, or some sixty Tracking API batches of the largest size.
 const DefaultMaxPendingBytes = 64 << 20
 
 // Handler serves the Segment endpoints: the HTTP Tracking API and the webhook
@@ -171,8 +170,12 @@ func (h *Handler) trackingAPI(c echo.Context) error {
 	if batch {
 		limit = MaxBatchBytes
 	}
-	body, release, err := readBody(req.Body, req.Header.Get("Content-Encoding"), limit, h.apiBodies, nil)
-	defer release()
+	rd, err := readBody(req.Body, req.Header.Get("Content-Encoding"), limit, h.apiBodies, nil)
+	if err != nil {
+		return retryLater(c, err)
+	}
+	defer rd.release()
+	body, err := rd.bytes()
 	if err != nil {
 		return retryLater(c, err)
 	}
@@ -242,18 +245,22 @@ func (h *Handler) webhook(c echo.Context) error {
 		}
 		bearer = true
 	}
-	mac := hmac.New(sha1.New, h.secret)
-	body, release, err := readBody(req.Body, req.Header.Get("Content-Encoding"), h.maxWebhookBytes, h.webhookBodies, mac)
-	defer release()
+	signed := newSigner(h.secret)
+	rd, err := readBody(req.Body, req.Header.Get("Content-Encoding"), h.maxWebhookBytes, h.webhookBodies, signed)
 	if err != nil {
 		return retryLater(c, err)
 	}
-	covered := coverage(h.secret, body, want, mac.Sum(nil))
+	defer rd.release()
+	covered := signed.coverage(want)
 	if covered == Unsigned {
-		return badSignature()
+		return badSignature() // refused before the body is assembled or parsed
 	}
 	if bearer {
 		covered = SignedAll
+	}
+	body, err := rd.bytes()
+	if err != nil {
+		return retryLater(c, err)
 	}
 	events, err := DecodeDelivery(body, receivedAt, covered)
 	if err != nil {

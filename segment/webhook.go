@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"hash"
 	"strings"
 	"time"
 
@@ -99,16 +100,111 @@ func VerifySignature(secret, body []byte, signature string) Coverage {
 	if !ok {
 		return Unsigned
 	}
-	return coverage(secret, body, want, sign(secret, body))
+	s := newSigner(secret)
+	s.Write(body)
+	return s.coverage(want)
 }
 
-// coverage is VerifySignature given want, the decoded signature, and
-// whole, the HMAC of the whole body (computed while it was read).
-func coverage(secret, body, want, whole []byte) Coverage {
-	if hmac.Equal(want, whole) {
+// signer computes, as a body streams through it (Write), the two HMACs
+// Segment may have sent: over the whole body, and over the bytes of element
+// 0 when the body is a JSON array. It needs no copy of the body, so a
+// delivery can be refused before it is assembled. Element 0 is delimited as
+// skipValue delimits a value of valid JSON (the body is validated only later,
+// once authenticated); hand-written because it runs on every byte of every
+// delivery before authentication.
+type signer struct {
+	whole, first hash.Hash
+
+	state    int  // one of the signer states below
+	depth    int  // nesting inside element 0
+	inString bool // inside a string in element 0
+	escaped  bool // after a backslash in that string
+	scalar   bool // element 0 is a number, true, false or null
+}
+
+const (
+	beforeArray = iota // skipping space before the body's first byte
+	beforeFirst        // after '[', skipping space before element 0
+	inFirst            // inside element 0
+	firstDone          // element 0 complete: first holds its HMAC
+	noFirst            // the body is not an array, or it is empty
+)
+
+func newSigner(secret []byte) *signer {
+	return &signer{whole: hmac.New(sha1.New, secret), first: hmac.New(sha1.New, secret)}
+}
+
+// Write hashes p; it never fails.
+func (s *signer) Write(p []byte) (int, error) {
+	s.whole.Write(p)
+	start := -1 // where element 0's bytes begin in p
+	for i := 0; i < len(p) && s.state < firstDone; i++ {
+		c := p[i]
+		switch s.state {
+		case beforeArray, beforeFirst:
+			switch {
+			case c == ' ' || c == '\t' || c == '\r' || c == '\n':
+			case s.state == beforeArray && c == '[':
+				s.state = beforeFirst
+			case s.state == beforeFirst && c != ']' && c != ',' && c != '}':
+				s.state, start = inFirst, i
+				s.scalar = c != '{' && c != '[' && c != '"'
+				s.inString = c == '"'
+				if c == '{' || c == '[' {
+					s.depth = 1
+				}
+			default:
+				s.state = noFirst
+			}
+		case inFirst:
+			if start < 0 {
+				start = i
+			}
+			switch {
+			case s.scalar:
+				if c == ',' || c == ']' || c == '}' || c == ' ' || c == '\t' || c == '\r' || c == '\n' {
+					s.first.Write(p[start:i])
+					s.state, start = firstDone, -1
+				}
+			case s.inString:
+				switch {
+				case s.escaped:
+					s.escaped = false
+				case c == '\\':
+					s.escaped = true
+				case c == '"':
+					s.inString = false
+					if s.depth == 0 { // element 0 is a string
+						s.first.Write(p[start : i+1])
+						s.state, start = firstDone, -1
+					}
+				}
+			case c == '"':
+				s.inString = true
+			case c == '{' || c == '[':
+				s.depth++
+			case c == '}' || c == ']':
+				if s.depth--; s.depth == 0 {
+					s.first.Write(p[start : i+1])
+					s.state, start = firstDone, -1
+				}
+			}
+		}
+	}
+	if s.state == inFirst && start >= 0 {
+		s.first.Write(p[start:])
+	}
+	return len(p), nil
+}
+
+// coverage compares want, a decoded X-Signature, with both HMACs in
+// constant time. At the end of a body inside a number, element 0 ends with
+// the body, as skipValue ends it.
+func (s *signer) coverage(want []byte) Coverage {
+	if hmac.Equal(want, s.whole.Sum(nil)) {
 		return SignedAll
 	}
-	if first, ok := firstElement(body); ok && hmac.Equal(want, sign(secret, first)) {
+	if (s.state == firstDone || s.state == inFirst) && hmac.Equal(want, s.first.Sum(nil)) {
 		return SignedFirst
 	}
 	return Unsigned
@@ -145,21 +241,4 @@ func sign(secret, b []byte) []byte {
 	mac := hmac.New(sha1.New, secret)
 	mac.Write(b)
 	return mac.Sum(nil)
-}
-
-// firstElement returns the raw bytes of element 0 of a JSON array, exactly as
-// they appear in body, without decoding the array. body need not be valid
-// JSON (the signature is checked before the body is parsed): the bytes found
-// are then meaningless, and the delivery is refused when it is decoded.
-func firstElement(body []byte) ([]byte, bool) {
-	i := skipSpace(body, 0)
-	if i >= len(body) || body[i] != '[' {
-		return nil, false
-	}
-	i = skipSpace(body, i+1)
-	if i >= len(body) || body[i] == ']' {
-		return nil, false
-	}
-	end := skipValue(body, i)
-	return body[i:end], end > i
 }

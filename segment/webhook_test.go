@@ -68,6 +68,59 @@ func TestVerifySignature(t *testing.T) {
 	}
 }
 
+// firstElement is the reference for what the signer hashes as element 0:
+// the raw bytes of element 0 of a JSON array, delimited by skipValue.
+func firstElement(body []byte) ([]byte, bool) {
+	i := skipSpace(body, 0)
+	if i >= len(body) || body[i] != '[' {
+		return nil, false
+	}
+	i = skipSpace(body, i+1)
+	if i >= len(body) || body[i] == ']' {
+		return nil, false
+	}
+	end := skipValue(body, i)
+	return body[i:end], end > i
+}
+
+// TestSignerStreams: the signer gives the same answer however the body is
+// split into writes.
+func TestSignerStreams(t *testing.T) {
+	bodies := [][]byte{
+		readTestdata(t, "webhook_batch.json"),
+		readTestdata(t, "webhook_identify.json"),
+		[]byte(`  [ "a\\\"]" , 1]`),
+		[]byte(`[12.5e3,{}]`),
+		[]byte(`[{"a":"}]{["},[1,[2]]]`),
+		[]byte(`[[1,[2,{"x":"]"}]] ,{}]`),
+		[]byte(`[true]`),
+		[]byte(`[nul`),
+	}
+	for _, body := range bodies {
+		first, ok := firstElement(body)
+		for _, signed := range [][]byte{body, first} {
+			if signed == nil && !ok {
+				continue
+			}
+			sig := Sign(webhookSecret, signed)
+			want := VerifySignature(webhookSecret, body, sig)
+			if want == Unsigned {
+				t.Errorf("%s: a signature over %q does not verify", body, signed)
+			}
+			for size := 1; size <= 7; size++ {
+				s := newSigner(webhookSecret)
+				for i := 0; i < len(body); i += size {
+					s.Write(body[i:min(i+size, len(body))])
+				}
+				w, _ := parseSignature(webhookSecret, sig)
+				if got := s.coverage(w); got != want {
+					t.Errorf("%s in writes of %d: got %d, want %d", body, size, got, want)
+				}
+			}
+		}
+	}
+}
+
 func TestSignIsSegmentsFormat(t *testing.T) {
 	// HMAC-SHA1("key", "The quick brown fox jumps over the lazy dog"), RFC 2104 test value.
 	got := Sign([]byte("key"), []byte("The quick brown fox jumps over the lazy dog"))
