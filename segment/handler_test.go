@@ -440,3 +440,34 @@ func TestNewHandlerNeedsStore(t *testing.T) {
 		t.Error("got no error, want one for a missing Store")
 	}
 }
+
+// TestBodiesOverTheMemoryBudget: a body that needs more memory than the
+// route's budget has free is answered 503 with Retry-After (Segment and its
+// libraries retry), on the Tracking API and on the webhook alike.
+func TestBodiesOverTheMemoryBudget(t *testing.T) {
+	s := newTestServer(t, Config{MaxPendingBytes: chunkSize})
+	big := []byte(`{"batch":[{"type":"identify","userId":"u","traits":{"x":"` + strings.Repeat("x", chunkSize) + `"}}]}`)
+	delivery := []byte(`{"type":"identify","userId":"u","traits":{"x":"` + strings.Repeat("x", chunkSize) + `"}}`)
+	small := []byte(`{"type":"identify","userId":"u"}`)
+	tests := []struct {
+		name, path string
+		body       []byte
+		header     map[string]string
+		want       int
+	}{
+		{"Tracking API", "/v1/batch", big, map[string]string{"Authorization": basic("wk_server")}, 503},
+		{"webhook", "/segment/webhook", delivery, map[string]string{"X-Signature": Sign(webhookSecret, delivery)}, 503},
+		{"a small body still fits", "/segment/webhook", small, map[string]string{"X-Signature": Sign(webhookSecret, small)}, 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := s.do(t, http.MethodPost, tt.path, tt.body, tt.header)
+			if r.status != tt.want {
+				t.Fatalf("got status %d (%v), want %d", r.status, r.body, tt.want)
+			}
+			if tt.want == 503 && (r.header.Get("Retry-After") != "1" || r.body["code"] != "unavailable") {
+				t.Errorf("got Retry-After %q, body %v; want 1 and code unavailable", r.header.Get("Retry-After"), r.body)
+			}
+		})
+	}
+}

@@ -322,6 +322,7 @@ func TestDecodeWebhookDeleteShapes(t *testing.T) {
 		{"webhook_delete_minimal.json", "usr_del_8a4f6b0c2e1d"},
 		{"webhook_delete_null_fields.json", "usr_del_3e7d9b1f5a0c"},
 		{"webhook_delete_odd_shapes.json", "usr_del_6b2a8c4e0d9f"},
+		{"webhook_delete_classic.json", "usr_del_2d4f6a8c0e1b"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

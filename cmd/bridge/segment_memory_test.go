@@ -45,7 +45,8 @@ func TestWebhookFloodMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = os.Stderr
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +122,11 @@ func TestWebhookFloodMemory(t *testing.T) {
 	}
 	if peak > ceiling {
 		t.Errorf("peak RSS %d MB, want at most %d MB", peak>>20, ceiling>>20)
+	}
+	if t.Failed() {
+		cmd.Process.Kill()
+		cmd.Wait() // the log is complete once Wait returns
+		t.Logf("the bridge's log:\n%.4000s", stderr.String())
 	}
 }
 

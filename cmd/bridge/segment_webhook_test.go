@@ -24,10 +24,11 @@ func (b *testBridge) signedPost(t *testing.T, secret string, body, signed []byte
 	return b.post(t, "/segment/webhook", body, headers)
 }
 
-// identifyUser stores a profile for userID through a signed webhook delivery.
+// identifyUser stores a profile for userID through a signed webhook
+// delivery dated 2010, before any delete the tests send.
 func (b *testBridge) identifyUser(t *testing.T, secret, userID string) {
 	t.Helper()
-	body := []byte(`{"type":"identify","userId":"` + userID + `","anonymousId":"anon-` + userID + `","messageId":"identify-` + userID + `"}`)
+	body := []byte(`{"type":"identify","userId":"` + userID + `","anonymousId":"anon-` + userID + `","messageId":"identify-` + userID + `","timestamp":"2010-01-01T00:00:00Z"}`)
 	if status, resp := b.signedPost(t, secret, body, body, nil); status != http.StatusOK {
 		t.Fatalf("identify %s: got %d %s, want 200", userID, status, resp)
 	}
@@ -137,6 +138,7 @@ func TestWebhookDeleteShapesCarriedOut(t *testing.T) {
 		"webhook_delete_minimal.json":       "usr_del_8a4f6b0c2e1d",
 		"webhook_delete_null_fields.json":   "usr_del_3e7d9b1f5a0c",
 		"webhook_delete_odd_shapes.json":    "usr_del_6b2a8c4e0d9f",
+		"webhook_delete_classic.json":       "usr_del_2d4f6a8c0e1b",
 	}
 	for file, userID := range fixtures {
 		t.Run(file, func(t *testing.T) {
