@@ -182,6 +182,20 @@ func FuzzReadBody(f *testing.F) {
 		if !gzipped && !bytes.Equal(got, data) {
 			t.Errorf("got %q, want the body as sent", got)
 		}
+		// Under a budget: the same content, and everything given back.
+		b := newBudget(1 << 20)
+		rd, err := readBody(bytes.NewReader(data), encoding, int64(limit), b, nil)
+		if err != nil {
+			t.Fatalf("under a budget: %v, want the body read as without one", err)
+		}
+		again, err := rd.bytes()
+		if err != nil || !bytes.Equal(again, got) {
+			t.Errorf("under a budget: got %q, %v; want %q", again, err, got)
+		}
+		rd.release()
+		if b.free != 1<<20 {
+			t.Errorf("after release: %d bytes free, want all %d", b.free, 1<<20)
+		}
 	})
 }
 
