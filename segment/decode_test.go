@@ -714,3 +714,19 @@ func BenchmarkDecodeBatch(b *testing.B) {
 		}
 	}
 }
+
+// TestDecodeBatchEnvelopeEmptyArrays: a batch whose context and integrations
+// are [] (an empty map as PHP encodes it) is accepted, and an event's [] or
+// null context takes the batch context.
+func TestDecodeBatchEnvelopeEmptyArrays(t *testing.T) {
+	evs := decode(t, "batch", "wk", `{"context":[],"integrations":[],"batch":[{"type":"identify","userId":"u","traits":[]}]}`)
+	if m := evs[0].Message; m.Rejected != "" || m.UserID != "u" {
+		t.Errorf("got rejected %q, user %q; want u applied", m.Rejected, m.UserID)
+	}
+	evs = decode(t, "batch", "wk", `{"context":{"library":{"name":"analytics-php"},"traits":{"email":"a@b.io"}},"batch":[{"type":"identify","userId":"u","context":[]},{"type":"identify","userId":"v","context":{"traits":[]}}]}`)
+	for i, ev := range evs {
+		if ev.Message.Rejected != "" || ev.Message.Email != "a@b.io" {
+			t.Errorf("event %d: got rejected %q, email %q; want the batch context's email", i, ev.Message.Rejected, ev.Message.Email)
+		}
+	}
+}

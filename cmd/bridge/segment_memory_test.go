@@ -20,13 +20,14 @@ import (
 	"time"
 )
 
-// TestWebhookFloodMemory runs the bridge as its own process and floods
+// TestUnauthenticatedFloodMemory runs the bridge as its own process and floods
 // /segment/webhook for a few seconds from 60 concurrent clients with wrong
 // signatures and 16 KB gzip bodies that inflate to 16 MB. The bridge's peak
 // resident memory (VmHWM) must stay within a few hundred MB: bodies are read
 // under a memory budget, and what does not fit is answered 503 with
-// Retry-After. It logs the peak before and after the flood.
-func TestWebhookFloodMemory(t *testing.T) {
+// Retry-After. Then it sends the same bodies to /v1/batch, with no
+// credentials until the body is read. It logs the peaks.
+func TestUnauthenticatedFloodMemory(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		requireAll(t, "the memory test reads /proc/PID/status (Linux only)")
 	}
@@ -112,8 +113,40 @@ func TestWebhookFloodMemory(t *testing.T) {
 	}
 	wg.Wait()
 	peak := vmHWM(t, cmd.Process.Pid)
-	t.Logf("%d clients for %v, %d KB gzip bodies inflating to 16 MB: %d answered 401, %d 503 with Retry-After, %d other; peak RSS (VmHWM) %d MB before, %d MB after",
+	t.Logf("/segment/webhook: %d clients for %v, %d KB gzip bodies inflating to 16 MB: %d answered 401, %d 503 with Retry-After, %d other; peak RSS (VmHWM) %d MB before, %d MB after",
 		clients, duration, len(bomb)>>10, unauthorized.Load(), unavailable.Load(), other.Load(), before>>20, peak>>20)
+
+	// The same bombs on the Tracking API, with no credentials until the body
+	// is read (analytics.js puts the write key in the body): refused at 500 KB.
+	var tooLarge, v1other atomic.Int64
+	stop = time.Now().Add(duration / 2)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				req, _ := http.NewRequest(http.MethodPost, url+"/v1/batch", bytes.NewReader(bomb))
+				req.Header.Set("Content-Encoding", "gzip")
+				resp, err := client.Do(req)
+				if err != nil {
+					v1other.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusServiceUnavailable {
+					tooLarge.Add(1)
+				} else {
+					v1other.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	peak = vmHWM(t, cmd.Process.Pid)
+	t.Logf("/v1/batch: %d clients for %v, the same bodies: %d answered 400 or 503, %d other; peak RSS %d MB",
+		clients, duration/2, tooLarge.Load(), v1other.Load(), peak>>20)
+	other.Add(v1other.Load())
 	if other.Load() > 0 {
 		t.Errorf("got %d answers other than 401 or 503 with Retry-After", other.Load())
 	}
