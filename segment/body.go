@@ -191,8 +191,11 @@ func (rd *body) putChunks() {
 }
 
 // budget bounds the bytes of request bodies held in memory at once, across
-// requests. Its methods are safe for concurrent use; a nil *budget bounds
-// nothing.
+// requests. It only ever tries (a body never waits for memory another body
+// holds, so bodies cannot deadlock each other): the semantics of
+// golang.org/x/sync/semaphore's Weighted.TryAcquire and Release, in a few
+// lines rather than another module. Its methods are safe for concurrent
+// use; a nil *budget bounds nothing.
 type budget struct {
 	mu   sync.Mutex
 	free int64
