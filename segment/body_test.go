@@ -148,3 +148,48 @@ func TestReadBodyReadError(t *testing.T) {
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// TestReadBodyBudget: bodies hold their memory from a shared budget while
+// they are read and used; when it is spent, reading stops with unavailable,
+// and what a body held is given back on release or on error.
+func TestReadBodyBudget(t *testing.T) {
+	b := newBudget(4 * chunkSize)
+	small := bytes.Repeat([]byte("a"), chunkSize+10)
+	first, err := readBody(bytes.NewReader(small), "", 1<<20, b, nil)
+	if err != nil {
+		t.Fatalf("first body: %v", err)
+	}
+	// Two chunks held.
+	if _, err := readBody(bytes.NewReader(bytes.Repeat([]byte("b"), 3*chunkSize)), "", 1<<20, b, nil); errorCode(err) != mapping.CodeUnavailable {
+		t.Fatalf("second body over what is left: got %v, want code unavailable", err)
+	}
+	if b.free != 2*chunkSize {
+		t.Errorf("after the refused body: got %d bytes free, want %d (it gave back what it held)", b.free, 2*chunkSize)
+	}
+	// Putting the first body in one slice needs its size besides the chunks.
+	got, err := first.bytes()
+	if err != nil || !bytes.Equal(got, small) {
+		t.Fatalf("first body in one slice: got %d bytes, %v; want it whole", len(got), err)
+	}
+	if b.free != 4*chunkSize-int64(len(small)) {
+		t.Errorf("after bytes: got %d bytes free, want %d (the slice held, the chunks given back)", b.free, 4*chunkSize-int64(len(small)))
+	}
+	first.release()
+	if b.free != 4*chunkSize {
+		t.Errorf("after release: got %d bytes free, want all %d", b.free, 4*chunkSize)
+	}
+
+	var tee bytes.Buffer
+	zipped := gzipBytes(t, bytes.Repeat([]byte("c"), 60<<10))
+	rd, err := readBody(bytes.NewReader(zipped), "gzip", 1<<20, nil, &tee)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.release()
+	if got, err := rd.bytes(); err != nil || len(got) != 60<<10 || !bytes.Equal(tee.Bytes(), got) {
+		t.Errorf("gzip with tee: got %d bytes (tee %d), %v; want 60 KB seen by both", len(got), tee.Len(), err)
+	}
+	if _, err := readBody(bytes.NewReader(zipped), "gzip", 1<<20, newBudget(chunkSize-1), nil); errorCode(err) != mapping.CodeUnavailable {
+		t.Errorf("a budget smaller than one chunk: got %v, want code unavailable before inflating", err)
+	}
+}

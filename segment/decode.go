@@ -24,8 +24,9 @@ const (
 	ReasonBadPreviousIDType  = "bad_previous_id_type"  // an alias's previousId is an object, array or boolean
 	ReasonBadMessageIDType   = "bad_message_id_type"   // messageId is not a string
 	ReasonMessageIDTooLong   = "message_id_too_long"   // messageId over mapping.MaxMessageIDLength bytes
-	ReasonBadContext         = "bad_context"           // context is not an object
-	ReasonBadTraits          = "bad_traits"            // traits (or context.traits) is not an object
+	ReasonBadContext         = "bad_context"           // context is not an object (null and [] count as empty)
+	ReasonBadTraits          = "bad_traits"            // traits (or context.traits) is not an object (null and [] count as empty)
+	ReasonBadNumericID       = "bad_numeric_id"        // a numeric userId, anonymousId or previousId that is not a plain integer of at most 20 digits (1e300, 12.5)
 	ReasonMissingIdentity    = "missing_identity"      // neither userId nor anonymousId
 	ReasonIDTooLong          = "id_too_long"           // an identifier over mapping.MaxIdentifierLength characters
 	ReasonIDControl          = "id_control_characters" // an identifier holds a control character (NUL included)
@@ -253,12 +254,21 @@ func (t *translator) event(raw []byte, route string) Event {
 		m.PreviousID = idField(f, "previousId", ReasonBadPreviousIDType, &why)
 	}
 
-	ctx := t.mergeContext(f, &why)
+	// A deletion is carried out whatever shape its optional fields take
+	// (Segment's own examples vary): only its identifiers can refuse it.
+	optional := &why
+	if m.Type == "delete" {
+		optional = new(rejection)
+	}
+	ctx := t.mergeContext(f, optional)
 	m.Impersonating = string(ctx["impersonating"]) == "true"
 	m.Forwarded = forwardedContext(ctx)
-	m.Traits, m.Email = traitsAndEmail(f, ctx, m.Type, &why)
+	m.Traits, m.Email = traitsAndEmail(f, ctx, m.Type, optional)
 	m.Event = eventName(f, m.Type, &why)
-	m.ID = messageIDField(f, ev.WriteKey, raw, &why)
+	m.ID = messageIDField(f, ev.WriteKey, raw, optional)
+	if optional != &why {
+		f["messageId"] = quote(m.ID) // a delete kept under a derived ID carries it
+	}
 	checkIdentities(m, &why)
 	m.Rejected = string(why)
 
@@ -304,11 +314,18 @@ func eventType(f object, route string, why *rejection) string {
 }
 
 // idField reads an identifier field, rewriting a number to its decimal
-// string in f; a value of another type adds reason and reads as "".
+// string in f; a value of another type adds reason, and a number that is not
+// a plain integer of at most maxNumericIDDigits digits adds
+// ReasonBadNumericID; both read as "".
 func idField(f object, name, reason string, why *rejection) string {
-	v, number, ok := idValue(f[name])
+	raw := f[name]
+	v, number, ok := idValue(raw)
 	if !ok {
-		why.add(reason)
+		if isNumber(raw) {
+			why.add(ReasonBadNumericID)
+		} else {
+			why.add(reason)
+		}
 		return ""
 	}
 	if number {
@@ -424,11 +441,12 @@ func idProblem(v string) string {
 	return ""
 }
 
-// traitsValue decodes a traits object; missing and null give nil, true.
-// Numbers are json.Number, so integers beyond 2^53 (Snowflake IDs) keep
-// every digit in the profile and in what is forwarded.
+// traitsValue decodes a traits object; missing, null and [] (how PHP
+// encodes an empty map) give nil, true. Numbers are json.Number, so integers
+// beyond 2^53 (Snowflake IDs) keep every digit in the profile and in what is
+// forwarded.
 func traitsValue(raw json.RawMessage) (map[string]any, bool) {
-	if absent(raw) {
+	if absent(raw) || emptyArray(raw) {
 		return nil, true
 	}
 	if raw[0] != '{' {

@@ -436,7 +436,20 @@ func TestDecodeRejected(t *testing.T) {
 		{"track with a blank event", `{"type":"track","userId":"u","event":" "}`, ReasonMissingEvent},
 		{"context string", `{"type":"identify","userId":"u","context":"x"}`, ReasonBadContext},
 		{"traits string", `{"type":"identify","userId":"u","traits":"x"}`, ReasonBadTraits},
-		{"context.traits array", `{"type":"track","event":"E","userId":"u","context":{"traits":[]}}`, ReasonBadTraits},
+		{"context.traits array", `{"type":"track","event":"E","userId":"u","context":{"traits":["x"]}}`, ReasonBadTraits},
+		{"context.traits empty array (PHP's empty map)", `{"type":"track","event":"E","userId":"u","context":{"traits":[]}}`, ""},
+		{"context empty array", `{"type":"identify","userId":"u","context":[ ]}`, ""},
+		{"context null", `{"type":"identify","userId":"u","context":null}`, ""},
+		{"traits empty array", `{"type":"identify","userId":"u","traits":[]}`, ""},
+		{"traits null", `{"type":"identify","userId":"u","traits":null}`, ""},
+		{"properties and integrations empty arrays", `{"type":"track","event":"E","userId":"u","properties":[],"integrations":[]}`, ""},
+		{"context array", `{"type":"identify","userId":"u","context":[1]}`, ReasonBadContext},
+		{"userId 1e300", `{"type":"identify","userId":1e300}`, ReasonBadNumericID},
+		{"userId fraction", `{"type":"identify","userId":12.5}`, ReasonBadNumericID},
+		{"userId of 21 digits", `{"type":"identify","userId":123456789012345678901}`, ReasonBadNumericID},
+		{"userId exponent beyond 2^53", `{"type":"identify","userId":1.2345678901234567e19}`, ReasonBadNumericID},
+		{"anonymousId 1e300", `{"type":"identify","userId":"u","anonymousId":1e300}`, ReasonBadNumericID},
+		{"previousId -1e300", `{"type":"alias","userId":"u","previousId":-1e300}`, ReasonBadNumericID},
 		{"delete on the Tracking API", `{"type":"delete","userId":"u"}`, ReasonDeleteNotAccepted},
 		{"delete without identity", `{"type":"delete"}`, ReasonDeleteNotAccepted},
 		{"first reason wins", `{"type":"nope","userId":{}}`, ReasonUnknownType},
@@ -465,8 +478,11 @@ func TestDecodeIdentifiers(t *testing.T) {
 		{"strings", `{"userId":"u1","anonymousId":"a1"}`, "u1", "a1"},
 		{"integer", `{"userId":12345678901234567890}`, "12345678901234567890", ""},
 		{"negative integer", `{"anonymousId":-7}`, "", "-7"},
-		{"fraction", `{"userId":1.5}`, "1.5", ""},
+		{"ordinary integer", `{"userId":12345}`, "12345", ""},
 		{"exponent", `{"userId":1e3}`, "1000", ""},
+		{"integral fraction", `{"userId":1.2345e4}`, "12345", ""},
+		{"fraction is refused", `{"userId":1.5,"anonymousId":"a"}`, "", "a"},
+		{"1e300 is refused", `{"userId":1e300,"anonymousId":"a"}`, "", "a"},
 		{"escaped string", `{"userId":"caf\u00e9 \"x\""}`, `café "x"`, ""},
 		{"null", `{"userId":null,"anonymousId":"a"}`, "", "a"},
 	}
@@ -612,7 +628,8 @@ func TestDecodeBadRequests(t *testing.T) {
 		{"batch element is null", "batch", `{"batch":[null]}`, mapping.CodeInvalid},
 		{"batch element is an array", "batch", `{"batch":[[` + small + `]]}`, mapping.CodeInvalid},
 		{"batch context is a string", "batch", `{"batch":[],"context":"x"}`, mapping.CodeInvalid},
-		{"batch integrations is an array", "batch", `{"batch":[],"integrations":[]}`, mapping.CodeInvalid},
+		{"batch integrations is an array", "batch", `{"batch":[],"integrations":["x"]}`, mapping.CodeInvalid},
+		{"batch context is an array", "batch", `{"batch":[],"context":[1]}`, mapping.CodeInvalid},
 		{"batch sentAt is a number", "batch", `{"batch":[],"sentAt":1}`, mapping.CodeInvalid},
 		{"batch writeKey is a number", "batch", `{"batch":[],"writeKey":1}`, mapping.CodeInvalid},
 		{"invalid UTF-8 in a string", "track", "{\"userId\":\"u\xff\"}", mapping.CodeInvalid},
@@ -694,6 +711,22 @@ func BenchmarkDecodeBatch(b *testing.B) {
 	for b.Loop() {
 		if _, err := DecodeTrackingAPI(Request{Route: "batch", WriteKey: "wk", ReceivedAt: receivedAt}, body); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestDecodeBatchEnvelopeEmptyArrays: a batch whose context and integrations
+// are [] (an empty map as PHP encodes it) is accepted, and an event's [] or
+// null context takes the batch context.
+func TestDecodeBatchEnvelopeEmptyArrays(t *testing.T) {
+	evs := decode(t, "batch", "wk", `{"context":[],"integrations":[],"batch":[{"type":"identify","userId":"u","traits":[]}]}`)
+	if m := evs[0].Message; m.Rejected != "" || m.UserID != "u" {
+		t.Errorf("got rejected %q, user %q; want u applied", m.Rejected, m.UserID)
+	}
+	evs = decode(t, "batch", "wk", `{"context":{"library":{"name":"analytics-php"},"traits":{"email":"a@b.io"}},"batch":[{"type":"identify","userId":"u","context":[]},{"type":"identify","userId":"v","context":{"traits":[]}}]}`)
+	for i, ev := range evs {
+		if ev.Message.Rejected != "" || ev.Message.Email != "a@b.io" {
+			t.Errorf("event %d: got rejected %q, email %q; want the batch context's email", i, ev.Message.Rejected, ev.Message.Email)
 		}
 	}
 }

@@ -127,12 +127,20 @@ func FuzzDecodeWebhook(f *testing.F) {
 	f.Add([]byte(`[{"type":"delete","userId":"u"},{"type":"track"}]`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		secret := []byte("s")
-		if !VerifySignature(secret, body, Sign(secret, body)) {
-			t.Errorf("a signature over the whole body does not verify")
+		if got := VerifySignature(secret, body, Sign(secret, body)); got != SignedAll {
+			t.Errorf("a signature over the whole body: got coverage %d, want SignedAll", got)
 		}
 		if first, ok := firstElement(body); ok {
-			if !bytes.Contains(body, first) || !VerifySignature(secret, body, Sign(secret, first)) {
-				t.Errorf("element 0 %q is not a span of the body that verifies", first)
+			if !bytes.Contains(body, first) || VerifySignature(secret, body, Sign(secret, first)) != SignedFirst {
+				t.Errorf("element 0 %q is not a span of the body that verifies as SignedFirst", first)
+			}
+			// The same, streamed in small writes.
+			s := newSigner(secret)
+			for i := 0; i < len(body); i += 3 {
+				s.Write(body[i:min(i+3, len(body))])
+			}
+			if want, _ := parseSignature(secret, Sign(secret, first)); s.coverage(want) != SignedFirst {
+				t.Errorf("element 0 %q streamed in writes of 3 does not verify as SignedFirst", first)
 			}
 		}
 		events, err := DecodeWebhook(body, receivedAt)
@@ -141,6 +149,11 @@ func FuzzDecodeWebhook(f *testing.F) {
 			return
 		}
 		checkEvents(t, events, mapping.SourceSegmentWebhook, "")
+		for i, ev := range events {
+			if i > 0 && ev.Message.Type == "delete" && ev.Message.Rejected == "" {
+				t.Errorf("element %d is a delete outside the signature, accepted", i)
+			}
+		}
 	})
 }
 
@@ -168,6 +181,20 @@ func FuzzReadBody(f *testing.F) {
 		}
 		if !gzipped && !bytes.Equal(got, data) {
 			t.Errorf("got %q, want the body as sent", got)
+		}
+		// Under a budget: the same content, and everything given back.
+		b := newBudget(1 << 20)
+		rd, err := readBody(bytes.NewReader(data), encoding, int64(limit), b, nil)
+		if err != nil {
+			t.Fatalf("under a budget: %v, want the body read as without one", err)
+		}
+		again, err := rd.bytes()
+		if err != nil || !bytes.Equal(again, got) {
+			t.Errorf("under a budget: got %q, %v; want %q", again, err, got)
+		}
+		rd.release()
+		if b.free != 1<<20 {
+			t.Errorf("after release: %d bytes free, want all %d", b.free, 1<<20)
 		}
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -38,15 +39,22 @@ type Metrics interface {
 type Config struct {
 	// Store receives every decoded message; required.
 	Store Store
-	// WriteKeys are the keys accepted on the Tracking API, and on the webhook when SharedSecret is empty.
+	// WriteKeys are the keys accepted on the Tracking API. They never
+	// authorize the webhook: browser write keys are public.
 	WriteKeys WriteKeys
-	// SharedSecret verifies X-Signature on webhook deliveries. When empty the
-	// webhook requires a valid write key as Basic auth instead: it is never open.
+	// SharedSecret verifies X-Signature on every webhook delivery (and
+	// Authorization: Bearer, when a delivery carries it); required.
 	SharedSecret []byte
-	// RateLimit bounds events per second per write key on the Tracking API; zero means no limit.
+	// RateLimit bounds events per second per write key and client IP on the
+	// Tracking API; the zero value means no limit.
 	RateLimit RateLimit
 	// MaxWebhookBytes limits a webhook delivery body after decompression; 0 means DefaultMaxWebhookBytes.
 	MaxWebhookBytes int64
+	// MaxPendingBytes bounds the memory that request bodies being read and
+	// handled may hold at once, for the Tracking API and for the webhook
+	// each (requests beyond it are answered 503 with Retry-After); 0 means
+	// DefaultMaxPendingBytes.
+	MaxPendingBytes int64
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 	// Logger receives debug records about rejected events; nil discards them.
@@ -57,6 +65,12 @@ type Config struct {
 	Jobs func(m *mapping.Message)
 }
 
+// DefaultMaxPendingBytes is the default of Config.MaxPendingBytes. A body
+// holds what it has read (in 32 KB chunks) and, once authenticated, its
+// copy in one slice: two webhook deliveries of the largest default size at
+// once, or some sixty Tracking API batches of the largest size.
+const DefaultMaxPendingBytes = 64 << 20
+
 // Handler serves the Segment endpoints: the HTTP Tracking API and the webhook
 // destination. It decodes, authenticates and hands messages to the Store,
 // and acknowledges only once the Store has them.
@@ -66,16 +80,26 @@ type Handler struct {
 	secret          []byte
 	limiter         *limiter
 	maxWebhookBytes int64
+	apiBodies       *budget
+	webhookBodies   *budget
 	now             func() time.Time
 	log             *slog.Logger
 	metrics         Metrics
 	jobs            func(m *mapping.Message)
 }
 
-// NewHandler returns a Handler for cfg; it fails when cfg.Store is nil.
+// NewHandler returns a Handler for cfg; it fails when cfg.Store or
+// cfg.SharedSecret is missing.
 func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("segment: Config.Store is required")
+	}
+	if len(cfg.SharedSecret) == 0 {
+		return nil, errors.New("segment: Config.SharedSecret is required: the webhook always verifies X-Signature")
+	}
+	pending := cfg.MaxPendingBytes
+	if pending <= 0 {
+		pending = DefaultMaxPendingBytes
 	}
 	h := &Handler{
 		store:           cfg.Store,
@@ -83,6 +107,8 @@ func NewHandler(cfg Config) (*Handler, error) {
 		secret:          cfg.SharedSecret,
 		limiter:         newLimiter(cfg.RateLimit),
 		maxWebhookBytes: cfg.MaxWebhookBytes,
+		apiBodies:       newBudget(pending),
+		webhookBodies:   newBudget(pending),
 		now:             cfg.Now,
 		log:             cfg.Logger,
 		metrics:         cfg.Metrics,
@@ -119,7 +145,9 @@ type success struct {
 // included, as rejected), and otherwise returns a *mapping.Error: not_found
 // for an unknown route, unauthorized for a missing or unknown write key,
 // too_large or invalid for a body retrying cannot fix, rate_limited (with a
-// Retry-After header) over the write key's rate limit.
+// Retry-After header) over the rate limit of the write key and client IP
+// (c.RealIP()), unavailable (with Retry-After) while other bodies hold the
+// memory bodies may use.
 func (h *Handler) TrackingAPI(c echo.Context) error {
 	return h.counted(mapping.SourceSegmentAPI, h.trackingAPI(c))
 }
@@ -142,9 +170,14 @@ func (h *Handler) trackingAPI(c echo.Context) error {
 	if batch {
 		limit = MaxBatchBytes
 	}
-	body, err := ReadBody(req.Body, req.Header.Get("Content-Encoding"), limit)
+	rd, err := readBody(req.Body, req.Header.Get("Content-Encoding"), limit, h.apiBodies, nil)
 	if err != nil {
-		return err
+		return retryLater(c, err)
+	}
+	defer rd.release()
+	body, err := rd.bytes()
+	if err != nil {
+		return retryLater(c, err)
 	}
 	events, err := DecodeTrackingAPI(Request{Route: route, WriteKey: headerKey, ReceivedAt: receivedAt, Source: mapping.SourceSegmentAPI}, body)
 	if err != nil {
@@ -154,11 +187,11 @@ func (h *Handler) trackingAPI(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if wait := h.limiter.take(key, len(events), receivedAt); wait > 0 {
+	if wait := h.limiter.take(key, c.RealIP(), len(events), receivedAt); wait > 0 {
 		seconds := int(math.Ceil(wait.Seconds()))
 		c.Response().Header().Set("Retry-After", strconv.Itoa(seconds))
 		return mapping.Errorf(mapping.CodeRateLimited,
-			"this write key is over its rate limit; retry after %d s, or send fewer events", seconds)
+			"this write key is over its rate limit from this address; retry after %d s, or send fewer events", seconds)
 	}
 	if err := h.submit(req.Context(), mapping.SourceSegmentAPI, events); err != nil {
 		return err
@@ -166,11 +199,28 @@ func (h *Handler) trackingAPI(c echo.Context) error {
 	return c.JSON(http.StatusOK, success{Success: true})
 }
 
+// retryLater sets Retry-After on an unavailable answer and returns err.
+func retryLater(c echo.Context, err error) error {
+	if mapping.ErrorCode(err) == mapping.CodeUnavailable {
+		c.Response().Header().Set("Retry-After", "1")
+	}
+	return err
+}
+
 // Webhook serves POST, PUT and PATCH /segment/webhook: deliveries from
-// Segment's webhook destination, one event or an array. With a shared secret
-// it requires a valid X-Signature; without one, a valid write key as Basic
-// auth. It answers 200 {"success":true} once the events are stored, and
-// otherwise returns a *mapping.Error (unauthorized, invalid, too_large).
+// Segment's webhook destination, one event or an array. Every delivery needs
+// an X-Signature that verifies with the shared secret, over the body or over
+// element 0 of an array (how Segment signs batches); write keys never
+// authorize it. A delivery may also carry Authorization: Bearer <shared
+// secret>, which makes the whole body authentic (a wrong one is refused);
+// other Authorization schemes are ignored. Deletes are honoured only where
+// what was verified covers them (see DecodeDelivery).
+//
+// It answers 200 {"success":true} once the events are stored, and otherwise
+// returns a *mapping.Error: unauthorized, invalid, too_large, or
+// unavailable (with Retry-After) while other bodies hold the memory bodies
+// may use. The credentials are checked before the body is read, and the
+// body is hashed while it is read.
 func (h *Handler) Webhook(c echo.Context) error {
 	return h.counted(mapping.SourceSegmentWebhook, h.webhook(c))
 }
@@ -178,32 +228,41 @@ func (h *Handler) Webhook(c echo.Context) error {
 func (h *Handler) webhook(c echo.Context) error {
 	req := c.Request()
 	receivedAt := h.now()
-	if len(h.secret) == 0 {
-		key, err := h.headerWriteKey(req)
-		if err != nil {
-			return err
-		}
-		if key == "" {
-			return mapping.Errorf(mapping.CodeUnauthorized,
-				"the webhook needs credentials: set the shared secret in Segment's webhook settings and BRIDGE_SEGMENT_SHARED_SECRET, or send Authorization: Basic base64(writeKey:)")
-		}
+	sig := req.Header.Get("X-Signature")
+	if sig == "" {
+		return mapping.Errorf(mapping.CodeUnauthorized,
+			"X-Signature is missing; set the shared secret in Segment's webhook destination settings to BRIDGE_SEGMENT_SHARED_SECRET")
 	}
-	body, err := ReadBody(req.Body, req.Header.Get("Content-Encoding"), h.maxWebhookBytes)
+	want, ok := parseSignature(h.secret, sig)
+	if !ok {
+		return badSignature()
+	}
+	bearer := false
+	if auth := req.Header.Get("Authorization"); isBearer(auth) {
+		if !bearerMatches(auth, h.secret) {
+			return mapping.Errorf(mapping.CodeUnauthorized,
+				"Authorization: Bearer does not match; set the header in the webhook mapping to Bearer followed by BRIDGE_SEGMENT_SHARED_SECRET")
+		}
+		bearer = true
+	}
+	signed := newSigner(h.secret)
+	rd, err := readBody(req.Body, req.Header.Get("Content-Encoding"), h.maxWebhookBytes, h.webhookBodies, signed)
 	if err != nil {
-		return err
+		return retryLater(c, err)
 	}
-	if len(h.secret) > 0 {
-		sig := req.Header.Get("X-Signature")
-		if sig == "" {
-			return mapping.Errorf(mapping.CodeUnauthorized,
-				"X-Signature is missing; set the shared secret in Segment's webhook destination settings to BRIDGE_SEGMENT_SHARED_SECRET")
-		}
-		if !VerifySignature(h.secret, body, sig) {
-			return mapping.Errorf(mapping.CodeUnauthorized,
-				"X-Signature does not match the body; check that the shared secret in Segment equals BRIDGE_SEGMENT_SHARED_SECRET")
-		}
+	defer rd.release()
+	covered := signed.coverage(want)
+	if covered == Unsigned {
+		return badSignature() // refused before the body is assembled or parsed
 	}
-	events, err := DecodeWebhook(body, receivedAt)
+	if bearer {
+		covered = SignedAll
+	}
+	body, err := rd.bytes()
+	if err != nil {
+		return retryLater(c, err)
+	}
+	events, err := DecodeDelivery(body, receivedAt, covered)
 	if err != nil {
 		return err
 	}
@@ -211,6 +270,17 @@ func (h *Handler) webhook(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, success{Success: true})
+}
+
+func badSignature() error {
+	return mapping.Errorf(mapping.CodeUnauthorized,
+		"X-Signature does not match the body; check that the shared secret in Segment equals BRIDGE_SEGMENT_SHARED_SECRET")
+}
+
+// isBearer reports whether an Authorization header value uses the Bearer scheme.
+func isBearer(authorization string) bool {
+	scheme, _, _ := strings.Cut(strings.TrimSpace(authorization), " ")
+	return strings.EqualFold(scheme, "Bearer")
 }
 
 // headerWriteKey returns the write key of the Authorization header, "" if

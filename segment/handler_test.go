@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -83,6 +84,9 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 	if cfg.WriteKeys.Len() == 0 {
 		cfg.WriteKeys = NewWriteKeys([]string{"wk_server", "wk_browser", "wk_browser_public"})
 	}
+	if cfg.SharedSecret == nil {
+		cfg.SharedSecret = webhookSecret
+	}
 	cfg.Now = func() time.Time { return s.now }
 	h, err := NewHandler(cfg)
 	if err != nil {
@@ -121,7 +125,14 @@ type response struct {
 
 func (s *testServer) do(t *testing.T, method, path string, body []byte, header map[string]string) response {
 	t.Helper()
+	return s.doFrom(t, "192.0.2.1:1234", method, path, body, header)
+}
+
+// doFrom is do from the client address remote (host:port).
+func (s *testServer) doFrom(t *testing.T, remote, method, path string, body []byte, header map[string]string) response {
+	t.Helper()
 	req := httptest.NewRequest(method, path, bytes.NewReader(body))
+	req.RemoteAddr = remote
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
@@ -247,28 +258,35 @@ func TestTrackingAPIRateLimit(t *testing.T) {
 	auth := map[string]string{"Authorization": basic("wk_server")}
 	three := []byte(`{"batch":[{"type":"identify","userId":"a"},{"type":"identify","userId":"b"},{"type":"identify","userId":"c"}]}`)
 	one := []byte(`{"userId":"u"}`)
+	const client, other = "192.0.2.1:1000", "198.51.100.7:2000"
+	big := []byte(`{"batch":[` + strings.Repeat(`{"type":"identify","userId":"a"},`, 2499) + `{"type":"identify","userId":"a"}]}`)
 
 	steps := []struct {
 		name       string
 		advance    time.Duration
-		path       string
+		remote     string
 		body       []byte
 		header     map[string]string
 		wantStatus int
 		wantRetry  string
 	}{
-		{"burst", 0, "/v1/batch", three, auth, 200, ""},
-		{"one left", 0, "/v1/identify", one, auth, 200, ""},
-		{"empty", 0, "/v1/identify", one, auth, 429, "1"},
-		{"three needs 1.5 s", 0, "/v1/batch", three, auth, 429, "2"},
-		{"another key has its own bucket", 0, "/v1/identify", []byte(`{"userId":"u","writeKey":"wk_browser"}`), nil, 200, ""},
-		{"refilled after a second", time.Second, "/v1/batch", []byte(`{"batch":[{"type":"identify","userId":"a"},{"type":"identify","userId":"b"}]}`), auth, 200, ""},
-		{"a batch over the burst waits for a full bucket", 10 * time.Second, "/v1/batch", []byte(`{"batch":[` + strings.Repeat(`{"type":"identify","userId":"a"},`, 9) + `{"type":"identify","userId":"a"}]}`), auth, 200, ""},
-		{"then it is in debt", time.Second, "/v1/identify", one, auth, 429, "3"},
+		{"burst", 0, client, three, auth, 200, ""},
+		{"one left", 0, client, one, auth, 200, ""},
+		{"empty", 0, client, one, auth, 429, "1"},
+		{"three needs 1.5 s", 0, client, three, auth, 429, "2"},
+		{"another key from the same address has its own bucket", 0, client, []byte(`{"userId":"u","writeKey":"wk_browser"}`), nil, 200, ""},
+		{"the same key from another address has its own bucket", 0, other, one, auth, 200, ""},
+		{"refilled after a second", time.Second, client, []byte(`{"batch":[{"type":"identify","userId":"a"},{"type":"identify","userId":"b"}]}`), auth, 200, ""},
+		{"a 2,500-event batch waits for a full bucket", 0, client, big, auth, 429, "2"},
+		{"and is accepted when it is full", 2 * time.Second, client, big, auth, 200, ""},
+		{"costing the burst only: half a second later one event fits", 500 * time.Millisecond, client, one, auth, 200, ""},
 	}
 	for _, st := range steps {
 		s.now = s.now.Add(st.advance)
-		r := s.do(t, http.MethodPost, st.path, st.body, st.header)
+		r := s.doFrom(t, st.remote, http.MethodPost, "/v1/batch", st.body, st.header)
+		if !bytes.HasPrefix(st.body, []byte(`{"batch"`)) {
+			r = s.doFrom(t, st.remote, http.MethodPost, "/v1/identify", st.body, st.header)
+		}
 		if r.status != st.wantStatus {
 			t.Fatalf("%s: got status %d (%v), want %d", st.name, r.status, r.body, st.wantStatus)
 		}
@@ -278,6 +296,31 @@ func TestTrackingAPIRateLimit(t *testing.T) {
 		if st.wantStatus == 429 && r.body["code"] != "rate_limited" {
 			t.Errorf("%s: got body %v, want code rate_limited", st.name, r.body)
 		}
+	}
+}
+
+func TestTrackingAPINoRateLimit(t *testing.T) {
+	s := newTestServer(t, Config{RateLimit: RateLimit{PerSecond: 0, Burst: 1}})
+	for i := range 50 {
+		if r := s.do(t, http.MethodPost, "/v1/identify", []byte(`{"userId":"u"}`), map[string]string{"Authorization": basic("wk_server")}); r.status != 200 {
+			t.Fatalf("request %d: got status %d, want 200 (0 means no limit)", i, r.status)
+		}
+	}
+}
+
+func TestLimiterForgetsFullBuckets(t *testing.T) {
+	l := newLimiter(RateLimit{PerSecond: 10, Burst: 10})
+	now := receivedAt
+	for i := range 3000 {
+		l.take("wk", "ip-"+strconv.Itoa(i), 5, now)
+	}
+	if wait := l.take("wk", "ip-0", 10, now); wait == 0 {
+		t.Fatalf("ip-0 after spending 5 of 10: got no wait for 10, want one")
+	}
+	now = now.Add(2 * time.Second) // every bucket has refilled
+	l.take("wk", "ip-new", 1, now.Add(sweepEvery))
+	if n := len(l.buckets); n != 1 {
+		t.Errorf("got %d buckets after they all refilled, want only the new one", n)
 	}
 }
 
@@ -305,11 +348,13 @@ func TestWebhookHandler(t *testing.T) {
 		{"no signature", webhookSecret, http.MethodPost, identify, nil, 401, 0},
 		{"bad signature", webhookSecret, http.MethodPost, identify, map[string]string{"X-Signature": Sign([]byte("x"), identify)}, 401, 0},
 		{"signed but invalid", webhookSecret, http.MethodPost, []byte(`{"type":`), signed([]byte(`{"type":`)), 400, 0},
-		{"write key but a secret is set", webhookSecret, http.MethodPost, identify, map[string]string{"Authorization": basic("wk_server")}, 401, 0},
-		{"no secret: write key", nil, http.MethodPost, identify, map[string]string{"Authorization": basic("wk_server")}, 200, 1},
-		{"no secret: nothing", nil, http.MethodPost, identify, nil, 401, 0},
-		{"no secret: unknown key", nil, http.MethodPost, identify, map[string]string{"Authorization": basic("wk_other")}, 401, 0},
-		{"no secret: signature is not enough", nil, http.MethodPost, identify, signed(identify), 401, 0},
+		{"write key instead of a signature", webhookSecret, http.MethodPost, identify, map[string]string{"Authorization": basic("wk_server")}, 401, 0},
+		{"write key in the body instead of a signature", webhookSecret, http.MethodPost, []byte(`{"type":"identify","userId":"u","writeKey":"wk_server"}`), nil, 401, 0},
+		{"signed, with a write key besides", webhookSecret, http.MethodPost, identify, map[string]string{"X-Signature": Sign(webhookSecret, identify), "Authorization": basic("wk_server")}, 200, 1},
+		{"signed, with the right bearer", webhookSecret, http.MethodPost, identify, map[string]string{"X-Signature": Sign(webhookSecret, identify), "Authorization": "Bearer " + string(webhookSecret)}, 200, 1},
+		{"signed, with a wrong bearer", webhookSecret, http.MethodPost, identify, map[string]string{"X-Signature": Sign(webhookSecret, identify), "Authorization": "Bearer wk_server"}, 401, 0},
+		{"bearer without a signature", webhookSecret, http.MethodPost, identify, map[string]string{"Authorization": "Bearer " + string(webhookSecret)}, 401, 0},
+		{"signature not hex", webhookSecret, http.MethodPost, identify, map[string]string{"X-Signature": "not-hex"}, 401, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -393,5 +438,36 @@ func TestCORS(t *testing.T) {
 func TestNewHandlerNeedsStore(t *testing.T) {
 	if _, err := NewHandler(Config{}); err == nil {
 		t.Error("got no error, want one for a missing Store")
+	}
+}
+
+// TestBodiesOverTheMemoryBudget: a body that needs more memory than the
+// route's budget has free is answered 503 with Retry-After (Segment and its
+// libraries retry), on the Tracking API and on the webhook alike.
+func TestBodiesOverTheMemoryBudget(t *testing.T) {
+	s := newTestServer(t, Config{MaxPendingBytes: chunkSize})
+	big := []byte(`{"batch":[{"type":"identify","userId":"u","traits":{"x":"` + strings.Repeat("x", chunkSize) + `"}}]}`)
+	delivery := []byte(`{"type":"identify","userId":"u","traits":{"x":"` + strings.Repeat("x", chunkSize) + `"}}`)
+	small := []byte(`{"type":"identify","userId":"u"}`)
+	tests := []struct {
+		name, path string
+		body       []byte
+		header     map[string]string
+		want       int
+	}{
+		{"Tracking API", "/v1/batch", big, map[string]string{"Authorization": basic("wk_server")}, 503},
+		{"webhook", "/segment/webhook", delivery, map[string]string{"X-Signature": Sign(webhookSecret, delivery)}, 503},
+		{"a small body still fits", "/segment/webhook", small, map[string]string{"X-Signature": Sign(webhookSecret, small)}, 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := s.do(t, http.MethodPost, tt.path, tt.body, tt.header)
+			if r.status != tt.want {
+				t.Fatalf("got status %d (%v), want %d", r.status, r.body, tt.want)
+			}
+			if tt.want == 503 && (r.header.Get("Retry-After") != "1" || r.body["code"] != "unavailable") {
+				t.Errorf("got Retry-After %q, body %v; want 1 and code unavailable", r.header.Get("Retry-After"), r.body)
+			}
+		})
 	}
 }

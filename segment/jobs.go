@@ -16,10 +16,6 @@ import (
 // Tracking API; the Forwarder delivers them.
 const Destination = "segment"
 
-// marker is the no-echo marker every message the bridge sends carries in its
-// context; Forwarded recognises it when Segment delivers the message back.
-var marker = json.RawMessage(`{"forwarded":true}`)
-
 // noJimo keeps Segment from sending a message that came from Jimo back to
 // Jimo through its Jimo destinations (classic and Actions).
 var noJimo = json.RawMessage(`{"Jimo":false,"Jimo (Actions)":false}`)

@@ -3,6 +3,7 @@ package segment
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"slices"
 	"strconv"
 	"unicode/utf8"
@@ -200,8 +201,11 @@ func stringValue(raw json.RawMessage) (string, bool) {
 }
 
 // idValue reads an identifier: a string, or a number (some SDKs send numeric
-// user IDs) converted to its decimal string. ok is false for other types;
-// missing and null give "", true.
+// user IDs) converted to its decimal string. A number must be a plain
+// integer of at most maxNumericIDDigits digits (12345), or written otherwise
+// but equal to an integer a float64 holds exactly (1.2345e4); anything else
+// (1e300, 12.5) would become an ID nobody sent, so ok is false for it, as for
+// other types. Missing and null give "", true.
 func idValue(raw json.RawMessage) (value string, number bool, ok bool) {
 	if absent(raw) {
 		return "", false, true
@@ -210,18 +214,31 @@ func idValue(raw json.RawMessage) (value string, number bool, ok bool) {
 	case c == '"':
 		s, ok := stringValue(raw)
 		return s, false, ok
-	case c == '-' || c >= '0' && c <= '9':
+	case isNumber(raw):
 		if isInteger(raw) {
-			return string(raw), true, true
+			digits := len(raw)
+			if raw[0] == '-' {
+				digits--
+			}
+			return string(raw), true, digits <= maxNumericIDDigits
 		}
 		f, err := strconv.ParseFloat(string(raw), 64)
-		if err != nil {
+		if err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
 			return "", false, false
 		}
 		return strconv.FormatFloat(f, 'f', -1, 64), true, true
 	default:
 		return "", false, false
 	}
+}
+
+// maxNumericIDDigits is the most digits a numeric identifier may have: a
+// 64-bit integer's.
+const maxNumericIDDigits = 20
+
+// isNumber reports whether the valid JSON value raw is a number.
+func isNumber(raw json.RawMessage) bool {
+	return len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9')
 }
 
 func isInteger(b []byte) bool {
@@ -240,12 +257,19 @@ func isInteger(b []byte) bool {
 }
 
 // decodeObject splits raw if it is a JSON object. ok is false for any other
-// type; missing and null give nil, true. raw must be valid JSON.
+// type; missing, null and [] (an empty map as PHP encodes it, which Segment
+// accepts) give nil, true. raw must be valid JSON.
 func decodeObject(raw json.RawMessage) (object, bool) {
-	if absent(raw) {
+	if absent(raw) || emptyArray(raw) {
 		return nil, true
 	}
 	return splitObject(raw)
+}
+
+// emptyArray reports whether the valid JSON value raw is [] (spaces allowed).
+func emptyArray(raw json.RawMessage) bool {
+	i := skipSpace(raw, 0)
+	return i < len(raw) && raw[i] == '[' && firstByte(raw[i+1:]) == ']'
 }
 
 // quote encodes s as a JSON string.
@@ -321,7 +345,7 @@ func merge(dst, src object) object {
 	}
 	for k, sv := range src {
 		dv, ok := dst[k]
-		if !ok || absent(dv) {
+		if !ok || absent(dv) || emptyArray(dv) {
 			dst[k] = sv
 			continue
 		}

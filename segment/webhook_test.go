@@ -37,33 +37,87 @@ func TestVerifySignature(t *testing.T) {
 		secret    []byte
 		body      []byte
 		signature string
-		want      bool
+		want      Coverage
 	}{
-		{"identify", webhookSecret, identify, Sign(webhookSecret, identify), true},
-		{"track", webhookSecret, track, Sign(webhookSecret, track), true},
-		{"delete", webhookSecret, del, Sign(webhookSecret, del), true},
-		{"array: element 0 as in the body", webhookSecret, batch, Sign(webhookSecret, first), true},
-		{"array: whole body", webhookSecret, batch, Sign(webhookSecret, batch), true},
-		{"array: element 0 re-encoded", webhookSecret, batch, Sign(webhookSecret, compactFirst), false},
-		{"array: element 1", webhookSecret, batch, Sign(webhookSecret, batch[bytes.Index(batch, []byte("} ,\n"))+4:]), false},
-		{"upper-case hex", webhookSecret, identify, strings.ToUpper(Sign(webhookSecret, identify)), true},
-		{"surrounding spaces", webhookSecret, identify, " " + Sign(webhookSecret, identify) + " ", true},
-		{"wrong secret", []byte("other"), identify, Sign(webhookSecret, identify), false},
-		{"tampered body", webhookSecret, bytes.Replace(identify, []byte("team"), []byte("free"), 1), Sign(webhookSecret, identify), false},
-		{"signature of another event", webhookSecret, identify, Sign(webhookSecret, track), false},
-		{"empty signature", webhookSecret, identify, "", false},
-		{"not hex", webhookSecret, identify, "zz" + Sign(webhookSecret, identify)[2:], false},
-		{"truncated", webhookSecret, identify, Sign(webhookSecret, identify)[:38], false},
-		{"SHA-256 length", webhookSecret, identify, Sign(webhookSecret, identify) + strings.Repeat("0", 24), false},
-		{"empty secret", nil, identify, Sign(nil, identify), false},
-		{"empty array", webhookSecret, []byte(`[]`), Sign(webhookSecret, nil), false},
+		{"identify", webhookSecret, identify, Sign(webhookSecret, identify), SignedAll},
+		{"track", webhookSecret, track, Sign(webhookSecret, track), SignedAll},
+		{"delete", webhookSecret, del, Sign(webhookSecret, del), SignedAll},
+		{"array: element 0 as in the body", webhookSecret, batch, Sign(webhookSecret, first), SignedFirst},
+		{"array: whole body", webhookSecret, batch, Sign(webhookSecret, batch), SignedAll},
+		{"array: element 0 re-encoded", webhookSecret, batch, Sign(webhookSecret, compactFirst), Unsigned},
+		{"array: element 1", webhookSecret, batch, Sign(webhookSecret, batch[bytes.Index(batch, []byte("} ,\n"))+4:]), Unsigned},
+		{"upper-case hex", webhookSecret, identify, strings.ToUpper(Sign(webhookSecret, identify)), SignedAll},
+		{"surrounding spaces", webhookSecret, identify, " " + Sign(webhookSecret, identify) + " ", SignedAll},
+		{"wrong secret", []byte("other"), identify, Sign(webhookSecret, identify), Unsigned},
+		{"tampered body", webhookSecret, bytes.Replace(identify, []byte("team"), []byte("free"), 1), Sign(webhookSecret, identify), Unsigned},
+		{"signature of another event", webhookSecret, identify, Sign(webhookSecret, track), Unsigned},
+		{"empty signature", webhookSecret, identify, "", Unsigned},
+		{"not hex", webhookSecret, identify, "zz" + Sign(webhookSecret, identify)[2:], Unsigned},
+		{"truncated", webhookSecret, identify, Sign(webhookSecret, identify)[:38], Unsigned},
+		{"SHA-256 length", webhookSecret, identify, Sign(webhookSecret, identify) + strings.Repeat("0", 24), Unsigned},
+		{"empty secret", nil, identify, Sign(nil, identify), Unsigned},
+		{"empty array", webhookSecret, []byte(`[]`), Sign(webhookSecret, nil), Unsigned},
+		{"element 0 of an invalid body", webhookSecret, []byte(`[{"a":1}`), Sign(webhookSecret, []byte(`{"a":1}`)), SignedFirst},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := VerifySignature(tt.secret, tt.body, tt.signature); got != tt.want {
-				t.Errorf("got %v, want %v", got, tt.want)
+				t.Errorf("got %d, want %d", got, tt.want)
 			}
 		})
+	}
+}
+
+// firstElement is the reference for what the signer hashes as element 0:
+// the raw bytes of element 0 of a JSON array, delimited by skipValue.
+func firstElement(body []byte) ([]byte, bool) {
+	i := skipSpace(body, 0)
+	if i >= len(body) || body[i] != '[' {
+		return nil, false
+	}
+	i = skipSpace(body, i+1)
+	if i >= len(body) || body[i] == ']' {
+		return nil, false
+	}
+	end := skipValue(body, i)
+	return body[i:end], end > i
+}
+
+// TestSignerStreams: the signer gives the same answer however the body is
+// split into writes.
+func TestSignerStreams(t *testing.T) {
+	bodies := [][]byte{
+		readTestdata(t, "webhook_batch.json"),
+		readTestdata(t, "webhook_identify.json"),
+		[]byte(`  [ "a\\\"]" , 1]`),
+		[]byte(`[12.5e3,{}]`),
+		[]byte(`[{"a":"}]{["},[1,[2]]]`),
+		[]byte(`[[1,[2,{"x":"]"}]] ,{}]`),
+		[]byte(`[true]`),
+		[]byte(`[nul`),
+	}
+	for _, body := range bodies {
+		first, ok := firstElement(body)
+		for _, signed := range [][]byte{body, first} {
+			if signed == nil && !ok {
+				continue
+			}
+			sig := Sign(webhookSecret, signed)
+			want := VerifySignature(webhookSecret, body, sig)
+			if want == Unsigned {
+				t.Errorf("%s: a signature over %q does not verify", body, signed)
+			}
+			for size := 1; size <= 7; size++ {
+				s := newSigner(webhookSecret)
+				for i := 0; i < len(body); i += size {
+					s.Write(body[i:min(i+size, len(body))])
+				}
+				w, _ := parseSignature(webhookSecret, sig)
+				if got := s.coverage(w); got != want {
+					t.Errorf("%s in writes of %d: got %d, want %d", body, size, got, want)
+				}
+			}
+		}
 	}
 }
 
@@ -227,19 +281,94 @@ func TestDecodeWebhookBad(t *testing.T) {
 	})
 }
 
-// TestWebhookDeleteOnlyWhereSigned: Segment signs element 0 of an array, so
-// a deletion appended after it is stored as rejected, never applied.
+// TestWebhookDeleteOnlyWhereSigned: a delete is honoured only where what
+// was verified covers it. Segment signs element 0 of an array, so a deletion
+// after it is stored as rejected, never applied, unless the whole body is
+// authentic (a signature over all of it, or a valid Bearer).
 func TestWebhookDeleteOnlyWhereSigned(t *testing.T) {
-	body := []byte(`[{"type":"identify","userId":"u-1","messageId":"m1"},{"type":"delete","userId":"victim","messageId":"m2"}]`)
-	events, err := DecodeWebhook(body, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
-	if err != nil {
-		t.Fatal(err)
+	body := []byte(`[{"type":"delete","userId":"u-0","messageId":"m0"},{"type":"identify","userId":"u-1","messageId":"m1"},{"type":"delete","userId":"victim","messageId":"m2"}]`)
+	tests := []struct {
+		covered Coverage
+		want    []string // Rejected of each element
+	}{
+		{Unsigned, []string{ReasonUnsignedDelete, "", ReasonUnsignedDelete}},
+		{SignedFirst, []string{"", "", ReasonUnsignedDelete}},
+		{SignedAll, []string{"", "", ""}},
 	}
-	if got := events[1].Message.Rejected; got != ReasonUnsignedDelete {
-		t.Errorf("appended delete: got rejected %q, want %q", got, ReasonUnsignedDelete)
+	for _, tt := range tests {
+		events, err := DecodeDelivery(body, receivedAt, tt.covered)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, w := range tt.want {
+			if got := events[i].Message.Rejected; got != w {
+				t.Errorf("coverage %d, element %d: got rejected %q, want %q", tt.covered, i, got, w)
+			}
+		}
 	}
-	single, err := DecodeWebhook([]byte(`{"type":"delete","userId":"u-1","messageId":"m3"}`), time.Now())
+	single, err := DecodeWebhook([]byte(`{"type":"delete","userId":"u-1","messageId":"m3"}`), receivedAt)
 	if err != nil || single[0].Message.Rejected != "" || single[0].Message.Type != "delete" {
 		t.Errorf("signed single delete: got %+v, %v; want it accepted", single, err)
+	}
+}
+
+// TestDecodeWebhookDeleteShapes: a delete is carried out whatever shape its
+// optional fields take (Segment's own examples show "context": [], some
+// senders null, none at all, or other types).
+func TestDecodeWebhookDeleteShapes(t *testing.T) {
+	tests := []struct{ file, userID string }{
+		{"webhook_delete.json", "usr_2b7f9d1c4e6a8b0d"},
+		{"webhook_delete_context_array.json", "usr_del_5c9e1a7b3d2f"},
+		{"webhook_delete_minimal.json", "usr_del_8a4f6b0c2e1d"},
+		{"webhook_delete_null_fields.json", "usr_del_3e7d9b1f5a0c"},
+		{"webhook_delete_odd_shapes.json", "usr_del_6b2a8c4e0d9f"},
+		{"webhook_delete_classic.json", "usr_del_2d4f6a8c0e1b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			events, err := DecodeWebhook(readTestdata(t, tt.file), receivedAt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := events[0].Message
+			if len(events) != 1 || m.Type != "delete" || m.Rejected != "" || m.UserID != tt.userID || m.ID == "" {
+				t.Errorf("got %d events, type %q, rejected %q, user %q, ID %q; want one delete of %s, not rejected, with an ID",
+					len(events), m.Type, m.Rejected, m.UserID, m.ID, tt.userID)
+			}
+		})
+	}
+}
+
+// TestDecodeOptionalFieldShapes: every optional object field of every event
+// type tolerates [] and null as Segment does (an empty map, as PHP encodes
+// it); any other shape either is tolerated or records a reason, and never
+// refuses a delete.
+func TestDecodeOptionalFieldShapes(t *testing.T) {
+	types := []string{"identify", "track", "page", "screen", "group", "alias", "delete"}
+	fields := []string{"context", "traits", "properties", "integrations", "context.traits", "context.page", "options"}
+	shapes := []string{`[]`, `[ ]`, `null`, `"x"`, `[1]`, `7`, `true`}
+	for _, typ := range types {
+		for _, field := range fields {
+			for _, shape := range shapes {
+				value := `"` + field + `":` + shape
+				if parent, child, nested := strings.Cut(field, "."); nested {
+					value = `"` + parent + `":{"` + child + `":` + shape + `}`
+				}
+				event := `{"type":"` + typ + `","userId":"u-7","previousId":"p-7","event":"E","groupId":"g",` + value + `}`
+				events, err := DecodeWebhook([]byte(event), receivedAt)
+				if err != nil {
+					t.Fatalf("%s: %v", event, err)
+				}
+				got := events[0].Message.Rejected
+				switch {
+				case shape == `[]` || shape == `[ ]` || shape == `null` || typ == "delete":
+					if got != "" {
+						t.Errorf("%s: got rejected %q, want it applied", event, got)
+					}
+				case got != "" && got != ReasonBadContext && got != ReasonBadTraits:
+					t.Errorf("%s: got rejected %q, want applied or a reason naming the field", event, got)
+				}
+			}
+		}
 	}
 }

@@ -24,6 +24,7 @@ type config struct {
 	SegmentEndpoint        string
 	SegmentRelay           bool
 	SegmentRateLimit       float64
+	SegmentRateBurst       int
 
 	JimoAPIKey          string
 	JimoEndpoint        string
@@ -174,11 +175,12 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.StringVar(&c.Addr, "addr", ":8080", "listen address")
 	fs.StringVar(&c.DB, "db", "bridge.db", "SQLite database path")
 	fs.Var(listValue{&c.SegmentWriteKeys}, "segment-write-keys", "comma-separated write keys accepted on /v1/* (generated when empty)")
-	fs.StringVar(&c.SegmentSharedSecret, "segment-shared-secret", "", "shared secret verifying X-Signature on /segment/webhook (empty: the webhook requires a write key)")
+	fs.StringVar(&c.SegmentSharedSecret, "segment-shared-secret", "", "shared secret verifying X-Signature (and an optional Authorization: Bearer) on /segment/webhook (generated when empty)")
 	fs.StringVar(&c.SegmentForwardWriteKey, "segment-forward-write-key", "", "write key of the Segment source the bridge sends to (empty: no forwarding to Segment)")
 	fs.StringVar(&c.SegmentEndpoint, "segment-endpoint", "https://api.segment.io", "Segment Tracking API endpoint")
 	fs.BoolVar(&c.SegmentRelay, "segment-relay", false, "relay everything received on the Tracking API to Segment, as received")
-	fs.Float64Var(&c.SegmentRateLimit, "segment-rate-limit", 0, "events per second accepted per write key (0: no limit)")
+	fs.Float64Var(&c.SegmentRateLimit, "segment-rate-limit", 0, "events per second accepted on /v1/* per write key and client IP (0: no limit)")
+	fs.IntVar(&c.SegmentRateBurst, "segment-rate-burst", 0, "events accepted at once per write key and client IP; one request costs at most this (0: one second's worth)")
 	fs.StringVar(&c.JimoAPIKey, "jimo-api-key", "", "Jimo server-side API key (empty: no forwarding to Jimo)")
 	fs.StringVar(&c.JimoEndpoint, "jimo-endpoint", "", "base URL of Jimo's server-side API")
 	fs.StringVar(&c.JimoTokenMode, "jimo-token-mode", "shared", "shared (the Jimo token is the user ID) or derived (an opaque HMAC of it)")

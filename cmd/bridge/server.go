@@ -108,7 +108,7 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 	return done
 }
 
-// secrets resolves the secrets that must exist, generating (and printing
+// resolveSecrets resolves the secrets that must exist, generating (and printing
 // once) the ones not configured.
 func resolveSecrets(ctx context.Context, cfg *config, store *mapping.Store, stdout io.Writer) (tokenSecret string, err error) {
 	generate := func(name string, target *string) error {
@@ -133,6 +133,12 @@ func resolveSecrets(ctx context.Context, cfg *config, store *mapping.Store, stdo
 			return "", err
 		}
 		cfg.SegmentWriteKeys = []string{key}
+	}
+	if cfg.SegmentSharedSecret == "" {
+		// The webhook always verifies X-Signature: it is never open.
+		if err := generate("BRIDGE_SEGMENT_SHARED_SECRET", &cfg.SegmentSharedSecret); err != nil {
+			return "", err
+		}
 	}
 	if cfg.JimoSigningSecret == "" {
 		if err := generate("BRIDGE_JIMO_SIGNING_SECRET", &cfg.JimoSigningSecret); err != nil {
@@ -198,7 +204,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		Store:        counted,
 		WriteKeys:    segment.NewWriteKeys(cfg.SegmentWriteKeys),
 		SharedSecret: []byte(cfg.SegmentSharedSecret),
-		RateLimit:    segment.RateLimit{PerSecond: cfg.SegmentRateLimit},
+		RateLimit:    segment.RateLimit{PerSecond: cfg.SegmentRateLimit, Burst: cfg.SegmentRateBurst},
 		Logger:       logger,
 		Metrics:      segmentMetrics{a.metrics},
 	})
