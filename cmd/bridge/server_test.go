@@ -185,7 +185,7 @@ func TestGeneratedSecretsShownOnce(t *testing.T) {
 		return out.String()
 	}
 	first := start()
-	for _, name := range []string{"BRIDGE_ADMIN_PASSWORD", "BRIDGE_SEGMENT_WRITE_KEYS", "BRIDGE_JIMO_SIGNING_SECRET", "BRIDGE_JIMO_WEBHOOK_SECRET"} {
+	for _, name := range []string{"BRIDGE_ADMIN_PASSWORD", "BRIDGE_SEGMENT_WRITE_KEYS", "BRIDGE_SEGMENT_SHARED_SECRET", "BRIDGE_JIMO_SIGNING_SECRET", "BRIDGE_JIMO_WEBHOOK_SECRET"} {
 		if !strings.Contains(first, "generated "+name+"=") {
 			t.Errorf("first start did not print %s:\n%s", name, first)
 		}
