@@ -25,7 +25,16 @@ type DeliveryError struct {
 	Err        error
 }
 
-func (e *DeliveryError) Error() string { return e.Err.Error() }
+func (e *DeliveryError) Error() string {
+	kind := "transient"
+	if e.Permanent {
+		kind = "permanent"
+	}
+	if e.Err == nil {
+		return kind + " delivery failure"
+	}
+	return e.Err.Error()
+}
 
 // Unwrap returns the cause.
 func (e *DeliveryError) Unwrap() error { return e.Err }

@@ -28,3 +28,17 @@ func TestParseRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+func TestDeliveryErrorWithoutCause(t *testing.T) {
+	for _, tt := range []struct {
+		err  *DeliveryError
+		want string
+	}{
+		{&DeliveryError{}, "transient delivery failure"},
+		{&DeliveryError{Permanent: true}, "permanent delivery failure"},
+	} {
+		if got := tt.err.Error(); got != tt.want {
+			t.Errorf("got %q, want %q", got, tt.want)
+		}
+	}
+}
