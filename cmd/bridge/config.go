@@ -4,8 +4,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // config is the bridge's configuration: every field has a flag and a BRIDGE_*
@@ -43,6 +46,8 @@ type config struct {
 	DeliveryWorkers     int
 	KeepDeliveredJobs   time.Duration
 	TrustProxy          bool
+	WALLimit            byteSize
+	CommitTimeout       time.Duration
 }
 
 // secretNames are the configuration fields that must never be logged or shown.
@@ -106,6 +111,9 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", 128, "outbox deliveries in flight at once")
 	fs.DurationVar(&c.KeepDeliveredJobs, "keep-delivered-jobs", 7*24*time.Hour, "how long delivered outbox jobs stay visible before they are removed")
 	fs.BoolVar(&c.TrustProxy, "trust-proxy", false, "take the client IP from X-Forwarded-For (only behind a proxy that sets it)")
+	c.WALLimit = mapping.DefaultWALLimit
+	fs.Var(&c.WALLimit, "wal-limit", "bound of SQLite's write-ahead log (bytes, or with KiB, MiB, GiB)")
+	fs.DurationVar(&c.CommitTimeout, "commit-timeout", 10*time.Second, "how long a request waits for its events to be stored before it is answered 503")
 
 	set := map[string]bool{}
 	if err := fs.Parse(args); err != nil {
@@ -133,6 +141,40 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 		return c, fmt.Errorf("jimo token mode %q: want shared or derived", c.JimoTokenMode)
 	}
 	return c, nil
+}
+
+// byteSize is a size in bytes, given as a number with an optional KiB, MiB or GiB suffix.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	for _, u := range []struct {
+		suffix string
+		n      int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if int64(*b) >= u.n && int64(*b)%u.n == 0 {
+			return strconv.FormatInt(int64(*b)/u.n, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(*b), 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		n      int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(rest), u.n
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("want a positive number of bytes, optionally with KiB, MiB or GiB")
+	}
+	*b = byteSize(n * mult)
+	return nil
 }
 
 func lookup(getenv func(string) string, name string) (string, bool) {

@@ -146,11 +146,13 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 	m := newMetrics()
 	describeMetrics(m)
 	store, err := mapping.Open(ctx, cfg.DB, mapping.Options{
-		Caps:         mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
-		Blocklist:    mapping.NewBlocklist(cfg.BlockedIDs),
-		MergeOnEmail: cfg.MergeOnEmail,
-		Logger:       logger,
-		Observer:     m,
+		Caps:          mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
+		Blocklist:     mapping.NewBlocklist(cfg.BlockedIDs),
+		MergeOnEmail:  cfg.MergeOnEmail,
+		WALLimit:      int64(cfg.WALLimit),
+		CommitTimeout: cfg.CommitTimeout,
+		Logger:        logger,
+		Observer:      m,
 	})
 	if err != nil {
 		return nil, err
@@ -251,19 +253,57 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	adm.RegisterAPI(api)
 
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	// Not ready while the store cannot store: a full disk, a write lock
+	// held elsewhere, an overloaded writer, its file removed or replaced,
+	// a failed sync. The reason is in the body (no secrets in it).
 	e.GET("/readyz", func(c echo.Context) error {
 		if err := a.store.Ready(c.Request().Context()); err != nil {
-			return &mapping.Error{Code: mapping.CodeUnavailable, Message: "database not ready", Err: err}
+			return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready: " + err.Error(), RetryAfter: 5 * time.Second}
 		}
 		return c.String(http.StatusOK, "ready\n")
 	})
 	a.outboxGauges(logger)
+	a.storeGauges()
 	e.GET("/metrics", func(c echo.Context) error {
 		c.Response().Header().Set(echo.HeaderContentType, "text/plain; version=0.0.4; charset=utf-8")
 		a.metrics.write(c.Response())
 		return nil
 	})
 	return e, nil
+}
+
+// storeGauges publishes the store's figures: the write-ahead log's size,
+// peak and bound, the checkpoints that bound it, and whether (and since
+// when) the store cannot store, by reason.
+func (a *app) storeGauges() {
+	a.metrics.gauge("bridge_wal_bytes", "Size of the SQLite write-ahead log: now (state=current), largest since start (state=peak), and its bound (state=limit).", func() map[string]float64 {
+		st := a.store.Stats()
+		return map[string]float64{`{state="current"}`: float64(st.WALBytes), `{state="peak"}`: float64(st.WALPeak), `{state="limit"}`: float64(st.WALLimit)}
+	})
+	a.metrics.gauge("bridge_wal_checkpoints", "Checkpoints the writer ran to keep the write-ahead log under its bound.", func() map[string]float64 {
+		return map[string]float64{"": float64(a.store.Stats().Checkpoints)}
+	})
+	reasons := []string{mapping.ReasonDiskFull, mapping.ReasonLocked, mapping.ReasonOverloaded, mapping.ReasonFileReplaced, mapping.ReasonSyncFailed}
+	a.metrics.gauge("bridge_store_unavailable_seconds", "How long the store has been unable to store, by reason (0: it can).", func() map[string]float64 {
+		st := a.store.Stats()
+		m := map[string]float64{}
+		for _, r := range reasons {
+			v := 0.0
+			if st.Unavailable == r {
+				v = time.Since(st.UnavailableSince).Seconds()
+			}
+			m[`{reason="`+r+`"}`] = v
+		}
+		return m
+	})
+	a.metrics.gauge("bridge_store_refused", "Writes answered 503 because the store could not store, by reason, since start.", func() map[string]float64 {
+		st := a.store.Stats()
+		m := map[string]float64{}
+		for _, r := range reasons {
+			m[`{reason="`+r+`"}`] = float64(st.Refused[r])
+		}
+		return m
+	})
 }
 
 // sessionRate maps the configured rate to jimo's: 0 means no limit, as for the Tracking API.
@@ -307,6 +347,10 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Write
 		serveErr = fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 		logger.Info("shutting down")
+	case <-a.store.Fatal():
+		// The store refuses every write from now on; a restart recovers from what is on disk.
+		logger.Error("stopping: the database can no longer be written safely", "err", a.store.FatalError())
+		serveErr = fmt.Errorf("the database can no longer be written safely: %w", a.store.FatalError())
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
