@@ -74,9 +74,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Observer receives commit figures for metrics; nil means none.
 	Observer CommitObserver
-
-	// syncFile makes the log durable; tests inject failures. Default (*os.File).Sync.
-	syncFile func(*os.File) error
+	// SyncFile makes the write-ahead log durable; nil means (*os.File).Sync.
+	// It exists for tests to inject failures: an error from it is fatal.
+	SyncFile func(*os.File) error
 }
 
 // DefaultWALLimit is the write-ahead log's bound when Options.WALLimit is 0.
@@ -166,8 +166,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.CommitTimeout <= 0 {
 		opts.CommitTimeout = 10 * time.Second
 	}
-	if opts.syncFile == nil {
-		opts.syncFile = (*os.File).Sync
+	if opts.SyncFile == nil {
+		opts.SyncFile = (*os.File).Sync
 	}
 	opts.Caps = opts.Caps.withDefaults()
 	if opts.Blocklist.extra == nil {
@@ -410,7 +410,7 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 // syncLog makes every commit so far durable: it syncs the write-ahead log
 // through the descriptor held since Open.
 func (s *Store) syncLog() error {
-	if err := s.opts.syncFile(s.walFile); err != nil {
+	if err := s.opts.SyncFile(s.walFile); err != nil {
 		return fmt.Errorf("sync %s: %w", s.walFile.Name(), err)
 	}
 	return nil

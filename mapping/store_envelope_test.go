@@ -97,7 +97,7 @@ func TestWALStaysBounded(t *testing.T) {
 func TestFailedSyncIsFatal(t *testing.T) {
 	var failing atomic.Bool
 	var files sync.Map
-	s := openTestStore(t, Options{syncFile: func(f *os.File) error {
+	s := openTestStore(t, Options{SyncFile: func(f *os.File) error {
 		files.Store(f, true)
 		if failing.Load() {
 			return &os.PathError{Op: "sync", Path: f.Name(), Err: syscall.EIO}

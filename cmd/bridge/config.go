@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -48,6 +49,9 @@ type config struct {
 	TrustProxy          bool
 	WALLimit            byteSize
 	CommitTimeout       time.Duration
+
+	// syncFile replaces the store's sync of its log; tests inject failures. No flag sets it.
+	syncFile func(*os.File) error
 }
 
 // secretNames are the configuration fields that must never be logged or shown.

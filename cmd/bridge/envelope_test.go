@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 
@@ -96,5 +101,59 @@ func TestDatabaseRemovedUnderTheBridge(t *testing.T) {
 	}
 	if !strings.Contains(b.stdout.String(), "removed or renamed") {
 		t.Errorf("the log does not say the database was removed:\n%s", b.stdout)
+	}
+}
+
+// TestFailedSyncStopsTheBridge injects a failure of the write-ahead log's
+// sync under the running bridge: the request whose commit it covered is not
+// acknowledged, and serve returns an error (main exits 1) with a log line
+// saying why.
+func TestFailedSyncStopsTheBridge(t *testing.T) {
+	out := &syncBuffer{addr: make(chan string, 1)}
+	cfg, err := parseConfig("bridge", []string{"-addr", "127.0.0.1:0", "-db", filepath.Join(t.TempDir(), "bridge.db"),
+		"-admin-password", testAdminPassword, "-segment-write-keys", testWriteKey,
+		"-jimo-signing-secret", testSigningSecret, "-jimo-webhook-secret", testWebhookSecret}, func(string) string { return "" }, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	cfg.syncFile = func(f *os.File) error {
+		if failing.Load() {
+			return &os.PathError{Op: "fsync", Path: f.Name(), Err: syscall.EIO}
+		}
+		return f.Sync()
+	}
+	logger, err := newLogger(cfg, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, logger, out) }()
+	var b testBridge
+	select {
+	case b.URL = <-out.addr:
+	case err := <-served:
+		t.Fatalf("bridge did not start: %v\n%s", err, out)
+	}
+	auth := map[string]string{"Authorization": basicAuth(testWriteKey), "Content-Type": "application/json"}
+	if r := b.do(t, http.MethodPost, "/v1/identify", []byte(`{"messageId":"m0","userId":"user-0","type":"identify"}`), auth); r.status != http.StatusOK {
+		t.Fatalf("identify: got %d, want 200: %s", r.status, r.body)
+	}
+	failing.Store(true)
+	if r := b.do(t, http.MethodPost, "/v1/identify", []byte(`{"messageId":"m1","userId":"user-1","type":"identify"}`), auth); r.status == http.StatusOK {
+		t.Errorf("identify whose sync failed: got 200, want it refused")
+	}
+	select {
+	case err := <-served:
+		if err == nil || !errors.Is(err, syscall.EIO) {
+			t.Errorf("serve: got %v, want the sync failure", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the bridge went on serving after a failed sync")
+	}
+	if !strings.Contains(out.String(), "stopping: the database can no longer be written safely") {
+		t.Errorf("no log line says why the bridge stopped:\n%s", out)
 	}
 }

@@ -151,6 +151,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 		MergeOnEmail:  cfg.MergeOnEmail,
 		WALLimit:      int64(cfg.WALLimit),
 		CommitTimeout: cfg.CommitTimeout,
+		SyncFile:      cfg.syncFile,
 		Logger:        logger,
 		Observer:      m,
 	})
