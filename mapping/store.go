@@ -511,9 +511,14 @@ func (s *Store) boundLog() {
 	}
 	// Waiting for a long reader would stall every request behind the
 	// committer: the checkpoint waits briefly, and is tried again after the
-	// next group if a reader kept it from completing.
+	// next group if a reader kept it from completing; only with the log
+	// past three quarters of its bound does it wait as long as it takes.
 	ctx := context.Background()
-	s.committer.ExecContext(ctx, `PRAGMA busy_timeout = 200`)
+	wait := 200
+	if n >= s.opts.WALLimit/4*3 {
+		wait = 10000
+	}
+	s.committer.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, wait))
 	err := s.committer.GetContext(ctx, &res, `PRAGMA wal_checkpoint(TRUNCATE)`)
 	s.committer.ExecContext(ctx, `PRAGMA busy_timeout = 10000`)
 	s.ckpts.Add(1)
