@@ -724,8 +724,9 @@ func unavailable(reason string, stored bool) *Error {
 }
 
 // health is whether the store can store, and why not: the state behind
-// Ready, Stats and the refusals. It logs a change of state once, and while
-// it lasts, at most one line every 30 seconds.
+// Ready, Stats and the refusals. It logs a change of state once (should
+// conditions come and go, at most one line every 10 seconds on average,
+// refusals always), and while one lasts, at most one line every 30 seconds.
 type health struct {
 	log *slog.Logger
 	now func() time.Time
@@ -741,7 +742,8 @@ type health struct {
 	since    time.Time
 	refused  map[string]int64
 	unlogged int64
-	every    *rate.Limiter
+	every    *rate.Limiter // "still" lines while a condition lasts
+	changes  *rate.Limiter // lines about a condition starting or ending, should it come and go
 }
 
 func (h *health) init(log *slog.Logger, now func() time.Time) {
@@ -749,6 +751,7 @@ func (h *health) init(log *slog.Logger, now func() time.Time) {
 	h.fatal = make(chan struct{})
 	h.refused = map[string]int64{}
 	h.every = rate.NewLimiter(rate.Every(30*time.Second), 1)
+	h.changes = rate.NewLimiter(rate.Every(10*time.Second), 3)
 }
 
 // set records that the store cannot store for reason; refuse makes
@@ -764,7 +767,10 @@ func (h *health) set(reason string, cause error, refuse bool) {
 		return
 	}
 	if reason != h.reason {
-		h.log.Error("cannot store; answering 503 until it clears", "reason", reason, "err", cause)
+		if h.changes.Allow() || refuse {
+			h.log.Error("cannot store; answering 503 until it clears", "reason", reason, "err", cause, "refused_before", h.unlogged)
+			h.unlogged = 0
+		}
 		h.reason, h.since = reason, h.now()
 		h.every.Allow() // the line just logged counts
 		h.any.Store(true)
@@ -795,8 +801,11 @@ func (h *health) clear(reasons ...string) {
 	defer h.mu.Unlock()
 	for _, r := range reasons {
 		if h.reason == r {
-			h.log.Info("storing again", "reason", r, "after", h.now().Sub(h.since).Round(time.Millisecond), "refused", h.unlogged)
-			h.reason, h.since, h.unlogged = "", time.Time{}, 0
+			if h.changes.Allow() {
+				h.log.Info("storing again", "reason", r, "after", h.now().Sub(h.since).Round(time.Millisecond), "refused", h.unlogged)
+				h.unlogged = 0
+			}
+			h.reason, h.since = "", time.Time{}
 			h.any.Store(false)
 			h.refusing.Store(nil)
 			return

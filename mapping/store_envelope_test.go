@@ -1,9 +1,11 @@
 package mapping
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -423,5 +425,24 @@ func TestWriterContractChecked(t *testing.T) {
 		if err := s.checkContract(context.Background()); err == nil {
 			t.Errorf("after %s: got nil, want a refusal", q)
 		}
+	}
+}
+
+// TestUnavailabilityLogIsRateLimited: a condition that comes and goes
+// hundreds of times, and refusals by the thousand, log a handful of lines.
+func TestUnavailabilityLogIsRateLimited(t *testing.T) {
+	var buf bytes.Buffer
+	var h health
+	h.init(slog.New(slog.NewTextHandler(&buf, nil)), time.Now)
+	for range 300 {
+		h.set(ReasonOverloaded, errors.New("slow"), false)
+		h.countRefused(10)
+		h.clear(ReasonOverloaded)
+	}
+	if n := strings.Count(buf.String(), "\n"); n == 0 || n > 6 {
+		t.Errorf("%d log lines for 300 episodes, want a handful:\n%s", n, buf.String())
+	}
+	if got := h.refusedCounts()[ReasonOverloaded]; got != 3000 {
+		t.Errorf("refused: got %d, want 3000 (every refusal counted, logged or not)", got)
 	}
 }
