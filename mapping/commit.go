@@ -83,31 +83,35 @@ func (s *Store) enqueue(ctx context.Context, sub *submission) error {
 		s.mu.RUnlock()
 	case <-ctx.Done():
 		s.mu.RUnlock()
-		return s.gaveUp(ctx, false)
+		return s.gaveUp(ctx, false, false)
 	case <-timer.C:
 		s.mu.RUnlock()
-		return s.gaveUp(ctx, false)
+		return s.gaveUp(ctx, false, true)
 	}
+	timedOut := false
 	select {
 	case <-sub.done:
 		return nil
 	case <-ctx.Done():
 	case <-timer.C:
+		timedOut = true
 	}
 	if sub.state.CompareAndSwap(subWaiting, subAbandoned) {
-		return s.gaveUp(ctx, false)
+		return s.gaveUp(ctx, false, timedOut)
 	}
 	select {
 	case <-sub.done:
 		return nil
 	default:
-		return s.gaveUp(ctx, true)
+		return s.gaveUp(ctx, true, timedOut)
 	}
 }
 
 // gaveUp is what a caller that stopped waiting gets: ctx's error if it was
-// cancelled, else CodeUnavailable, recording why the writer was slow.
-func (s *Store) gaveUp(ctx context.Context, taken bool) error {
+// cancelled, else CodeUnavailable. A wait as long as CommitTimeout (not
+// merely a short deadline of the caller's) marks the store unavailable
+// until its next commit.
+func (s *Store) gaveUp(ctx context.Context, taken, timedOut bool) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return ctx.Err()
 	}
@@ -115,7 +119,9 @@ func (s *Store) gaveUp(ctx context.Context, taken bool) error {
 	if s.phase.Load() == phaseLocking {
 		reason = ReasonLocked
 	}
-	s.health.set(reason, fmt.Errorf("a submission waited %s without being committed", s.opts.CommitTimeout), false)
+	if timedOut {
+		s.health.set(reason, fmt.Errorf("a submission waited %s without being committed", s.opts.CommitTimeout), false)
+	}
 	s.health.countRefused(1)
 	return unavailable(reason, taken)
 }

@@ -266,12 +266,13 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 }
 
 // TestLockedPastDeadline holds the write lock from another connection:
-// Submit answers unavailable by its context's deadline, Ready says locked;
-// once the lock is released the store commits again (what was answered
-// unavailable after the committer took it is stored, and its retry is
-// recognised as a duplicate).
+// Submit answers unavailable by its context's deadline or CommitTimeout,
+// whichever comes first, and Ready says locked;
+// once the lock is released the store commits again: what was answered
+// unavailable after the committer took it is stored (its retry is
+// recognised as a duplicate), what was still queued is not.
 func TestLockedPastDeadline(t *testing.T) {
-	s := openTestStore(t, Options{})
+	s := openTestStore(t, Options{CommitTimeout: 300 * time.Millisecond})
 	other, err := openSQLite(s.path, false)
 	if err != nil {
 		t.Fatal(err)
@@ -285,10 +286,15 @@ func TestLockedPastDeadline(t *testing.T) {
 	if _, err := conn.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	// A caller's deadline shorter than CommitTimeout is kept too.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err = s.Submit(ctx, []Message{identify("m1", "user-1", "", 0)})
+	_, err = s.Submit(ctx, []Message{identify("m0", "user-0", "", 0)})
 	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeUnavailable || e.RetryAfter <= 0 {
+		t.Fatalf("submit with a deadline while locked: got %v, want unavailable with a RetryAfter", err)
+	}
+	_, err = s.Submit(context.Background(), []Message{identify("m1", "user-1", "", 0)})
 	if !errors.As(err, &e) || e.Code != CodeUnavailable || e.RetryAfter <= 0 {
 		t.Fatalf("submit while locked: got %v, want unavailable with a RetryAfter", err)
 	}
@@ -298,8 +304,13 @@ func TestLockedPastDeadline(t *testing.T) {
 	if _, err := conn.ExecContext(context.Background(), `ROLLBACK`); err != nil {
 		t.Fatal(err)
 	}
-	if r := submit(t, s, identify("m1", "user-1", "", 0)); !r[0].Duplicate {
-		t.Errorf("retry after the lock: got a new message, want the duplicate of the one committed once the lock was released")
+	// m0 was in the group waiting for the lock: it is committed once the lock is released.
+	if r := submit(t, s, identify("m0", "user-0", "", 0)); !r[0].Duplicate {
+		t.Errorf("retry of m0 after the lock: got a new message, want the duplicate of the one committed once the lock was released")
+	}
+	// m1 waited behind that group and was never taken: it was not stored.
+	if r := submit(t, s, identify("m1", "user-1", "", 0)); r[0].Duplicate {
+		t.Errorf("retry of m1 after the lock: got a duplicate, want m1 never stored before")
 	}
 	if err := s.Ready(context.Background()); err != nil {
 		t.Errorf("Ready after the lock: %v", err)
