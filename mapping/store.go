@@ -129,6 +129,9 @@ type Store struct {
 	walPeak  atomic.Int64
 	walLast  int64 // the log's size after the last group; the committer's
 	ckpts    atomic.Int64
+	// ckptMu is held by whichever of the store's checkpoints runs: SQLite
+	// refuses a second one at once (SQLITE_BUSY) rather than waiting.
+	ckptMu sync.Mutex
 	// phase is what the committer is doing: idle, waiting for the write
 	// lock, or applying a group; phaseSince is when it started it.
 	phase      atomic.Int32
@@ -513,18 +516,25 @@ func (s *Store) boundLog() {
 	// committer: the checkpoint waits briefly, and is tried again after the
 	// next group if a reader kept it from completing; only with the log
 	// past three quarters of its bound does it wait as long as it takes.
+	// The same goes for the passive checkpoint beside it.
 	ctx := context.Background()
 	wait := 200
 	if n >= s.opts.WALLimit/4*3 {
 		wait = 10000
+		s.ckptMu.Lock()
+	} else if !s.ckptMu.TryLock() {
+		return // the passive checkpoint is copying the log meanwhile
 	}
 	s.committer.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, wait))
 	err := s.committer.GetContext(ctx, &res, `PRAGMA wal_checkpoint(TRUNCATE)`)
 	s.committer.ExecContext(ctx, `PRAGMA busy_timeout = 10000`)
+	s.ckptMu.Unlock()
 	s.ckpts.Add(1)
 	switch {
-	case err != nil:
+	case err != nil && cannotStore(err) != ReasonLocked:
 		s.storeFailed(fmt.Errorf("checkpoint: %w", err))
+	case err != nil:
+		s.log.Debug("checkpoint incomplete: the database is locked", "err", err)
 	case res.Busy != 0:
 		// A reader still uses the log's end; the next group tries again.
 		s.log.Debug("checkpoint incomplete: a reader uses the log", "log_frames", res.Log, "checkpointed_frames", res.Checkpointed)
@@ -543,7 +553,12 @@ func (s *Store) checkpointLoop() {
 		select {
 		case <-tick.C:
 			s.checkFiles()
-			if _, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil && !s.health.unavailable() {
+			if !s.ckptMu.TryLock() {
+				continue // the committer is checkpointing
+			}
+			_, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+			s.ckptMu.Unlock()
+			if err != nil && !s.health.unavailable() {
 				s.log.Warn("checkpoint", "err", err)
 			}
 		case <-s.stopped:
