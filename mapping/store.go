@@ -120,7 +120,7 @@ type Store struct {
 	// walFile is the write-ahead log, opened once: every sync goes through
 	// it, so an error the kernel reports for the file is seen here.
 	walFile *os.File
-	// dbFile and walInfo identify the files opened, to notice when the
+	// dbInfo and walInfo identify the files opened, to notice when the
 	// path names another file (or none) later.
 	dbInfo, walInfo os.FileInfo
 
@@ -226,11 +226,16 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		closeAll()
 		return nil, err
 	}
-	if err := committer.GetContext(ctx, &s.anyTombstones, `SELECT EXISTS (SELECT 1 FROM tombstones)`); err != nil {
+	if err := write.GetContext(ctx, &s.anyTombstones, `SELECT EXISTS (SELECT 1 FROM tombstones)`); err != nil {
 		closeAll()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	// The log exists once a connection has read in WAL mode, and stays while the committer is open.
+	var migrated int
+	if err := committer.GetContext(ctx, &migrated, `SELECT COUNT(*) FROM schema_migrations`); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	if s.walFile, err = os.OpenFile(path+"-wal", os.O_RDWR, 0); err != nil {
 		closeAll()
 		return nil, fmt.Errorf("open %s: its write-ahead log: %w", path, err)
