@@ -578,26 +578,31 @@ func (s *Store) checkpointLoop() {
 // (and Ready fails) until the path names its file again.
 func (s *Store) checkFiles() error {
 	var problem error
+	var what string
 	for _, f := range []struct {
-		name string
-		info os.FileInfo
-	}{{s.path, s.dbInfo}, {s.path + "-wal", s.walInfo}} {
+		name, what string
+		info       os.FileInfo
+	}{{s.path, "database file", s.dbInfo}, {s.path + "-wal", "database's write-ahead log", s.walInfo}} {
 		now, err := os.Stat(f.name)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			problem = fmt.Errorf("%s was removed or renamed while the bridge had it open", f.name)
+			what = "the " + f.what + " was removed or renamed"
 		case err != nil:
-			problem = fmt.Errorf("check %s: %w", f.name, err)
+			what = "the " + f.what + " cannot be checked"
 		case !os.SameFile(now, f.info):
-			problem = fmt.Errorf("%s was replaced by another file while the bridge had it open", f.name)
+			what = "the " + f.what + " was replaced by another file"
+		default:
+			continue
 		}
-		if problem != nil {
-			break
+		problem = fmt.Errorf("%s (%s) while the bridge had it open", what, f.name)
+		if err != nil {
+			problem = fmt.Errorf("%w: %w", problem, err)
 		}
+		break
 	}
 	if problem != nil {
 		s.health.set(ReasonFileReplaced, problem, true)
-		return problem
+		return &Error{Code: CodeUnavailable, Message: "not ready (" + ReasonFileReplaced + "): " + what, Err: problem, RetryAfter: 60 * time.Second}
 	}
 	s.health.clear(ReasonFileReplaced)
 	return nil
@@ -617,31 +622,34 @@ func (s *Store) Checkpoint(ctx context.Context) error {
 // Ready reports whether the store can store: nil when the database answers,
 // every migration is applied, its files are the ones opened, and nothing
 // keeps it from committing (a full disk, a write lock held elsewhere past
-// CommitTimeout, an overloaded writer, a failed sync).
+// CommitTimeout, an overloaded writer, a failed sync). Otherwise it returns
+// an *Error with CodeUnavailable whose message names the reason (one of the
+// Reason constants) and no file paths, fit for an unauthenticated client;
+// the details are in its cause.
 func (s *Store) Ready(ctx context.Context) error {
 	if err := s.checkFiles(); err != nil {
 		return err
 	}
-	if err := s.health.refusal(); err != nil {
-		return err
+	notReady := func(reason, what string, cause error) error {
+		return &Error{Code: CodeUnavailable, Message: "not ready (" + reason + "): " + what, Err: cause, RetryAfter: 5 * time.Second}
 	}
 	if reason, since := s.health.current(); reason != "" {
-		return fmt.Errorf("cannot store (%s) since %s", reason, since.UTC().Format(time.RFC3339))
+		return notReady(reason, "cannot store since "+since.UTC().Format(time.RFC3339), s.health.refusal())
 	}
 	if p, at := s.phase.Load(), time.Unix(0, s.phaseSince.Load()); p != phaseIdle && s.opts.Now().Sub(at) > s.opts.CommitTimeout {
 		reason := ReasonOverloaded
 		if p == phaseLocking {
 			reason = ReasonLocked
 		}
-		return fmt.Errorf("cannot store (%s): the group commit in progress started %s ago", reason, s.opts.Now().Sub(at).Round(time.Millisecond))
+		return notReady(reason, "the group commit in progress started "+s.opts.Now().Sub(at).Round(time.Millisecond).String()+" ago", nil)
 	}
 	var applied int
 	if err := s.read.GetContext(ctx, &applied, `SELECT COUNT(*) FROM schema_migrations`); err != nil {
-		return fmt.Errorf("database not ready: %w", err)
+		return notReady("database", "the database does not answer", err)
 	}
 	names, _ := fs.Glob(migrations, "migrations/*.sql")
 	if applied < len(names) {
-		return fmt.Errorf("database has %d of %d migrations", applied, len(names))
+		return notReady("database", fmt.Sprintf("the database has %d of %d migrations", applied, len(names)), nil)
 	}
 	return nil
 }

@@ -256,10 +256,14 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	// Not ready while the store cannot store: a full disk, a write lock
 	// held elsewhere, an overloaded writer, its file removed or replaced,
-	// a failed sync. The reason is in the body (no secrets in it).
+	// a failed sync. The reason is in the body (no paths, no secrets).
 	e.GET("/readyz", func(c echo.Context) error {
 		if err := a.store.Ready(c.Request().Context()); err != nil {
-			return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready: " + err.Error(), RetryAfter: 5 * time.Second}
+			var me *mapping.Error
+			if errors.As(err, &me) {
+				return me
+			}
+			return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready", Err: err, RetryAfter: 5 * time.Second}
 		}
 		return c.String(http.StatusOK, "ready\n")
 	})
