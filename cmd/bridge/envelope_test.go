@@ -92,6 +92,8 @@ func TestDatabaseRemovedUnderTheBridge(t *testing.T) {
 	}
 	if r := b.do(t, http.MethodGet, "/readyz", nil, nil); r.status != http.StatusServiceUnavailable || !strings.Contains(string(r.body), "removed") {
 		t.Errorf("/readyz with the database renamed away: got %d %s, want 503 saying it was removed", r.status, r.body)
+	} else if strings.Contains(string(r.body), filepath.Base(b.DB)) {
+		t.Errorf("/readyz shows the database's path to anyone: %s", r.body)
 	}
 	if err := os.Rename(b.DB+".moved", b.DB); err != nil {
 		t.Fatal(err)
