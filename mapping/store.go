@@ -508,8 +508,9 @@ func (s *Store) boundLog() {
 	grew := max(n-s.walLast, 0)
 	s.walLast = n
 	// Also when the next group, should it grow the log twice as much as
-	// the last, would pass the limit.
-	if n < s.opts.WALLimit/2 && n+2*grew <= s.opts.WALLimit {
+	// the last, would pass the limit. Never after a failed sync: what the
+	// log holds may not be what was written, and must not reach the database.
+	if n < s.opts.WALLimit/2 && n+2*grew <= s.opts.WALLimit || s.FatalError() != nil {
 		return
 	}
 	var res struct {
@@ -558,7 +559,7 @@ func (s *Store) checkpointLoop() {
 		select {
 		case <-tick.C:
 			s.checkFiles()
-			if !s.ckptMu.TryLock() {
+			if s.FatalError() != nil || !s.ckptMu.TryLock() {
 				continue // the committer is checkpointing
 			}
 			_, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
