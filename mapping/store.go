@@ -700,7 +700,11 @@ func (s *Store) FatalError() error {
 	}
 }
 
-// Close stops accepting submissions, commits what is queued, and closes the database.
+// Close stops accepting submissions, commits what is queued, and closes the
+// database. After a fatal failure (see Fatal) it leaves SQLite's connections
+// open, since closing the last one would checkpoint a log whose sync failed
+// into the database: the process is to exit, and SQLite recovers from what
+// is on disk when it starts again.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if !s.closed {
@@ -710,10 +714,11 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	<-s.stopped
 	<-s.synced
-	if s.FatalError() == nil {
-		if err := s.Checkpoint(context.Background()); err != nil {
-			s.log.Warn("final checkpoint", "err", err)
-		}
+	if err := s.FatalError(); err != nil {
+		return fmt.Errorf("close %s: not checkpointed after a failed sync: %w", s.path, err)
+	}
+	if err := s.Checkpoint(context.Background()); err != nil {
+		s.log.Warn("final checkpoint", "err", err)
 	}
 	for _, st := range s.stmts {
 		st.Close()
