@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -18,15 +19,32 @@ type submission struct {
 	receipts []Receipt
 	err      error
 	done     chan struct{}
+	// state is subWaiting until the committer takes the submission
+	// (subTaken) or its caller gives up waiting first (subAbandoned).
+	state atomic.Int32
 }
+
+// A submission's states.
+const (
+	subWaiting int32 = iota
+	subTaken
+	subAbandoned
+)
+
+// take claims sub for a group; it fails if the caller gave up on it.
+func (sub *submission) take() bool { return sub.state.CompareAndSwap(subWaiting, subTaken) }
 
 // Submit stores msgs durably, applies their identity links and enqueues their
 // jobs. It returns only after the transaction holding them has committed, so
 // a caller may acknowledge on a nil error. Concurrent calls share one
 // transaction (group commit). The receipts are in the order of msgs.
 //
-// If ctx ends before the messages are queued, Submit returns its error and
-// nothing is stored; once queued, it waits for the commit.
+// Submit waits at most until ctx's deadline or Options.CommitTimeout,
+// whichever comes first; past it, it answers CodeUnavailable (with a
+// RetryAfter): the messages were not stored if the committer had not taken
+// them yet, and may be stored otherwise (a retry is deduplicated). While the
+// store cannot store (a full disk, a replaced file, a failed sync) it
+// answers CodeUnavailable at once. If ctx is cancelled, it returns ctx's error.
 func (s *Store) Submit(ctx context.Context, msgs []Message) ([]Receipt, error) {
 	sub := &submission{msgs: msgs, done: make(chan struct{})}
 	if err := s.enqueue(ctx, sub); err != nil {
@@ -46,58 +64,165 @@ func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, w *writer
 	return sub.err
 }
 
-// enqueue hands sub to the committer and waits for its commit.
+// enqueue hands sub to the committer and waits for its commit, within
+// ctx's deadline and CommitTimeout.
 func (s *Store) enqueue(ctx context.Context, sub *submission) error {
+	if err := s.health.refusal(); err != nil {
+		s.health.countRefused(1)
+		return err
+	}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return Errorf(CodeUnavailable, "the bridge is shutting down; retry shortly")
+		return &Error{Code: CodeUnavailable, Message: "the bridge is shutting down; retry shortly", RetryAfter: 5 * time.Second}
 	}
+	timer := time.NewTimer(s.opts.CommitTimeout)
+	defer timer.Stop()
 	select {
 	case s.queue <- sub:
+		s.mu.RUnlock()
 	case <-ctx.Done():
 		s.mu.RUnlock()
+		return s.gaveUp(ctx, false, false)
+	case <-timer.C:
+		s.mu.RUnlock()
+		return s.gaveUp(ctx, false, true)
+	}
+	timedOut := false
+	select {
+	case <-sub.done:
+		return nil
+	case <-ctx.Done():
+	case <-timer.C:
+		timedOut = true
+	}
+	if sub.state.CompareAndSwap(subWaiting, subAbandoned) {
+		return s.gaveUp(ctx, false, timedOut)
+	}
+	select {
+	case <-sub.done:
+		return nil
+	default:
+		return s.gaveUp(ctx, true, timedOut)
+	}
+}
+
+// gaveUp is what a caller that stopped waiting gets: ctx's error if it was
+// cancelled, else CodeUnavailable. A wait as long as CommitTimeout (not
+// merely a short deadline of the caller's) marks the store unavailable
+// until its next commit.
+func (s *Store) gaveUp(ctx context.Context, taken, timedOut bool) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
 		return ctx.Err()
 	}
-	s.mu.RUnlock()
-	<-sub.done
-	return nil
+	reason := ReasonOverloaded
+	if s.phase.Load() == phaseLocking {
+		reason = ReasonLocked
+	}
+	if timedOut {
+		s.health.set(reason, fmt.Errorf("a submission waited %s without being committed", s.opts.CommitTimeout), false)
+	}
+	s.health.countRefused(1)
+	return unavailable(reason, taken)
 }
 
 // commitLoop takes the first waiting submission, adds every other one already
 // waiting (up to MaxGroup messages), and commits them in one transaction.
 // It does not wait for the disk: syncLoop syncs the log beside it and only
 // then releases the callers, so one group is applied while the last syncs.
+// While the disk is full it probes, with growing intervals, whether a tiny
+// write succeeds again.
 func (s *Store) commitLoop() {
 	defer close(s.stopped)
 	defer close(s.syncQueue)
+	const firstProbe, lastProbe = 250 * time.Millisecond, 15 * time.Second
+	backoff, nextProbe := firstProbe, time.Time{}
 	for {
+		var probe <-chan time.Time
+		var probeTimer *time.Timer
+		if reason, _ := s.health.current(); reason == ReasonDiskFull {
+			if nextProbe.IsZero() {
+				nextProbe = time.Now().Add(backoff)
+			}
+			probeTimer = time.NewTimer(time.Until(nextProbe))
+			probe = probeTimer.C
+		} else {
+			backoff, nextProbe = firstProbe, time.Time{}
+		}
 		var first *submission
 		select {
 		case first = <-s.queue:
+			if probeTimer != nil {
+				probeTimer.Stop()
+			}
+		case <-probe:
+			if s.probe() {
+				s.health.clear(ReasonDiskFull)
+			} else {
+				backoff = min(2*backoff, lastProbe)
+			}
+			nextProbe = time.Time{}
+			continue
 		case <-s.closing:
+			if probeTimer != nil {
+				probeTimer.Stop()
+			}
 			// Drain what was queued before closing.
 			for {
 				select {
 				case first = <-s.queue:
-					s.commitGroup(s.gather(first))
+					if group := s.gather(first); len(group) > 0 {
+						s.commitGroup(group)
+					}
 				default:
 					return
 				}
 			}
 		}
-		s.commitGroup(s.gather(first))
+		if group := s.gather(first); len(group) > 0 {
+			s.commitGroup(group)
+		}
 	}
 }
 
+// probe tries, on the committer's connection, to free the log's space
+// (a checkpoint that truncates it) and then to commit a tiny write (the
+// database header's user version, rewritten as it is). It reports whether
+// the write succeeded.
+func (s *Store) probe() bool {
+	ctx := context.Background()
+	s.committer.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`)
+	s.sampleLog()
+	var v int
+	if err := s.committer.GetContext(ctx, &v, `PRAGMA user_version`); err != nil {
+		return false
+	}
+	for _, q := range []string{`BEGIN IMMEDIATE`, fmt.Sprintf(`PRAGMA user_version = %d`, v), `COMMIT`} {
+		if _, err := s.committer.ExecContext(ctx, q); err != nil {
+			s.committer.ExecContext(ctx, `ROLLBACK`)
+			s.log.Debug("probe: still cannot store", "err", err)
+			return false
+		}
+	}
+	return true
+}
+
+// gather adds to first every submission already waiting, up to MaxGroup
+// messages, leaving out those whose callers gave up.
 func (s *Store) gather(first *submission) []*submission {
-	group := []*submission{first}
-	n := len(first.msgs)
+	var group []*submission
+	n := 0
+	if first.take() {
+		group = append(group, first)
+		n = len(first.msgs)
+	}
 	for n < s.opts.MaxGroup {
 		select {
 		case sub := <-s.queue:
-			group = append(group, sub)
-			n += len(sub.msgs)
+			if sub.take() {
+				group = append(group, sub)
+				n += len(sub.msgs)
+			}
 		default:
 			return group
 		}
@@ -108,8 +233,33 @@ func (s *Store) gather(first *submission) []*submission {
 // commitGroup commits a group in one transaction. If that fails, it commits
 // each submission alone, so one bad submission cannot fail the others.
 // The callers are released by syncLoop, once the commit is on disk.
+//
+// A failure that keeps the store from storing (a full disk, a write lock
+// held elsewhere, a failed sync) fails the whole group with CodeUnavailable
+// at once, and while the store refuses (see health) a group is refused
+// without a commit.
 func (s *Store) commitGroup(group []*submission) {
+	defer s.boundLog()
+	if err := s.health.refusal(); err != nil {
+		s.health.countRefused(len(group))
+		for _, sub := range group {
+			sub.err = err
+		}
+		s.syncQueue <- group
+		return
+	}
 	err := s.commit(group)
+	if unavailable := s.storeFailed(err); unavailable != nil {
+		s.health.countRefused(len(group))
+		for _, sub := range group {
+			sub.err = unavailable
+		}
+		s.syncQueue <- group
+		return
+	}
+	if err == nil {
+		s.health.clear(ReasonDiskFull, ReasonLocked, ReasonOverloaded)
+	}
 	if err != nil && len(group) > 1 {
 		s.log.Warn("group commit failed; committing submissions one by one", "submissions", len(group), "err", err)
 		for _, sub := range group {
@@ -147,8 +297,14 @@ func (s *Store) commit(group []*submission) (err error) {
 	// context is never cancelled, which also spares database/sql a watcher
 	// goroutine per query.
 	ctx := context.Background()
+	s.phaseSince.Store(s.opts.Now().UnixNano())
+	s.phase.Store(phaseLocking)
+	defer s.phase.Store(phaseIdle)
 	w := &writer{conn: s.committer, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
 	if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
+		if cannotStore(err) != "" {
+			return fmt.Errorf("begin: %w", err) // locked past the busy timeout: no second wait
+		}
 		// Should an earlier rollback have failed, the connection would still
 		// be in that transaction, and every group after it would fail here.
 		w.exec(ctx, `ROLLBACK`)
@@ -156,6 +312,7 @@ func (s *Store) commit(group []*submission) (err error) {
 			return fmt.Errorf("begin: %w", err)
 		}
 	}
+	s.phase.Store(phaseApplying)
 	committed := false
 	defer func() {
 		if !committed {

@@ -1,6 +1,9 @@
 package mapping
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Code classifies an error for the client; cmd/bridge maps each code to one HTTP status.
 type Code string
@@ -14,7 +17,7 @@ const (
 	CodeTooLarge      Code = "too_large"     // body, event or batch over a limit
 	CodeUnprocessable Code = "unprocessable" // well-formed but refused by policy (guessable token)
 	CodeRateLimited   Code = "rate_limited"  // slow down and retry after the indicated time
-	CodeUnavailable   Code = "unavailable"   // shutting down or overloaded; retry
+	CodeUnavailable   Code = "unavailable"   // cannot store now (shutting down, disk full, locked, overloaded); retry after a while
 	CodeInternal      Code = "internal"      // a bug or a failing disk; details are in the log
 )
 
@@ -25,6 +28,9 @@ type Error struct {
 	Code    Code
 	Message string
 	Err     error
+	// RetryAfter, if set, is how long the client should wait before retrying
+	// (the Retry-After header of a 503 or 429).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

@@ -15,19 +15,24 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/mattn/go-sqlite3"
+	"golang.org/x/time/rate"
 )
 
 // The driver names the store opens SQLite with: go-sqlite3 with automatic
 // WAL checkpoints off, because a checkpoint inside a commit would make the
-// requests waiting on that commit pay for it; the store checkpoints from its
-// own goroutine instead (see checkpointLoop). The writers' driver also never
-// spills a transaction's pages to the log before its commit, which
-// walBufferVFS requires: a rolled-back transaction then has written nothing.
-// Its page cache grows with the transaction instead.
+// requests waiting on that commit pay for it; the store checkpoints between
+// groups and from its own goroutine instead (see boundLog, checkpointLoop).
+// The writers' driver also commits with synchronous=NORMAL: SQLite does not
+// sync the log at each commit, the store does (syncLoop), beside the
+// committer, before it acknowledges; a new log header and every checkpoint
+// are still synced by SQLite itself. Open checks this contract on the
+// committer's connection and refuses to start without it.
 const (
 	sqliteDriver = "sqlite3_bridge"
 	writerDriver = "sqlite3_bridge_writer"
@@ -39,7 +44,7 @@ func init() {
 		return err
 	}})
 	sql.Register(writerDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0; PRAGMA cache_spill = OFF", nil)
+		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0; PRAGMA synchronous = NORMAL", nil)
 		return err
 	}})
 }
@@ -55,6 +60,15 @@ type Options struct {
 	MergeOnEmail bool
 	// MaxGroup bounds how many messages one group commit holds; default 2000.
 	MaxGroup int
+	// WALLimit bounds the write-ahead log, in bytes: whenever the log has
+	// passed half of it after a group, the committer checkpoints it to
+	// completion and truncates it before the next group. A single group
+	// larger than the other half can still overshoot it. Default 64 MiB.
+	WALLimit int64
+	// CommitTimeout bounds how long Submit waits for its messages to be
+	// queued and committed when the caller's context sets no earlier
+	// deadline; past it Submit answers CodeUnavailable. Default 10 s.
+	CommitTimeout time.Duration
 	// Now is the clock; default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -65,7 +79,13 @@ type Options struct {
 	// message older than the deletion arriving after it is still decided in
 	// order (rule 6). 0 erases them in the deletion's own transaction.
 	DeletionGrace time.Duration
+	// SyncFile makes the write-ahead log durable; nil means (*os.File).Sync.
+	// It exists for tests to inject failures: an error from it is fatal.
+	SyncFile func(*os.File) error
 }
+
+// DefaultWALLimit is the write-ahead log's bound when Options.WALLimit is 0.
+const DefaultWALLimit = 64 << 20
 
 // CommitObserver is told about every group commit.
 type CommitObserver interface {
@@ -98,10 +118,43 @@ type Store struct {
 	closed    bool
 	closing   chan struct{}
 	stopped   chan struct{}
+
+	// walFile is the write-ahead log, opened once: every sync goes through
+	// it, so an error the kernel reports for the file is seen here.
+	walFile *os.File
+	// dbInfo and walInfo identify the files opened, to notice when the
+	// path names another file (or none) later.
+	dbInfo, walInfo os.FileInfo
+
+	health   health
+	walBytes atomic.Int64
+	walPeak  atomic.Int64
+	walLast  int64 // the log's size after the last group; the committer's
+	ckpts    atomic.Int64
+	// ckptMu is held by whichever of the store's checkpoints runs: SQLite
+	// refuses a second one at once (SQLITE_BUSY) rather than waiting.
+	ckptMu sync.Mutex
+	// phase is what the committer is doing: idle, waiting for the write
+	// lock, or applying a group; phaseSince is when it started it.
+	phase      atomic.Int32
+	phaseSince atomic.Int64
 }
+
+// The committer's phases.
+const (
+	phaseIdle int32 = iota
+	phaseLocking
+	phaseApplying
+)
 
 // Open opens (creating if needed) the SQLite database at path, applies the
 // migrations it lacks, and starts the group committer. Close releases it.
+//
+// A new database is created readable and writable by its owner only; its
+// log and shared-memory files take the same mode. Open refuses to create a
+// database where a log (-wal) or shared-memory file (-shm) of a missing one
+// is left: that database was moved or deleted, and starting empty would
+// hide it (and generate new secrets).
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -112,11 +165,23 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.MaxGroup <= 0 {
 		opts.MaxGroup = 2000
 	}
+	if opts.WALLimit <= 0 {
+		opts.WALLimit = DefaultWALLimit
+	}
+	if opts.CommitTimeout <= 0 {
+		opts.CommitTimeout = 10 * time.Second
+	}
+	if opts.SyncFile == nil {
+		opts.SyncFile = (*os.File).Sync
+	}
 	opts.Caps = opts.Caps.withDefaults()
 	if opts.Blocklist.extra == nil {
 		opts.Blocklist = NewBlocklist(nil)
 	}
 
+	if err := createFile(path); err != nil {
+		return nil, err
+	}
 	if err := migrateFile(ctx, path, opts.Now); err != nil {
 		return nil, err
 	}
@@ -135,7 +200,6 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		write.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	closeAll := func() { committer.Close(); read.Close(); write.Close() }
 	s := &Store{
 		committer:  committer,
 		write:      write,
@@ -151,11 +215,42 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		closing:    make(chan struct{}),
 		stopped:    make(chan struct{}),
 	}
+	s.health.init(opts.Logger, opts.Now)
+	closeAll := func() {
+		committer.Close()
+		read.Close()
+		write.Close()
+		if s.walFile != nil {
+			s.walFile.Close()
+		}
+	}
+	if err := s.checkContract(ctx); err != nil {
+		closeAll()
+		return nil, err
+	}
+	// The log exists once a connection has read in WAL mode, and stays while the committer is open.
+	var migrated int
+	if err := committer.GetContext(ctx, &migrated, `SELECT COUNT(*) FROM schema_migrations`); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if s.walFile, err = os.OpenFile(path+"-wal", os.O_RDWR, 0); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("open %s: its write-ahead log: %w", path, err)
+	}
+	if s.walInfo, err = s.walFile.Stat(); err == nil {
+		s.dbInfo, err = os.Stat(path)
+	}
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	// What the migrations (and an earlier process) wrote is durable before anything is acknowledged.
 	if err := errors.Join(s.syncLog(), syncDir(path)); err != nil {
 		closeAll()
 		return nil, err
 	}
+	s.sampleLog()
 	go s.commitLoop()
 	go s.syncLoop()
 	go s.checkpointLoop()
@@ -163,9 +258,62 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// SQLiteDSN is the data source name the store opens path with: WAL mode,
-// foreign keys, a busy timeout and fully synchronous commits (a commit that
-// returned is on disk). The writer takes the write lock at BEGIN.
+// createFile creates path, readable and writable by its owner only, unless
+// it exists; it refuses when path is missing but its log or shared-memory
+// file is there.
+func createFile(path string) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if _, err := os.Stat(path + suffix); err == nil {
+			return fmt.Errorf("open %s: the database file is missing but %s is present: the database was moved or deleted, "+
+				"and starting empty would lose what that file holds; restore the database file, or remove %s-wal and %s-shm to start with an empty database",
+				path, path+suffix, path, path)
+		}
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil // another process created it meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// checkContract verifies on the committer's connection what the store's
+// durability relies on: the log is a write-ahead log, SQLite does not
+// checkpoint inside commits, and commits are synced by the store
+// (synchronous=NORMAL: a commit SQLite syncs itself would only be slower).
+func (s *Store) checkContract(ctx context.Context) error {
+	var got struct {
+		Journal    string `db:"journal_mode"`
+		Sync       int    `db:"synchronous"`
+		Checkpoint int    `db:"wal_autocheckpoint"`
+	}
+	for _, p := range []struct {
+		name string
+		dest any
+	}{{"journal_mode", &got.Journal}, {"synchronous", &got.Sync}, {"wal_autocheckpoint", &got.Checkpoint}} {
+		if err := s.committer.GetContext(ctx, p.dest, `PRAGMA `+p.name); err != nil {
+			return fmt.Errorf("open %s: read PRAGMA %s: %w", s.path, p.name, err)
+		}
+	}
+	if got.Journal != "wal" || got.Sync != 1 || got.Checkpoint != 0 {
+		return fmt.Errorf("open %s: the writer connection has journal_mode=%s, synchronous=%d, wal_autocheckpoint=%d; the store requires wal, 1 (NORMAL) and 0",
+			s.path, got.Journal, got.Sync, got.Checkpoint)
+	}
+	return nil
+}
+
+// SQLiteDSN is the data source name of a fully synchronous connection to
+// path (a commit that returned is on disk): WAL mode, foreign keys and a
+// busy timeout. A writer takes the write lock at BEGIN. The store's own
+// writer connections commit with synchronous=NORMAL and sync the log
+// themselves (see writerDriver).
 func SQLiteDSN(path string, writer bool) string {
 	q := url.Values{}
 	q.Set("_journal_mode", "WAL")
@@ -179,18 +327,14 @@ func SQLiteDSN(path string, writer bool) string {
 	return "file:" + path + "?" + q.Encode()
 }
 
-// openSQLite opens path with SQLiteDSN. The writer opens it through
-// walBufferVFS, whose sync of the write-ahead log at each commit writes the
-// commit out without waiting for the disk: the store makes each commit
-// durable itself, by syncing the log beside the committer before it
-// acknowledges (see syncLoop), so the next group can be applied meanwhile.
+// openSQLite opens path with SQLiteDSN; the writer through writerDriver,
+// whose commits the store syncs itself (see syncLoop), so the next group
+// can be applied while the last one syncs.
 func openSQLite(path string, writer bool) (*sqlx.DB, error) {
 	dsn, driver := SQLiteDSN(path, writer), sqliteDriver
 	if writer {
-		if err := registerWALBuffer(); err != nil {
-			return nil, err
-		}
-		dsn, driver = dsn+"&vfs="+walBufferVFS, writerDriver
+		dsn = strings.Replace(dsn, "_synchronous=FULL", "_synchronous=NORMAL", 1)
+		driver = writerDriver
 	}
 	db, err := sqlx.Open(driver, dsn)
 	if err != nil {
@@ -271,25 +415,12 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 }
 
 // syncLog makes every commit so far durable: it syncs the write-ahead log
-// (any descriptor of a file syncs all of it), or the database file when
-// there is no log.
+// through the descriptor held since Open.
 func (s *Store) syncLog() error {
-	for _, name := range []string{s.path + "-wal", s.path} {
-		f, err := os.OpenFile(name, os.O_RDWR, 0)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", name, err)
-		}
-		err = f.Sync()
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", name, err)
-		}
-		return nil
+	if err := s.opts.SyncFile(s.walFile); err != nil {
+		return fmt.Errorf("sync %s: %w", s.walFile.Name(), err)
 	}
-	return fmt.Errorf("sync %s: neither the database nor its log exists", s.path)
+	return nil
 }
 
 // syncDir makes the database's and log's directory entries durable.
@@ -308,10 +439,16 @@ func syncDir(path string) error {
 // syncLoop releases committed groups once their commits are on disk: it
 // takes every group waiting, syncs the log once for all of them, and only
 // then lets their callers acknowledge. Meanwhile the committer applies the
-// next group. If the sync fails, every caller gets the error (their data is
-// committed but maybe not durable; a client's retry deduplicates).
+// next group.
+//
+// A failed sync is fatal: the kernel may have dropped the pages it could
+// not write and report success for the next sync, so nothing committed
+// since the last good sync can be known durable. The groups of that sync,
+// and every group after it, are refused (never acknowledged), and the store
+// becomes fatal (see Fatal): its process must stop.
 func (s *Store) syncLoop() {
 	defer close(s.synced)
+	var failed error
 	for group := range s.syncQueue {
 		groups := [][]*submission{group}
 	gather:
@@ -326,15 +463,16 @@ func (s *Store) syncLoop() {
 				break gather
 			}
 		}
-		err := s.syncLog()
-		if err != nil {
-			s.log.Error("sync the write-ahead log", "err", err)
-			err = &Error{Code: CodeUnavailable, Message: "the bridge could not make the data durable; retry", Err: err}
+		if failed == nil {
+			if err := s.syncLog(); err != nil {
+				s.fail(err)
+				failed = s.health.refusal()
+			}
 		}
 		for _, g := range groups {
 			for _, sub := range g {
-				if err != nil && sub.err == nil {
-					sub.err = err
+				if failed != nil {
+					sub.err = failed
 				}
 				close(sub.done)
 			}
@@ -342,22 +480,132 @@ func (s *Store) syncLoop() {
 	}
 }
 
+// sampleLog records the log's size; only the committer calls it (and Open).
+func (s *Store) sampleLog() int64 {
+	fi, err := s.walFile.Stat()
+	if err != nil {
+		return 0
+	}
+	n := fi.Size()
+	s.walBytes.Store(n)
+	for {
+		peak := s.walPeak.Load()
+		if n <= peak || s.walPeak.CompareAndSwap(peak, n) {
+			return n
+		}
+	}
+}
+
+// boundLog keeps the write-ahead log under WALLimit: between groups, once
+// the log has passed half of the limit (or would pass the limit should the
+// next group grow it twice as much as the last did), the committer checkpoints it to
+// completion and truncates it, so the next group starts it over. The
+// checkpoint syncs the log and then the database file. The groups waiting
+// meanwhile pay for it, inside any measurement of the store's throughput.
+func (s *Store) boundLog() {
+	n := s.sampleLog()
+	grew := max(n-s.walLast, 0)
+	s.walLast = n
+	// Also when the next group, should it grow the log twice as much as
+	// the last, would pass the limit. Never after a failed sync: what the
+	// log holds may not be what was written, and must not reach the database.
+	if n < s.opts.WALLimit/2 && n+2*grew <= s.opts.WALLimit || s.FatalError() != nil {
+		return
+	}
+	var res struct {
+		Busy         int `db:"busy"`
+		Log          int `db:"log"`
+		Checkpointed int `db:"checkpointed"`
+	}
+	// Waiting for a long reader would stall every request behind the
+	// committer: the checkpoint waits briefly, and is tried again after the
+	// next group if a reader kept it from completing; only with the log
+	// past three quarters of its bound does it wait as long as it takes.
+	// The same goes for the passive checkpoint beside it.
+	ctx := context.Background()
+	wait := 200
+	if n >= s.opts.WALLimit/4*3 {
+		wait = 10000
+		s.ckptMu.Lock()
+	} else if !s.ckptMu.TryLock() {
+		return // the passive checkpoint is copying the log meanwhile
+	}
+	s.committer.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, wait))
+	err := s.committer.GetContext(ctx, &res, `PRAGMA wal_checkpoint(TRUNCATE)`)
+	s.committer.ExecContext(ctx, `PRAGMA busy_timeout = 10000`)
+	s.ckptMu.Unlock()
+	s.ckpts.Add(1)
+	switch {
+	case err != nil && cannotStore(err) != ReasonLocked:
+		s.storeFailed(fmt.Errorf("checkpoint: %w", err))
+	case err != nil:
+		s.log.Debug("checkpoint incomplete: the database is locked", "err", err)
+	case res.Busy != 0:
+		// A reader still uses the log's end; the next group tries again.
+		s.log.Debug("checkpoint incomplete: a reader uses the log", "log_frames", res.Log, "checkpointed_frames", res.Checkpointed)
+	}
+	s.walLast = s.sampleLog()
+}
+
 // checkpointLoop copies the write-ahead log into the database file every
-// second, beside the committer rather than inside its commits, and once more
-// (truncating the log) when the store closes.
+// second, beside the committer rather than inside its commits (so boundLog
+// has little left to copy), and checks that the database's path still names
+// the file the store has open.
 func (s *Store) checkpointLoop() {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-tick.C:
-			if _, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
+			s.checkFiles()
+			if s.FatalError() != nil || !s.ckptMu.TryLock() {
+				continue // the committer is checkpointing
+			}
+			_, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+			s.ckptMu.Unlock()
+			if err != nil && !s.health.unavailable() {
 				s.log.Warn("checkpoint", "err", err)
 			}
 		case <-s.stopped:
 			return
 		}
 	}
+}
+
+// checkFiles compares the files at the database's and log's paths with the
+// files the store has open. Should either be removed or replaced, what the
+// store commits would be lost with the unlinked file: it refuses to store
+// (and Ready fails) until the path names its file again.
+func (s *Store) checkFiles() error {
+	var problem error
+	var what string
+	for _, f := range []struct {
+		name, what string
+		info       os.FileInfo
+	}{{s.path, "database file", s.dbInfo}, {s.path + "-wal", "database's write-ahead log", s.walInfo}} {
+		now, err := os.Stat(f.name)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			what = "the " + f.what + " was removed or renamed"
+		case err != nil:
+			what = "the " + f.what + " cannot be checked"
+		case !os.SameFile(now, f.info):
+			what = "the " + f.what + " was replaced by another file"
+		default:
+			continue
+		}
+		problem = fmt.Errorf("%s (%s) while the bridge had it open", what, f.name)
+		if err != nil {
+			problem = fmt.Errorf("%w: %w", problem, err)
+		}
+		break
+	}
+	if problem != nil {
+		s.health.set(ReasonFileReplaced, problem, true)
+		return &Error{Code: CodeUnavailable, Message: "not ready (" + ReasonFileReplaced + "): " + what, Err: problem, RetryAfter: 60 * time.Second}
+	}
+	s.health.clear(ReasonFileReplaced)
+	return nil
 }
 
 // Checkpoint copies the whole write-ahead log into the database file and
@@ -371,20 +619,91 @@ func (s *Store) Checkpoint(ctx context.Context) error {
 	return nil
 }
 
-// Ready reports whether the database answers and every migration is applied.
+// Ready reports whether the store can store: nil when the database answers,
+// every migration is applied, its files are the ones opened, and nothing
+// keeps it from committing (a full disk, a write lock held elsewhere past
+// CommitTimeout, an overloaded writer, a failed sync). Otherwise it returns
+// an *Error with CodeUnavailable whose message names the reason (one of the
+// Reason constants) and no file paths, fit for an unauthenticated client;
+// the details are in its cause.
 func (s *Store) Ready(ctx context.Context) error {
+	if err := s.checkFiles(); err != nil {
+		return err
+	}
+	notReady := func(reason, what string, cause error) error {
+		return &Error{Code: CodeUnavailable, Message: "not ready (" + reason + "): " + what, Err: cause, RetryAfter: 5 * time.Second}
+	}
+	if reason, since := s.health.current(); reason != "" {
+		return notReady(reason, "cannot store since "+since.UTC().Format(time.RFC3339), s.health.refusal())
+	}
+	if p, at := s.phase.Load(), time.Unix(0, s.phaseSince.Load()); p != phaseIdle && s.opts.Now().Sub(at) > s.opts.CommitTimeout {
+		reason := ReasonOverloaded
+		if p == phaseLocking {
+			reason = ReasonLocked
+		}
+		return notReady(reason, "the group commit in progress started "+s.opts.Now().Sub(at).Round(time.Millisecond).String()+" ago", nil)
+	}
 	var applied int
 	if err := s.read.GetContext(ctx, &applied, `SELECT COUNT(*) FROM schema_migrations`); err != nil {
-		return fmt.Errorf("database not ready: %w", err)
+		return notReady("database", "the database does not answer", err)
 	}
 	names, _ := fs.Glob(migrations, "migrations/*.sql")
 	if applied < len(names) {
-		return fmt.Errorf("database has %d of %d migrations", applied, len(names))
+		return notReady("database", fmt.Sprintf("the database has %d of %d migrations", applied, len(names)), nil)
 	}
 	return nil
 }
 
-// Close stops accepting submissions, commits what is queued, and closes the database.
+// Stats are the store's figures for metrics.
+type Stats struct {
+	// WALBytes is the write-ahead log's size at the last sample (after each
+	// group), WALPeak the largest sampled since Open, WALLimit its bound.
+	WALBytes, WALPeak, WALLimit int64
+	// Checkpoints counts the checkpoints the committer ran to bound the log.
+	Checkpoints int64
+	// Unavailable is why the store cannot store (one of the Reason
+	// constants), or empty; UnavailableSince is when that began.
+	Unavailable      string
+	UnavailableSince time.Time
+	// Refused counts submissions answered CodeUnavailable because the store could not store, by reason.
+	Refused map[string]int64
+}
+
+// Stats returns the store's current figures.
+func (s *Store) Stats() Stats {
+	reason, since := s.health.current()
+	return Stats{
+		WALBytes:         s.walBytes.Load(),
+		WALPeak:          s.walPeak.Load(),
+		WALLimit:         s.opts.WALLimit,
+		Checkpoints:      s.ckpts.Load(),
+		Unavailable:      reason,
+		UnavailableSince: since,
+		Refused:          s.health.refusedCounts(),
+	}
+}
+
+// Fatal is closed when the store met a failure it cannot recover from (a
+// failed sync of the log): it refuses every write from then on, and its
+// process should stop with a non-zero status so that its supervisor
+// restarts it, recovering from what is on disk. FatalError tells why.
+func (s *Store) Fatal() <-chan struct{} { return s.health.fatal }
+
+// FatalError returns the failure that closed Fatal, or nil.
+func (s *Store) FatalError() error {
+	select {
+	case <-s.health.fatal:
+		return s.health.fatalErr
+	default:
+		return nil
+	}
+}
+
+// Close stops accepting submissions, commits what is queued, and closes the
+// database. After a fatal failure (see Fatal) it leaves SQLite's connections
+// open, since closing the last one would checkpoint a log whose sync failed
+// into the database: the process is to exit, and SQLite recovers from what
+// is on disk when it starts again.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if !s.closed {
@@ -394,6 +713,9 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	<-s.stopped
 	<-s.synced
+	if err := s.FatalError(); err != nil {
+		return fmt.Errorf("close %s: not checkpointed after a failed sync: %w", s.path, err)
+	}
 	if err := s.Checkpoint(context.Background()); err != nil {
 		s.log.Warn("final checkpoint", "err", err)
 	}
@@ -401,5 +723,213 @@ func (s *Store) Close() error {
 		st.Close()
 	}
 	s.stmts = nil
-	return errors.Join(s.committer.Close(), s.read.Close(), s.write.Close())
+	return errors.Join(s.committer.Close(), s.read.Close(), s.write.Close(), s.walFile.Close())
+}
+
+// Why the store cannot store, as Stats.Unavailable and metrics report it.
+const (
+	ReasonDiskFull     = "disk_full"         // SQLite answered SQLITE_FULL; probed until a tiny write succeeds
+	ReasonLocked       = "locked"            // another connection held the write lock past the busy timeout or CommitTimeout
+	ReasonOverloaded   = "overloaded"        // submissions waited past CommitTimeout for the writer
+	ReasonFileReplaced = "database_replaced" // the database's path no longer names the file open
+	ReasonSyncFailed   = "sync_failed"       // the log could not be synced: fatal
+)
+
+// unavailable is the error a caller gets while the store cannot store for reason.
+func unavailable(reason string, stored bool) *Error {
+	e := &Error{Code: CodeUnavailable}
+	switch reason {
+	case ReasonDiskFull:
+		e.Message, e.RetryAfter = "the bridge cannot store: its disk is full; retry later", 30*time.Second
+	case ReasonLocked:
+		e.Message, e.RetryAfter = "the bridge cannot store: its database is locked by another process; retry shortly", 5*time.Second
+	case ReasonFileReplaced:
+		e.Message, e.RetryAfter = "the bridge cannot store: its database file was removed or replaced; retry later", 60*time.Second
+	case ReasonSyncFailed:
+		e.Message, e.RetryAfter = "the bridge could not make the data durable and is restarting; retry shortly", 5*time.Second
+	default:
+		e.Message, e.RetryAfter = "the bridge is overloaded; retry shortly", 2*time.Second
+	}
+	if stored {
+		e.Message += " (the request may have been stored all the same; retrying it is safe)"
+	}
+	return e
+}
+
+// health is whether the store can store, and why not: the state behind
+// Ready, Stats and the refusals. It logs a change of state once (should
+// conditions come and go, at most one line every 10 seconds on average,
+// refusals always), and while one lasts, at most one line every 30 seconds.
+type health struct {
+	log *slog.Logger
+	now func() time.Time
+
+	any      atomic.Bool           // reason != ""; read on every commit
+	refusing atomic.Pointer[Error] // non-nil: submissions are refused with it at once
+	fatal    chan struct{}
+	fatalMu  sync.Once
+	fatalErr error // set before fatal is closed
+
+	mu       sync.Mutex
+	reason   string
+	since    time.Time
+	refused  map[string]int64
+	unlogged int64
+	every    *rate.Limiter // "still" lines while a condition lasts
+	changes  *rate.Limiter // lines about a condition starting or ending, should it come and go
+}
+
+func (h *health) init(log *slog.Logger, now func() time.Time) {
+	h.log, h.now = log, now
+	h.fatal = make(chan struct{})
+	h.refused = map[string]int64{}
+	h.every = rate.NewLimiter(rate.Every(30*time.Second), 1)
+	h.changes = rate.NewLimiter(rate.Every(10*time.Second), 3)
+}
+
+// set records that the store cannot store for reason; refuse makes
+// submissions fail at once rather than attempt doomed commits.
+func (h *health) set(reason string, cause error, refuse bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.reason == ReasonSyncFailed {
+		return // fatal: nothing else matters
+	}
+	if h.refusing.Load() != nil && !refuse {
+		h.logStill(cause) // a refusal outranks a slow commit
+		return
+	}
+	if reason != h.reason {
+		if h.changes.Allow() || refuse {
+			h.log.Error("cannot store; answering 503 until it clears", "reason", reason, "err", cause, "refused_before", h.unlogged)
+			h.unlogged = 0
+		}
+		h.reason, h.since = reason, h.now()
+		h.every.Allow() // the line just logged counts
+		h.any.Store(true)
+		if refuse {
+			h.refusing.Store(unavailable(reason, false))
+		} else {
+			h.refusing.Store(nil)
+		}
+		return
+	}
+	h.logStill(cause)
+}
+
+// logStill logs, rate-limited, that the condition lasts. h.mu is held.
+func (h *health) logStill(cause error) {
+	if h.every.Allow() {
+		h.log.Warn("still cannot store", "reason", h.reason, "since", h.since, "refused", h.unlogged, "err", cause)
+		h.unlogged = 0
+	}
+}
+
+// clear records that reason no longer holds, if it is the current one.
+func (h *health) clear(reasons ...string) {
+	if !h.any.Load() {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range reasons {
+		if h.reason == r {
+			if h.changes.Allow() {
+				h.log.Info("storing again", "reason", r, "after", h.now().Sub(h.since).Round(time.Millisecond), "refused", h.unlogged)
+				h.unlogged = 0
+			}
+			h.reason, h.since = "", time.Time{}
+			h.any.Store(false)
+			h.refusing.Store(nil)
+			return
+		}
+	}
+}
+
+// countRefused records n submissions answered unavailable for the current reason.
+func (h *health) countRefused(n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	reason := h.reason
+	if reason == "" {
+		reason = ReasonOverloaded
+	}
+	h.refused[reason] += int64(n)
+	h.unlogged += int64(n)
+	if h.reason != "" {
+		h.logStill(nil)
+	}
+}
+
+// refusal is the error submissions are refused with at once, or nil.
+func (h *health) refusal() error {
+	if e := h.refusing.Load(); e != nil {
+		return e
+	}
+	return nil
+}
+
+func (h *health) unavailable() bool { return h.any.Load() }
+
+func (h *health) current() (string, time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.reason, h.since
+}
+
+func (h *health) refusedCounts() map[string]int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := make(map[string]int64, len(h.refused))
+	for k, v := range h.refused {
+		m[k] = v
+	}
+	return m
+}
+
+// fail makes the store fatal: it refuses every submission from now on, and Fatal is closed.
+func (s *Store) fail(cause error) {
+	s.health.fatalMu.Do(func() {
+		s.health.fatalErr = cause
+		s.health.set(ReasonSyncFailed, cause, true)
+		s.log.Error("the write-ahead log could not be synced: data may be lost; refusing all writes, the process must restart", "err", cause)
+		close(s.health.fatal)
+	})
+}
+
+// storeFailed classifies a failed commit or checkpoint. For a failure that
+// keeps the store from storing it records the state and returns the error
+// the callers get; otherwise (a bug, bad data) it returns nil.
+func (s *Store) storeFailed(err error) error {
+	reason := cannotStore(err)
+	switch reason {
+	case "":
+		return nil
+	case ReasonSyncFailed:
+		s.fail(err)
+		return s.health.refusal()
+	case ReasonDiskFull:
+		s.health.set(reason, err, true)
+	default:
+		s.health.set(reason, err, false)
+	}
+	return unavailable(reason, false)
+}
+
+// cannotStore tells why err keeps the store from storing: one of the
+// Reason constants, or "" for any other failure.
+func cannotStore(err error) string {
+	var se sqlite3.Error
+	if !errors.As(err, &se) {
+		return ""
+	}
+	switch {
+	case se.Code == sqlite3.ErrFull, errors.Is(se.SystemErrno, syscall.ENOSPC), errors.Is(se.SystemErrno, syscall.EDQUOT):
+		return ReasonDiskFull
+	case se.Code == sqlite3.ErrBusy, se.Code == sqlite3.ErrLocked:
+		return ReasonLocked
+	case se.ExtendedCode == sqlite3.ErrIoErrFsync, se.ExtendedCode == sqlite3.ErrIoErrDirFsync:
+		return ReasonSyncFailed
+	}
+	return ""
 }

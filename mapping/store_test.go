@@ -400,19 +400,3 @@ func TestMergeOnEmailIsOptIn(t *testing.T) {
 		})
 	}
 }
-
-// TestNoAcknowledgementWithoutSync: when the log cannot be synced, Submit
-// fails (the caller must not acknowledge) and the store goes on serving.
-func TestNoAcknowledgementWithoutSync(t *testing.T) {
-	s := openTestStore(t, Options{})
-	path := s.path
-	s.path = filepath.Join(t.TempDir(), "gone", "bridge.db")
-	_, err := s.Submit(context.Background(), []Message{identify("m1", "user-1", "anon-1", 0)})
-	if ErrorCode(err) != CodeUnavailable {
-		t.Fatalf("got %v, want unavailable: the commit could not be made durable", err)
-	}
-	s.path = path
-	if r := submit(t, s, identify("m1", "user-1", "anon-1", 0)); !r[0].Duplicate {
-		t.Errorf("retry: got a new message, want the duplicate of the committed one")
-	}
-}

@@ -32,9 +32,13 @@ func TestBenchRunsEveryMeasurement(t *testing.T) {
 			t.Errorf("no %q row:\n%s", name, text)
 			continue
 		}
-		rate, err := strconv.ParseFloat(row[len(row)-4], 64)
+		rate, err := strconv.ParseFloat(row[len(row)-5], 64)
 		if err != nil || rate <= 0 {
-			t.Errorf("%s: events/s %q, want a positive number", name, row[len(row)-4])
+			t.Errorf("%s: events/s %q, want a positive number", name, row[len(row)-5])
+		}
+		// The bridge's log stays under its bound (64 MiB by default) in every run.
+		if peak, err := strconv.ParseFloat(row[len(row)-2], 64); err != nil || strings.HasPrefix(name, "bridge") && (peak <= 0 || peak > 64) {
+			t.Errorf("%s: log peak %q MiB, want a number, and for the bridge above 0 and at most 64", name, row[len(row)-2])
 		}
 		if failures := row[len(row)-1]; failures != "0" {
 			t.Errorf("%s: %s failures", name, failures)

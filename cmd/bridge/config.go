@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // config is the bridge's configuration: every field has a flag and a BRIDGE_*
@@ -49,6 +52,11 @@ type config struct {
 	KeepDeliveredJobs   time.Duration
 	DeletionGrace       time.Duration
 	KeepMessages        time.Duration
+	WALLimit            byteSize
+	CommitTimeout       time.Duration
+
+	// syncFile replaces the store's sync of its log; tests inject failures. No flag sets it.
+	syncFile func(*os.File) error
 	// TrustedProxies are the proxies whose X-Forwarded-For is believed; empty:
 	// the peer address is the client.
 	TrustedProxies []*net.IPNet
@@ -207,6 +215,9 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.Var(removedFlag("BRIDGE_TRUST_PROXY (-trust-proxy) was removed: set BRIDGE_TRUSTED_PROXIES (-trusted-proxies) to the CIDR ranges of your proxies instead"), "trust-proxy", "removed: use -trusted-proxies")
 	c.KeepMessages = 90 * 24 * time.Hour
 	fs.Var(daysValue{&c.KeepMessages}, "keep-messages", "how long raw message payloads are kept, e.g. 90d or 2160h (0: forever; the identity graph and link log are kept until deletion)")
+	c.WALLimit = mapping.DefaultWALLimit
+	fs.Var(&c.WALLimit, "wal-limit", "bound of SQLite's write-ahead log (bytes, or with KiB, MiB, GiB)")
+	fs.DurationVar(&c.CommitTimeout, "commit-timeout", 10*time.Second, "how long a request waits for its events to be stored before it is answered 503")
 
 	fs.Usage = func() { printUsage(fs) }
 
@@ -267,6 +278,40 @@ func (d daysValue) Set(s string) error {
 		return fmt.Errorf("want a number of days like 90d, or a duration like 2160h")
 	}
 	*d.p = v
+	return nil
+}
+
+// byteSize is a size in bytes, given as a number with an optional KiB, MiB or GiB suffix.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	for _, u := range []struct {
+		suffix string
+		n      int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if int64(*b) >= u.n && int64(*b)%u.n == 0 {
+			return strconv.FormatInt(int64(*b)/u.n, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(*b), 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		n      int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(rest), u.n
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("want a positive number of bytes, optionally with KiB, MiB or GiB")
+	}
+	*b = byteSize(n * mult)
 	return nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -47,8 +49,13 @@ func errorHandler(logger *slog.Logger) echo.HTTPErrorHandler {
 		case errors.As(err, &me):
 			body = errorBody{Code: me.Code, Message: me.Message}
 			status = statusOf[me.Code]
-			if me.Code == mapping.CodeInternal || me.Code == mapping.CodeUnavailable {
+			// Unavailable is logged where it arises (the store logs why it
+			// cannot store, once and then rate-limited), not per request.
+			if me.Code == mapping.CodeInternal {
 				logger.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+			}
+			if me.Code == mapping.CodeUnavailable || me.RetryAfter > 0 {
+				c.Response().Header().Set(echo.HeaderRetryAfter, strconv.Itoa(retryAfterSeconds(me.RetryAfter)))
 			}
 		case errors.As(err, &he):
 			status = he.Code
@@ -70,6 +77,11 @@ func errorHandler(logger *slog.Logger) echo.HTTPErrorHandler {
 		}
 		c.JSON(status, body)
 	}
+}
+
+// retryAfterSeconds rounds d up to whole seconds, at least one.
+func retryAfterSeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
 }
 
 func codeForStatus(status int) mapping.Code {

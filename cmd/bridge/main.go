@@ -7,6 +7,7 @@
 //
 //	bridge [flags]          serve (flags and BRIDGE_* variables: bridge -help)
 //	bridge bench [flags]    measure ingest against baselines
+//	bridge soak [flags]     run under steady load; report the files, memory and backlog
 //	bridge outbox list      list dead (or other) outbox jobs
 //	bridge outbox retry     make dead jobs due again
 //	bridge help             list the subcommands, flags and BRIDGE_* variables
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		switch args[0] {
 		case "bench":
 			return runBench(ctx, args[1:], stdout)
+		case "soak":
+			return runSoak(ctx, args[1:], stdout)
 		case "outbox":
 			return runOutbox(ctx, args[1:], getenv, stdout)
 		case "help":

@@ -247,3 +247,52 @@ func (p *pausedCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(p.paused, prometheus.GaugeValue, v, d.Destination)
 	}
 }
+
+// storeCollector reports the store's own figures at each scrape: the
+// write-ahead log's size, peak and bound, the checkpoints that bound it, and
+// whether (and for how long) the store cannot store, by reason, with the
+// writes it refused meanwhile.
+type storeCollector struct {
+	stats                                  func() mapping.Stats
+	wal, checkpoints, unavailable, refused *prometheus.Desc
+}
+
+// storeReasons are the reasons the store can be unable to store.
+var storeReasons = []string{mapping.ReasonDiskFull, mapping.ReasonLocked, mapping.ReasonOverloaded, mapping.ReasonFileReplaced, mapping.ReasonSyncFailed}
+
+// registerStore adds the store's figures, read from stats at each scrape.
+func (m *metrics) registerStore(stats func() mapping.Stats) {
+	m.registry.MustRegister(&storeCollector{
+		stats: stats,
+		wal: prometheus.NewDesc("bridge_wal_bytes",
+			"Size of the SQLite write-ahead log: now (state=current), largest since start (state=peak), and its bound (state=limit).", []string{"state"}, nil),
+		checkpoints: prometheus.NewDesc("bridge_wal_checkpoints_total", "Checkpoints the writer ran to keep the write-ahead log under its bound.", nil, nil),
+		unavailable: prometheus.NewDesc("bridge_store_unavailable_seconds", "How long the store has been unable to store, by reason (0: it can).", []string{"reason"}, nil),
+		refused:     prometheus.NewDesc("bridge_store_refused_total", "Writes answered 503 because the store could not store, by reason, since start.", []string{"reason"}, nil),
+	})
+}
+
+// Describe implements prometheus.Collector.
+func (s *storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- s.wal
+	ch <- s.checkpoints
+	ch <- s.unavailable
+	ch <- s.refused
+}
+
+// Collect implements prometheus.Collector.
+func (s *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	st := s.stats()
+	ch <- prometheus.MustNewConstMetric(s.wal, prometheus.GaugeValue, float64(st.WALBytes), "current")
+	ch <- prometheus.MustNewConstMetric(s.wal, prometheus.GaugeValue, float64(st.WALPeak), "peak")
+	ch <- prometheus.MustNewConstMetric(s.wal, prometheus.GaugeValue, float64(st.WALLimit), "limit")
+	ch <- prometheus.MustNewConstMetric(s.checkpoints, prometheus.CounterValue, float64(st.Checkpoints))
+	for _, r := range storeReasons {
+		var since float64
+		if st.Unavailable == r {
+			since = time.Since(st.UnavailableSince).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(s.unavailable, prometheus.GaugeValue, since, r)
+		ch <- prometheus.MustNewConstMetric(s.refused, prometheus.CounterValue, float64(st.Refused[r]), r)
+	}
+}

@@ -508,3 +508,18 @@ func TestAdminCounters(t *testing.T) {
 		t.Errorf("got %+v, want %+v", got, want)
 	}
 }
+
+// TestStoreMetrics: the store's figures are on /metrics: the log's bound as
+// configured, and no reason to be unable to store.
+func TestStoreMetrics(t *testing.T) {
+	b := startBridge(t, "", "-wal-limit", "8MiB")
+	if got := b.metric(t, `bridge_wal_bytes{state="limit"}`); got != 8<<20 {
+		t.Errorf("bridge_wal_bytes{state=limit}: got %v, want %d", got, 8<<20)
+	}
+	if got := b.metric(t, `bridge_wal_bytes{state="peak"}`); got < b.metric(t, `bridge_wal_bytes{state="current"}`) {
+		t.Errorf("bridge_wal_bytes: peak %v below current", got)
+	}
+	if got := b.metric(t, `bridge_store_unavailable_seconds{reason="disk_full"}`); got != 0 {
+		t.Errorf("bridge_store_unavailable_seconds{reason=disk_full}: got %v, want 0", got)
+	}
+}

@@ -165,6 +165,9 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 		Caps:          mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
 		Blocklist:     mapping.NewBlocklist(cfg.BlockedIDs),
 		MergeOnEmail:  cfg.MergeOnEmail,
+		WALLimit:      int64(cfg.WALLimit),
+		CommitTimeout: cfg.CommitTimeout,
+		SyncFile:      cfg.syncFile,
 		Logger:        logger,
 		Observer:      m,
 		DeletionGrace: cfg.DeletionGrace,
@@ -178,6 +181,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 		return nil, err
 	}
 	m.registerOutbox(store.Backlogs, time.Now, logger)
+	m.registerStore(store.Stats)
 	a := &app{cfg: cfg, store: store, metrics: m}
 	if err := a.buildSenders(); err != nil {
 		store.Close()
@@ -275,9 +279,16 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	adm.RegisterAPI(api)
 
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	// Not ready while the store cannot store: a full disk, a write lock
+	// held elsewhere, an overloaded writer, its file removed or replaced,
+	// a failed sync. The reason is in the body (no paths, no secrets).
 	e.GET("/readyz", func(c echo.Context) error {
 		if err := a.store.Ready(c.Request().Context()); err != nil {
-			return &mapping.Error{Code: mapping.CodeUnavailable, Message: "database not ready", Err: err}
+			var me *mapping.Error
+			if errors.As(err, &me) {
+				return me
+			}
+			return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready", Err: err, RetryAfter: 5 * time.Second}
 		}
 		return c.String(http.StatusOK, "ready\n")
 	})
@@ -335,6 +346,10 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Write
 		serveErr = fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 		logger.Info("shutting down")
+	case <-a.store.Fatal():
+		// The store refuses every write from now on; a restart recovers from what is on disk.
+		logger.Error("stopping: the database can no longer be written safely", "err", a.store.FatalError())
+		serveErr = fmt.Errorf("the database can no longer be written safely: %w", a.store.FatalError())
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
