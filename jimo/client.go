@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"io"
 	"net/http"
 	"strings"
@@ -25,8 +26,8 @@ const maxErrorBody = 200
 const DefaultClientTimeout = 30 * time.Second
 
 // Client sends outbox jobs to Jimo's server-side events API. It implements
-// mapping.Sender: it never retries, and classifies every failure with a
-// *mapping.DeliveryError. It is safe for concurrent use.
+// outbox.Sender: it never retries, and classifies every failure with a
+// *outbox.DeliveryError. It is safe for concurrent use.
 type Client struct {
 	url    string
 	apiKey string
@@ -35,7 +36,7 @@ type Client struct {
 	now func() time.Time
 }
 
-var _ mapping.Sender = (*Client)(nil)
+var _ outbox.Sender = (*Client)(nil)
 
 // NewClient returns a client for the Jimo API at endpoint (the base URL, for
 // example https://karabor-harbour.usejimo.com; a trailing slash is ignored)
@@ -62,7 +63,7 @@ func NewClient(endpoint, apiKey string, httpClient *http.Client) *Client {
 // Content-Type: application/json and Idempotency-Key: job.MessageID, once.
 //
 // It returns nil on a 2xx answer. Any other outcome is a
-// *mapping.DeliveryError: transient for 408, 429 (RetryAfter set from a
+// *outbox.DeliveryError: transient for 408, 429 (RetryAfter set from a
 // Retry-After header in seconds or as an HTTP date), 5xx, network errors,
 // timeouts and a cancelled ctx; permanent for any other status (the error
 // quotes at most 200 bytes of the response body) and for a payload that is
@@ -70,12 +71,12 @@ func NewClient(endpoint, apiKey string, httpClient *http.Client) *Client {
 func (c *Client) Send(ctx context.Context, job mapping.Job) error {
 	payload := bytes.TrimSpace(job.Payload)
 	if len(payload) == 0 || payload[0] != '{' || !json.Valid(payload) {
-		return &mapping.DeliveryError{Permanent: true,
+		return &outbox.DeliveryError{Permanent: true,
 			Err: fmt.Errorf("jimo: job %s: the payload is not a JSON object", job.MessageID)}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(payload))
 	if err != nil {
-		return &mapping.DeliveryError{Permanent: true, Err: fmt.Errorf("jimo: build request: %w", err)}
+		return &outbox.DeliveryError{Permanent: true, Err: fmt.Errorf("jimo: build request: %w", err)}
 	}
 	req.Header.Set("x-api-key", c.apiKey)
 	req.Header.Set("Content-Type", "application/json")
@@ -87,7 +88,7 @@ func (c *Client) Send(ctx context.Context, job mapping.Job) error {
 	if err != nil {
 		// Network errors, timeouts, refused connections, a cancelled ctx:
 		// none of them says the request was wrong.
-		return &mapping.DeliveryError{Err: fmt.Errorf("jimo: POST %s: %w", WebhookPath, c.redact(err))}
+		return &outbox.DeliveryError{Err: fmt.Errorf("jimo: POST %s: %w", WebhookPath, c.redact(err))}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
@@ -101,7 +102,7 @@ func (c *Client) Send(ctx context.Context, job mapping.Job) error {
 	if s := snippet(c.redactString(string(body)), maxErrorBody); s != "" {
 		msg += ": " + s
 	}
-	return mapping.ClassifyStatus(resp.StatusCode, mapping.ParseRetryAfter(resp.Header.Get("Retry-After"), c.now()), errors.New(msg))
+	return outbox.ClassifyStatus(resp.StatusCode, outbox.ParseRetryAfter(resp.Header.Get("Retry-After"), c.now()), errors.New(msg))
 }
 
 // redact returns err with the API key, should it appear in its text, masked.

@@ -3,6 +3,7 @@ package jimo_test
 import (
 	"context"
 	"errors"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,12 +28,12 @@ func testJob(t testing.TB) mapping.Job {
 	return j
 }
 
-// deliveryError returns err as a *mapping.DeliveryError, failing the test otherwise.
-func deliveryError(t *testing.T, err error) *mapping.DeliveryError {
+// deliveryError returns err as a *outbox.DeliveryError, failing the test otherwise.
+func deliveryError(t *testing.T, err error) *outbox.DeliveryError {
 	t.Helper()
-	var d *mapping.DeliveryError
+	var d *outbox.DeliveryError
 	if !errors.As(err, &d) {
-		t.Fatalf("error %v (%T), want a *mapping.DeliveryError", err, err)
+		t.Fatalf("error %v (%T), want a *outbox.DeliveryError", err, err)
 	}
 	if strings.Contains(err.Error(), apiKey) {
 		t.Errorf("error %q contains the API key", err)
@@ -108,8 +109,8 @@ func TestClientFailures(t *testing.T) {
 			if d.Permanent != tt.permanent {
 				t.Errorf("permanent = %v, want %v (%v)", d.Permanent, tt.permanent, err)
 			}
-			if mapping.Retryable(err) == tt.permanent {
-				t.Errorf("Retryable = %v, want %v", mapping.Retryable(err), !tt.permanent)
+			if outbox.Retryable(err) == tt.permanent {
+				t.Errorf("Retryable = %v, want %v", outbox.Retryable(err), !tt.permanent)
 			}
 			if d.RetryAfter != tt.retryAfter {
 				t.Errorf("RetryAfter = %v, want %v", d.RetryAfter, tt.retryAfter)

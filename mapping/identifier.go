@@ -1,7 +1,10 @@
-// Package mapping is the bridge's domain: identifiers, profiles, the rules that
-// unify them, and the store that keeps them durably (messages, identity graph
-// and outbox in one database). It knows nothing of Segment's or Jimo's wire
-// formats; the protocol packages translate into its types.
+// Package mapping is the bridge's domain: identifiers and their kinds,
+// messages and the jobs they cause, the unification rules (Unify, a pure
+// function), and the error codes. It knows nothing of Segment's or Jimo's
+// wire formats (the protocol packages translate into its types), of HTTP, or
+// of the database: the store (mapping/store) keeps messages, the identity
+// graph and the outbox in one database and applies these rules; the outbox's
+// delivery policy is mapping/outbox; the admin page is mapping/admin.
 package mapping
 
 import (
@@ -107,7 +110,8 @@ var exactBlocked = []string{"[object Object]", "NaN", "None", "none", "null", "0
 // (a nil UUID, "0000", "---") are placeholders, not people.
 var zerosAndDashes = regexp.MustCompile(`^[0-]*$`)
 
-// Blocklist decides rule 2: values that are never identifiers.
+// Blocklist decides rule 2: values that are never identifiers. The zero
+// Blocklist is the built-in list alone.
 type Blocklist struct {
 	extra map[string]bool
 }

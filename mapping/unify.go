@@ -21,10 +21,15 @@ const (
 	DecisionRetracted Decision = "retracted"
 	// DecisionDismissed: an operator dismissed the conflict; it joins nothing and leaves the conflict list.
 	DecisionDismissed Decision = "dismissed"
+	// DecisionForced: an operator's "link anyway", decided before all other links (in the link log).
+	DecisionForced Decision = "forced"
+	// DecisionDeleted: a privacy deletion took one of the link's identifiers before it (and, in the
+	// link log, a profile was deleted).
+	DecisionDeleted Decision = "deleted"
 )
 
-// deletedReason is the reason of a link not applied because a deletion took one of its identifiers first.
-const deletedReason = "a privacy deletion took one of its identifiers before it"
+// DeletedReason is the reason of a link not applied because a deletion took one of its identifiers first.
+const DeletedReason = "a privacy deletion took one of its identifiers before it"
 
 // Caps bounds a profile's size (rule 4). Zero fields mean the defaults.
 type Caps struct {
@@ -32,7 +37,7 @@ type Caps struct {
 	Links        int // applied links per profile; default 1000
 }
 
-func (c Caps) withDefaults() Caps {
+func (c Caps) WithDefaults() Caps {
 	if c.AnonymousIDs <= 0 {
 		c.AnonymousIDs = 100
 	}
@@ -49,33 +54,33 @@ func OrderKey(at time.Time, source Source, messageID string, index int) string {
 	return fmt.Sprintf("%s|%s|%s|%03d", at.UTC().Format("2006-01-02T15:04:05.000000000Z"), source, messageID, index)
 }
 
-// profileState is what the rules need to know about a profile.
-type profileState struct {
-	userID       string // the profile's user ID, "" if none
-	anonymousIDs int
-	links        int
+// ProfileState is what the rules need to know about a profile.
+type ProfileState struct {
+	UserID       string // the profile's user ID, "" if none
+	AnonymousIDs int
+	Links        int
 }
 
-// decide applies rules 3 and 4 to a link between two different profiles. It
+// Decide applies rules 3 and 4 to a link between two different profiles. It
 // returns DecisionApplied, or the refusal and its reason, and the state the
 // merged profile has if the link is applied. An operator's forced link skips
 // the caps but never rule 3.
-func decide(a, b profileState, caps Caps, forced bool) (Decision, string, profileState) {
-	merged := profileState{userID: a.userID, anonymousIDs: a.anonymousIDs + b.anonymousIDs, links: a.links + b.links + 1}
-	if merged.userID == "" {
-		merged.userID = b.userID
+func Decide(a, b ProfileState, caps Caps, forced bool) (Decision, string, ProfileState) {
+	merged := ProfileState{UserID: a.UserID, AnonymousIDs: a.AnonymousIDs + b.AnonymousIDs, Links: a.Links + b.Links + 1}
+	if merged.UserID == "" {
+		merged.UserID = b.UserID
 	}
-	if a.userID != "" && b.userID != "" && a.userID != b.userID {
-		return DecisionConflict, fmt.Sprintf("would join user IDs %q and %q", a.userID, b.userID), a
+	if a.UserID != "" && b.UserID != "" && a.UserID != b.UserID {
+		return DecisionConflict, fmt.Sprintf("would join user IDs %q and %q", a.UserID, b.UserID), a
 	}
 	if forced {
 		return DecisionApplied, "", merged
 	}
-	if merged.anonymousIDs > caps.AnonymousIDs {
-		return DecisionOverCap, fmt.Sprintf("profile would hold %d anonymous IDs, over the cap of %d", merged.anonymousIDs, caps.AnonymousIDs), a
+	if merged.AnonymousIDs > caps.AnonymousIDs {
+		return DecisionOverCap, fmt.Sprintf("profile would hold %d anonymous IDs, over the cap of %d", merged.AnonymousIDs, caps.AnonymousIDs), a
 	}
-	if merged.links > caps.Links {
-		return DecisionOverCap, fmt.Sprintf("profile would hold %d links, over the cap of %d", merged.links, caps.Links), a
+	if merged.Links > caps.Links {
+		return DecisionOverCap, fmt.Sprintf("profile would hold %d links, over the cap of %d", merged.Links, caps.Links), a
 	}
 	return DecisionApplied, "", merged
 }
@@ -121,17 +126,17 @@ type Outcome struct {
 // result independent of arrival order and duplication (rule 6), deletions
 // included. Withdrawn edges keep a zero Decision.
 func Unify(nodes []Node, edges []Edge, caps Caps) Outcome {
-	caps = caps.withDefaults()
+	caps = caps.WithDefaults()
 	parent := make([]int, len(nodes))
-	state := make([]profileState, len(nodes))
+	state := make([]ProfileState, len(nodes))
 	deleted := make([]bool, len(nodes)) // by representative
 	for i, n := range nodes {
 		parent[i] = i
 		switch n.Kind {
 		case KindUserID:
-			state[i].userID = n.Value
+			state[i].UserID = n.Value
 		case KindAnonymousID:
-			state[i].anonymousIDs = 1
+			state[i].AnonymousIDs = 1
 		}
 	}
 	find := func(i int) int {
@@ -182,15 +187,15 @@ func Unify(nodes []Node, edges []Edge, caps Caps) Outcome {
 		i, e := ev.edge, edges[ev.edge]
 		ra, rb := find(e.A), find(e.B)
 		if deleted[ra] || deleted[rb] {
-			out.Decisions[i], out.Reasons[i] = DecisionDeleted, deletedReason
+			out.Decisions[i], out.Reasons[i] = DecisionDeleted, DeletedReason
 			continue
 		}
 		if ra == rb {
 			out.Decisions[i] = DecisionApplied
-			state[ra].links++
+			state[ra].Links++
 			continue
 		}
-		d, reason, merged := decide(state[ra], state[rb], caps, e.Forced)
+		d, reason, merged := Decide(state[ra], state[rb], caps, e.Forced)
 		out.Decisions[i], out.Reasons[i] = d, reason
 		if d != DecisionApplied {
 			continue

@@ -6,6 +6,8 @@ import (
 	"time"
 )
 
+var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
 // key is an order key at minute min of t0, for message id.
 func key(min int, id string) string {
 	return OrderKey(t0.Add(time.Duration(min)*time.Minute), SourceSegmentAPI, id, 1)

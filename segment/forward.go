@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"io"
 	"net/http"
 	"strings"
@@ -39,7 +40,7 @@ type ForwarderConfig struct {
 }
 
 // Forwarder sends outbox jobs to Segment's Tracking API, one job per
-// request, once. It implements mapping.Sender and is safe for concurrent use.
+// request, once. It implements outbox.Sender and is safe for concurrent use.
 //
 // The messages are analytics-go's own types (analytics.Identify, Track, …),
 // checked by their Validate and encoded by analytics-go's JSON encoding, in
@@ -54,7 +55,7 @@ type Forwarder struct {
 	http          *http.Client
 }
 
-var _ mapping.Sender = (*Forwarder)(nil)
+var _ outbox.Sender = (*Forwarder)(nil)
 
 // NewForwarder returns a Forwarder sending with cfg; it fails without a write key.
 func NewForwarder(cfg ForwarderConfig) (*Forwarder, error) {
@@ -79,7 +80,7 @@ func NewForwarder(cfg ForwarderConfig) (*Forwarder, error) {
 // context with "bridge":{"forwarded":true} always set), and POSTs it alone
 // to {Endpoint}/v1/batch with the write key as Basic auth user, once.
 //
-// It returns nil on a 2xx answer, else a *mapping.DeliveryError. Permanent:
+// It returns nil on a 2xx answer, else a *outbox.DeliveryError. Permanent:
 // a payload that does not decode or that analytics-go's Validate refuses
 // (no userId or anonymousId; no event, groupId, previousId where needed), a
 // message over 32 KB, a jimoToken without ResolveUserID, and a 4xx other
@@ -110,7 +111,7 @@ func (f *Forwarder) Send(ctx context.Context, job mapping.Job) error {
 	if s := strings.TrimSpace(strings.ToValidUTF8(string(answer), "")); s != "" {
 		what += ": " + s
 	}
-	return mapping.ClassifyStatus(resp.StatusCode, mapping.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()), errors.New(what))
+	return outbox.ClassifyStatus(resp.StatusCode, outbox.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()), errors.New(what))
 }
 
 // encode returns the job's message ID and the request body that sends it;
@@ -238,5 +239,5 @@ func anyObject(name string, raw json.RawMessage) (map[string]any, error) {
 	return m, nil
 }
 
-func permanent(err error) error { return &mapping.DeliveryError{Permanent: true, Err: err} }
-func transient(err error) error { return &mapping.DeliveryError{Err: err} }
+func permanent(err error) error { return &outbox.DeliveryError{Permanent: true, Err: err} }
+func transient(err error) error { return &outbox.DeliveryError{Err: err} }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"net"
 	"net/http"
 	"reflect"
@@ -63,11 +64,11 @@ func newForwarder(t testing.TB, srv *segmenttest.Server, edit func(*segment.Forw
 	return f, rt
 }
 
-func deliveryError(t *testing.T, err error) *mapping.DeliveryError {
+func deliveryError(t *testing.T, err error) *outbox.DeliveryError {
 	t.Helper()
-	var d *mapping.DeliveryError
+	var d *outbox.DeliveryError
 	if !errors.As(err, &d) {
-		t.Fatalf("error %v (%T), want a *mapping.DeliveryError", err, err)
+		t.Fatalf("error %v (%T), want a *outbox.DeliveryError", err, err)
 	}
 	return d
 }
@@ -292,8 +293,8 @@ func TestForwarderFailures(t *testing.T) {
 			}
 			err := f.Send(context.Background(), identifyJob(t))
 			d := deliveryError(t, err)
-			if d.Permanent != tt.permanent || mapping.Retryable(err) == tt.permanent {
-				t.Errorf("permanent %v, Retryable %v; want permanent %v (%v)", d.Permanent, mapping.Retryable(err), tt.permanent, err)
+			if d.Permanent != tt.permanent || outbox.Retryable(err) == tt.permanent {
+				t.Errorf("permanent %v, Retryable %v; want permanent %v (%v)", d.Permanent, outbox.Retryable(err), tt.permanent, err)
 			}
 			if ne := net.Error(nil); (errors.As(err, &ne) && ne.Timeout()) != tt.timeout {
 				t.Errorf("error %v: a timeout %v, want %v", err, !tt.timeout, tt.timeout)
@@ -332,7 +333,7 @@ func TestForwarderRetriesAreTheOutboxs(t *testing.T) {
 	f, rt := newForwarder(t, srv, nil)
 	srv.FailWith(503, 2)
 	for i := range 2 {
-		if err := f.Send(context.Background(), identifyJob(t)); !mapping.Retryable(err) || err == nil {
+		if err := f.Send(context.Background(), identifyJob(t)); !outbox.Retryable(err) || err == nil {
 			t.Fatalf("Send %d: %v, want a transient error", i, err)
 		}
 	}

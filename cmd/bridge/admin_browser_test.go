@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"os"
@@ -40,11 +41,11 @@ func adminGet(t *testing.T, b *testBridge, path string, out any) {
 }
 
 // waitDeadJob waits until the outbox holds a dead job for user and returns it.
-func waitDeadJob(t *testing.T, b *testBridge, user string) mapping.JobInfo {
+func waitDeadJob(t *testing.T, b *testBridge, user string) store.JobInfo {
 	t.Helper()
 	deadline := time.Now().Add(deliveryDeadline)
 	for {
-		var out struct{ Jobs []mapping.JobInfo }
+		var out struct{ Jobs []store.JobInfo }
 		adminGet(t, b, "/api/v1/jobs?state=dead", &out)
 		for _, j := range out.Jobs {
 			if j.OrderingKey == user {
@@ -109,9 +110,9 @@ func TestAdminBrowser(t *testing.T) {
 	if !ok || p.UserID != ada {
 		t.Fatalf("seed: got profile %+v, want %s's", p, ada)
 	}
-	var history struct{ History mapping.History }
+	var history struct{ History store.History }
 	adminGet(t, b, fmt.Sprintf("/api/v1/profiles/%d/history", p.ID), &history)
-	var conflict, second mapping.LinkInfo
+	var conflict, second store.LinkInfo
 	for _, l := range history.History.Links {
 		switch {
 		case l.Decision == mapping.DecisionConflict:

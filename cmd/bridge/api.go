@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
@@ -10,11 +11,11 @@ import (
 
 // profileResponse is the lookup API's body.
 type profileResponse struct {
-	Profile mapping.Profile `json:"profile"`
+	Profile store.Profile `json:"profile"`
 }
 
 // getProfile answers GET /api/v1/profiles?identifier=KIND:VALUE.
-func getProfile(store *mapping.Store) echo.HandlerFunc {
+func getProfile(store *store.Store) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		raw := c.QueryParam("identifier")
 		if raw == "" {
@@ -33,7 +34,7 @@ func getProfile(store *mapping.Store) echo.HandlerFunc {
 }
 
 // listWarnings answers GET /api/v1/warnings: identifiers an operator should look at.
-func listWarnings(store *mapping.Store) echo.HandlerFunc {
+func listWarnings(store *store.Store) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		ws, err := store.Warnings(c.Request().Context(), 500)
 		if err != nil {

@@ -4,14 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/labstack/echo/v4"
-
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 // The baselines bridge bench measures the bridge against, in the same run.
@@ -132,7 +131,7 @@ func (f *floorServer) commit(group []floorRow) error {
 // messages, unique on their IDs, which grows from one round to the next as
 // the bridge's database does.
 func openBaselineDB(ctx context.Context, path string) (*sqlx.DB, error) {
-	db, err := sqlx.Open("sqlite3", mapping.SQLiteDSN(path, true))
+	db, err := sqlx.Open("sqlite3", store.SQLiteDSN(path, true))
 	if err != nil {
 		return nil, err
 	}

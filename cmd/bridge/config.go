@@ -4,14 +4,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 // config is the bridge's configuration: every field has a flag and a BRIDGE_*
@@ -215,7 +214,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.Var(removedFlag("BRIDGE_TRUST_PROXY (-trust-proxy) was removed: set BRIDGE_TRUSTED_PROXIES (-trusted-proxies) to the CIDR ranges of your proxies instead"), "trust-proxy", "removed: use -trusted-proxies")
 	c.KeepMessages = 90 * 24 * time.Hour
 	fs.Var(daysValue{&c.KeepMessages}, "keep-messages", "how long raw message payloads are kept, e.g. 90d or 2160h (0: forever; the identity graph and link log are kept until deletion)")
-	c.WALLimit = mapping.DefaultWALLimit
+	c.WALLimit = store.DefaultWALLimit
 	fs.Var(&c.WALLimit, "wal-limit", "bound of SQLite's write-ahead log (bytes, or with KiB, MiB, GiB)")
 	fs.DurationVar(&c.CommitTimeout, "commit-timeout", 10*time.Second, "how long a request waits for its events to be stored before it is answered 503")
 

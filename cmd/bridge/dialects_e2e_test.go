@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"net/url"
@@ -12,8 +13,6 @@ import (
 	"testing"
 
 	analytics "github.com/segmentio/analytics-go/v3"
-
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 // getAuthed GETs path with the admin password and returns the status and body.
@@ -151,7 +150,7 @@ func TestGuessableUserIDWithheldFromJimoForEveryKind(t *testing.T) {
 			t.Errorf("Jimo got %s for %q, want only %s", r.Event.Type, r.Event.UserID, good)
 		}
 	}
-	store, err := mapping.Open(context.Background(), b.DB, mapping.Options{})
+	store, err := store.Open(context.Background(), b.DB, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,8 +17,6 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
-
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 // TestLockedDatabaseAnswers503 holds the database's write lock from another
@@ -34,7 +33,7 @@ func TestLockedDatabaseAnswers503(t *testing.T) {
 		t.Fatalf("identify before the lock: got %d, want 200: %s", r.status, r.body)
 	}
 
-	other, err := sqlx.Open("sqlite3", mapping.SQLiteDSN(b.DB, false))
+	other, err := sqlx.Open("sqlite3", store.SQLiteDSN(b.DB, false))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"net/url"
@@ -18,7 +19,6 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/bridgeworks/bridge/mapping"
 	"github.com/bridgeworks/bridge/mapping/testenv"
 )
 
@@ -118,7 +118,7 @@ func (b *testBridge) stop(t testing.TB) {
 }
 
 // profile reads a profile through the lookup API; ok is false on 404.
-func (b *testBridge) profile(t testing.TB, identifier string) (mapping.Profile, bool) {
+func (b *testBridge) profile(t testing.TB, identifier string) (store.Profile, bool) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, b.URL+"/api/v1/profiles?identifier="+url.QueryEscape(identifier), nil)
 	req.SetBasicAuth("admin", testAdminPassword)
@@ -129,13 +129,13 @@ func (b *testBridge) profile(t testing.TB, identifier string) (mapping.Profile, 
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode == http.StatusNotFound {
-		return mapping.Profile{}, false
+		return store.Profile{}, false
 	}
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("lookup %s: got status %d, want 200: %s", identifier, resp.StatusCode, body)
 	}
 	var out struct {
-		Profile mapping.Profile `json:"profile"`
+		Profile store.Profile `json:"profile"`
 	}
 	if err := json.Unmarshal(body, &out); err != nil {
 		t.Fatalf("lookup %s: %v: %s", identifier, err, body)
@@ -160,7 +160,7 @@ func (b *testBridge) post(t testing.TB, path string, body []byte, headers map[st
 }
 
 // identifierSet renders a profile's identifiers as a set of KIND:VALUE strings.
-func identifierSet(p mapping.Profile) map[string]bool {
+func identifierSet(p store.Profile) map[string]bool {
 	set := map[string]bool{}
 	for _, id := range p.Identifiers {
 		set[id.Identifier.String()] = true

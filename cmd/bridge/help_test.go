@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -72,7 +73,7 @@ func TestOutboxCommandLine(t *testing.T) {
 	}
 
 	db := filepath.Join(t.TempDir(), "bridge.db")
-	store, err := mapping.Open(context.Background(), db, mapping.Options{})
+	store, err := store.Open(context.Background(), db, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"html/template"
 	"net/http"
 	"net/http/httptest"
@@ -20,7 +21,6 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/bridgeworks/bridge/jimo"
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 // pageDir holds the browser test's page, its script and the stand-in for Jimo's SDK.
@@ -338,7 +338,7 @@ func TestJimoBrowser(t *testing.T) {
 
 			switch {
 			case tt.bridge != nil:
-				p := waitForProfile(t, tt.bridge, "user_id:"+userID, 5*time.Second, func(p mapping.Profile) bool {
+				p := waitForProfile(t, tt.bridge, "user_id:"+userID, 5*time.Second, func(p store.Profile) bool {
 					ids := identifierSet(p)
 					return ids["anonymous_id:"+anon] && ids["jimo_token:"+token] && p.Traits["email"] == email
 				})
@@ -382,7 +382,7 @@ func TestJimoBrowser(t *testing.T) {
 }
 
 // waitForProfile polls the lookup API until identifier's profile satisfies ok.
-func waitForProfile(t *testing.T, b *testBridge, identifier string, timeout time.Duration, ok func(mapping.Profile) bool) mapping.Profile {
+func waitForProfile(t *testing.T, b *testBridge, identifier string, timeout time.Duration, ok func(store.Profile) bool) store.Profile {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

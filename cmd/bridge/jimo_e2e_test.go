@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"regexp"
@@ -120,7 +121,7 @@ func errorAnswer(t testing.TB, r httpResult, wantStatus int, wantCode mapping.Co
 }
 
 // mustProfile looks a profile up and fails the test when there is none.
-func mustProfile(t testing.TB, b *testBridge, identifier string) mapping.Profile {
+func mustProfile(t testing.TB, b *testBridge, identifier string) store.Profile {
 	t.Helper()
 	p, ok := b.profile(t, identifier)
 	if !ok {
@@ -130,7 +131,7 @@ func mustProfile(t testing.TB, b *testBridge, identifier string) mapping.Profile
 }
 
 // wantIdentifiers checks that p holds every identifier in want (KIND:VALUE).
-func wantIdentifiers(t testing.TB, p mapping.Profile, want ...string) {
+func wantIdentifiers(t testing.TB, p store.Profile, want ...string) {
 	t.Helper()
 	got := identifierSet(p)
 	for _, w := range want {
@@ -141,7 +142,7 @@ func wantIdentifiers(t testing.TB, p mapping.Profile, want ...string) {
 }
 
 // warnings reads GET /api/v1/warnings as the admin.
-func (b *testBridge) warnings(t testing.TB) []mapping.Warning {
+func (b *testBridge) warnings(t testing.TB) []store.Warning {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, b.URL+"/api/v1/warnings", nil)
 	req.SetBasicAuth("admin", testAdminPassword)
@@ -155,7 +156,7 @@ func (b *testBridge) warnings(t testing.TB) []mapping.Warning {
 		t.Fatalf("GET /api/v1/warnings: got status %d, want 200: %s", resp.StatusCode, body)
 	}
 	var out struct {
-		Warnings []mapping.Warning `json:"warnings"`
+		Warnings []store.Warning `json:"warnings"`
 	}
 	if err := json.Unmarshal(body, &out); err != nil {
 		t.Fatalf("GET /api/v1/warnings: %v: %s", err, body)

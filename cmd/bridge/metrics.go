@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"log/slog"
 	"time"
 
@@ -11,8 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
-
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 // metrics are the bridge's Prometheus metrics on a registry of their own,
@@ -38,12 +37,12 @@ type metrics struct {
 	rulesFired        *prometheus.CounterVec // rule
 	messageNotes      *prometheus.CounterVec // source, note
 
-	// Group commits (mapping.CommitObserver).
+	// Group commits (store.CommitObserver).
 	commitMessages prometheus.Histogram
 	commitSeconds  prometheus.Histogram
 	commitErrors   prometheus.Counter
 
-	// Outbox deliveries (mapping.DeliveryObserver); the backlog gauges are outboxCollector's.
+	// Outbox deliveries (store.DeliveryObserver); the backlog gauges are outboxCollector's.
 	deliveries       *prometheus.CounterVec   // destination, result
 	deliveryAttempts *prometheus.HistogramVec // destination
 }
@@ -109,7 +108,7 @@ func (m *metrics) handler(logger *slog.Logger) echo.HandlerFunc {
 	}))
 }
 
-// Committed implements mapping.CommitObserver.
+// Committed implements store.CommitObserver.
 func (m *metrics) Committed(messages int, took time.Duration, err error) {
 	if err != nil {
 		m.commitErrors.Inc()
@@ -119,7 +118,7 @@ func (m *metrics) Committed(messages int, took time.Duration, err error) {
 	m.commitSeconds.Observe(took.Seconds())
 }
 
-// Delivered implements mapping.DeliveryObserver.
+// Delivered implements store.DeliveryObserver.
 func (m *metrics) Delivered(destination, result string, attempt int) {
 	m.deliveries.WithLabelValues(destination, result).Inc()
 	m.deliveryAttempts.WithLabelValues(destination).Observe(float64(attempt))
@@ -171,7 +170,7 @@ func (c commitStats) String() string {
 // flight, dead jobs, and the age of the oldest waiting job. All three come
 // from one read of the store per scrape.
 type outboxCollector struct {
-	backlogs func(context.Context) ([]mapping.Backlog, error)
+	backlogs func(context.Context) ([]store.Backlog, error)
 	now      func() time.Time
 	logger   *slog.Logger
 
@@ -179,7 +178,7 @@ type outboxCollector struct {
 }
 
 // registerOutbox adds the outbox gauges, read from backlogs at each scrape.
-func (m *metrics) registerOutbox(backlogs func(context.Context) ([]mapping.Backlog, error), now func() time.Time, logger *slog.Logger) {
+func (m *metrics) registerOutbox(backlogs func(context.Context) ([]store.Backlog, error), now func() time.Time, logger *slog.Logger) {
 	desc := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, []string{"destination"}, nil)
 	}
@@ -224,12 +223,12 @@ func (o *outboxCollector) Collect(ch chan<- prometheus.Metric) {
 // deliveries after repeated failures (it is being probed), else 0. The state
 // lives in the outbox of this process.
 type pausedCollector struct {
-	destinations func() []mapping.DestinationStatus
+	destinations func() []store.DestinationStatus
 	paused       *prometheus.Desc
 }
 
 // registerPaused adds bridge_outbox_paused, read from destinations at each scrape.
-func (m *metrics) registerPaused(destinations func() []mapping.DestinationStatus) {
+func (m *metrics) registerPaused(destinations func() []store.DestinationStatus) {
 	m.registry.MustRegister(&pausedCollector{destinations: destinations, paused: prometheus.NewDesc("bridge_outbox_paused",
 		"1 while a destination's deliveries are paused after repeated failures (it is being probed), by destination.", []string{"destination"}, nil)})
 }
@@ -253,15 +252,15 @@ func (p *pausedCollector) Collect(ch chan<- prometheus.Metric) {
 // whether (and for how long) the store cannot store, by reason, with the
 // writes it refused meanwhile.
 type storeCollector struct {
-	stats                                  func() mapping.Stats
+	stats                                  func() store.Stats
 	wal, checkpoints, unavailable, refused *prometheus.Desc
 }
 
 // storeReasons are the reasons the store can be unable to store.
-var storeReasons = []string{mapping.ReasonDiskFull, mapping.ReasonLocked, mapping.ReasonOverloaded, mapping.ReasonFileReplaced, mapping.ReasonSyncFailed}
+var storeReasons = []string{store.ReasonDiskFull, store.ReasonLocked, store.ReasonOverloaded, store.ReasonFileReplaced, store.ReasonSyncFailed}
 
 // registerStore adds the store's figures, read from stats at each scrape.
-func (m *metrics) registerStore(stats func() mapping.Stats) {
+func (m *metrics) registerStore(stats func() store.Stats) {
 	m.registry.MustRegister(&storeCollector{
 		stats: stats,
 		wal: prometheus.NewDesc("bridge_wal_bytes",

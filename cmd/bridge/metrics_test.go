@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"log/slog"
 	"net/http"
@@ -171,9 +172,9 @@ func TestOutboxCollectorReadsOnce(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	reads := 0
 	m := newMetrics()
-	m.registerOutbox(func(context.Context) ([]mapping.Backlog, error) {
+	m.registerOutbox(func(context.Context) ([]store.Backlog, error) {
 		reads++
-		return []mapping.Backlog{
+		return []store.Backlog{
 			{Destination: "jimo", Pending: 3, Dead: 1, Oldest: now.Add(-90 * time.Second)},
 			{Destination: "segment", Dead: 2},
 		}, nil
@@ -204,7 +205,7 @@ func TestOutboxCollectorReadsOnce(t *testing.T) {
 
 	// A failed read leaves the gauges out and the rest of the scrape intact.
 	failing := newMetrics()
-	failing.registerOutbox(func(context.Context) ([]mapping.Backlog, error) { return nil, errors.New("disk on fire") },
+	failing.registerOutbox(func(context.Context) ([]store.Backlog, error) { return nil, errors.New("disk on fire") },
 		time.Now, slog.New(slog.DiscardHandler))
 	families, err = failing.registry.Gather()
 	if err != nil {

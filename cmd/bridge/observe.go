@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -162,7 +163,7 @@ func (r *refusals) observe(c echo.Context, route string, status int, err error) 
 
 // countingStore counts what the store did with each submitted message.
 type countingStore struct {
-	*mapping.Store
+	*store.Store
 	m *metrics
 }
 

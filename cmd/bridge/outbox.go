@@ -5,13 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
-
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 const outboxUsage = `usage:
@@ -33,7 +32,7 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 	if v := getenv("BRIDGE_DB"); v != "" {
 		*db = v
 	}
-	state := fs.String("state", mapping.JobDead, "list: jobs in this state, or all")
+	state := fs.String("state", store.JobDead, "list: jobs in this state, or all")
 	limit := fs.Int("limit", 100, "list: at most this many jobs")
 	all := fs.Bool("all", false, "retry: every dead job")
 	fs.Usage = func() {
@@ -50,11 +49,11 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	open := func() (*mapping.Store, error) {
+	open := func() (*store.Store, error) {
 		if _, err := os.Stat(*db); err != nil {
 			return nil, fmt.Errorf("no bridge database at %s (pass -db or BRIDGE_DB): %w", *db, err)
 		}
-		return mapping.Open(ctx, *db, mapping.Options{})
+		return store.Open(ctx, *db, store.Options{})
 	}
 
 	switch args[0] {

@@ -6,10 +6,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"os"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,7 +20,6 @@ import (
 	analytics "github.com/segmentio/analytics-go/v3"
 
 	"github.com/bridgeworks/bridge/jimo/jimotest"
-	"github.com/bridgeworks/bridge/mapping"
 )
 
 // TestDeliveryAfterFaults: a transient failure is retried until delivered
@@ -165,7 +164,7 @@ func TestPayloadExpiryShown(t *testing.T) {
 		t.Fatal("profile gone after its payload expired")
 	}
 	var out struct {
-		History mapping.History `json:"history"`
+		History store.History `json:"history"`
 	}
 	h := &out.History
 	for deadline := time.Now().Add(deliveryDeadline); ; time.Sleep(50 * time.Millisecond) {
@@ -190,8 +189,6 @@ func TestPayloadExpiryShown(t *testing.T) {
 		t.Errorf("profile page does not say the payload expired:\n%s", page)
 	}
 }
-
-var csrfInput = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
 func TestKeepMessagesConfig(t *testing.T) {
 	tests := []struct {

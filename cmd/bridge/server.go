@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/outbox"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"log/slog"
 	"net"
@@ -23,18 +25,18 @@ import (
 // app is everything a running bridge holds.
 type app struct {
 	cfg     config
-	store   *mapping.Store
+	store   *store.Store
 	metrics *metrics
 	echo    *echo.Echo
-	senders map[string]mapping.Sender
-	closers []func() error  // senders to close after the outbox stops
-	outbox  *mapping.Outbox // set by runOutbox, before the server starts
+	senders map[string]outbox.Sender
+	closers []func() error // senders to close after the outbox stops
+	outbox  *store.Outbox  // set by runOutbox, before the server starts
 }
 
 // buildSenders creates a sender per configured destination. The HTTP clients
 // do not retry: the outbox does.
 func (a *app) buildSenders() error {
-	a.senders = map[string]mapping.Sender{}
+	a.senders = map[string]outbox.Sender{}
 	if a.cfg.JimoAPIKey != "" && a.cfg.JimoEndpoint != "" {
 		transport := http.DefaultTransport.(*http.Transport).Clone()
 		transport.MaxIdleConnsPerHost = a.cfg.DeliveryWorkers
@@ -79,7 +81,7 @@ func (a *app) userIDOfToken(ctx context.Context, token string) (string, error) {
 // ends; done is closed when both have stopped.
 func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan struct{}) {
 	done = make(chan struct{})
-	a.outbox = a.store.NewOutbox(mapping.OutboxOptions{
+	a.outbox = a.store.NewOutbox(store.OutboxOptions{
 		Senders:     a.senders,
 		MaxAttempts: a.cfg.MaxDeliveryAttempts,
 		Workers:     a.cfg.DeliveryWorkers,
@@ -93,7 +95,7 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 	retained := make(chan struct{})
 	go func() {
 		defer close(retained)
-		a.store.RunRetention(ctx, mapping.RetentionOptions{KeepMessages: a.cfg.KeepMessages, Logger: logger})
+		a.store.RunRetention(ctx, store.RetentionOptions{KeepMessages: a.cfg.KeepMessages, Logger: logger})
 	}()
 	go func() {
 		defer close(done)
@@ -110,7 +112,7 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 
 // resolveSecrets resolves the secrets that must exist, generating (and printing
 // once) the ones not configured.
-func resolveSecrets(ctx context.Context, cfg *config, store *mapping.Store, stdout io.Writer) (tokenSecret string, err error) {
+func resolveSecrets(ctx context.Context, cfg *config, store *store.Store, stdout io.Writer) (tokenSecret string, err error) {
 	generate := func(name string, target *string) error {
 		v, created, err := store.Secret(ctx, name)
 		if err != nil {
@@ -161,7 +163,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writ
 		return nil, fmt.Errorf("BRIDGE_DB: PostgreSQL is not supported by this version yet; give a SQLite file path")
 	}
 	m := newMetrics()
-	store, err := mapping.Open(ctx, cfg.DB, mapping.Options{
+	store, err := store.Open(ctx, cfg.DB, store.Options{
 		Caps:          mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
 		Blocklist:     mapping.NewBlocklist(cfg.BlockedIDs),
 		MergeOnEmail:  cfg.MergeOnEmail,

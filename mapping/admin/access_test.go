@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -17,7 +18,7 @@ func TestNewRequiresStoreAndPassword(t *testing.T) {
 		cfg  Config
 	}{
 		{"no store", Config{Password: "x"}},
-		{"no password", Config{Store: &mapping.Store{}}},
+		{"no password", Config{Store: &store.Store{}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

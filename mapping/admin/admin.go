@@ -17,6 +17,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -36,20 +37,20 @@ var templateFiles embed.FS
 //go:embed static
 var staticFiles embed.FS
 
-// Store is what the admin reads and repairs; *mapping.Store implements it.
+// Store is what the admin reads and repairs; *store.Store implements it.
 type Store interface {
-	Search(ctx context.Context, q mapping.SearchQuery) (mapping.SearchResult, error)
-	ProfileByID(ctx context.Context, id int64) (mapping.Profile, error)
-	ProfileOf(ctx context.Context, id mapping.Identifier) (mapping.Profile, error)
-	History(ctx context.Context, profileID int64) (mapping.History, error)
-	Conflicts(ctx context.Context, limit int, afterID int64) ([]mapping.LinkInfo, error)
+	Search(ctx context.Context, q store.SearchQuery) (store.SearchResult, error)
+	ProfileByID(ctx context.Context, id int64) (store.Profile, error)
+	ProfileOf(ctx context.Context, id mapping.Identifier) (store.Profile, error)
+	History(ctx context.Context, profileID int64) (store.History, error)
+	Conflicts(ctx context.Context, limit int, afterID int64) ([]store.LinkInfo, error)
 	ResolveConflict(ctx context.Context, linkID int64, action, operator, reason string) error
 	Unmerge(ctx context.Context, linkID int64, operator, reason string) error
 	DeleteProfile(ctx context.Context, id mapping.Identifier, operator, reason string) ([]mapping.Identifier, error)
 	RetryJobs(ctx context.Context, ids []int64) (int, error)
-	Jobs(ctx context.Context, state string, limit int) ([]mapping.JobInfo, error)
-	Warnings(ctx context.Context, limit int) ([]mapping.Warning, error)
-	Overview(ctx context.Context) (mapping.Overview, error)
+	Jobs(ctx context.Context, state string, limit int) ([]store.JobInfo, error)
+	Warnings(ctx context.Context, limit int) ([]store.Warning, error)
+	Overview(ctx context.Context) (store.Overview, error)
 }
 
 // Config configures an Admin. Store and Password are required.

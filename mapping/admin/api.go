@@ -3,6 +3,7 @@ package admin
 import (
 	"encoding/json"
 	"errors"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"mime"
 	"net/http"
@@ -104,13 +105,13 @@ func (a *Admin) apiSearch(c echo.Context) error {
 		return err
 	}
 	prefix := c.QueryParam("prefix")
-	res, err := a.store.Search(c.Request().Context(), mapping.SearchQuery{Kind: kind, Value: value, Prefix: prefix != "" && prefix != "0" && prefix != "false",
+	res, err := a.store.Search(c.Request().Context(), store.SearchQuery{Kind: kind, Value: value, Prefix: prefix != "" && prefix != "0" && prefix != "false",
 		Limit: limit, After: c.QueryParam("after")})
 	if err != nil {
 		return err
 	}
 	if res.Hits == nil {
-		res.Hits = []mapping.SearchHit{}
+		res.Hits = []store.SearchHit{}
 	}
 	return c.JSON(http.StatusOK, res)
 }
@@ -160,7 +161,7 @@ func (a *Admin) apiConflicts(c echo.Context) error {
 		return err
 	}
 	if links == nil {
-		links = []mapping.LinkInfo{}
+		links = []store.LinkInfo{}
 	}
 	next := ""
 	if len(links) == limit {
@@ -181,7 +182,7 @@ func (a *Admin) apiResolve(c echo.Context) error {
 	if err := decodeJSON(c, &body); err != nil {
 		return err
 	}
-	if body.Action != mapping.ResolveLink && body.Action != mapping.ResolveDismiss {
+	if body.Action != store.ResolveLink && body.Action != store.ResolveDismiss {
 		return mapping.Errorf(mapping.CodeInvalid, `"action" must be "link" (link anyway) or "dismiss"`)
 	}
 	why, err := reason(body.Reason)
@@ -279,7 +280,7 @@ func (a *Admin) apiJobs(c echo.Context) error {
 		return err
 	}
 	if jobs == nil {
-		jobs = []mapping.JobInfo{}
+		jobs = []store.JobInfo{}
 	}
 	redactJobs(jobs)
 	return c.JSON(http.StatusOK, map[string]any{"jobs": jobs})
@@ -288,7 +289,7 @@ func (a *Admin) apiJobs(c echo.Context) error {
 // redactJobs replaces, in place, the secret-looking fields of the jobs'
 // payloads (see RedactJSON): a payload carries what a client sent (traits,
 // properties), which may include credentials.
-func redactJobs(jobs []mapping.JobInfo) {
+func redactJobs(jobs []store.JobInfo) {
 	for i := range jobs {
 		jobs[i].Payload = RedactJSON(jobs[i].Payload)
 	}

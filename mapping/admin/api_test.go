@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -116,7 +117,7 @@ func TestAPIRepairs(t *testing.T) {
 	e.seed()
 	conflict := e.link("user_id:"+bob, "anonymous_id:"+anonA1)
 	applied := e.link("user_id:"+alice, "anonymous_id:"+anonA2)
-	dead, _ := e.store.Jobs(context.Background(), mapping.JobDead, 10)
+	dead, _ := e.store.Jobs(context.Background(), store.JobDead, 10)
 	resolve := fmt.Sprintf("/api/v1/conflicts/%d/resolve", conflict.ID)
 	unmerge := fmt.Sprintf("/api/v1/links/%d/unmerge", applied.ID)
 

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -31,7 +32,7 @@ func BenchmarkPages(b *testing.B) {
 			b.Fatalf("BRIDGE_ADMIN_BENCH_IDENTIFIERS=%q: %v", v, err)
 		}
 	}
-	store, err := mapping.Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), mapping.Options{})
+	store, err := store.Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), store.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

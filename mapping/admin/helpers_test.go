@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/bridgeworks/bridge/mapping/outbox"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -45,7 +47,7 @@ func (c *clock) Add(d time.Duration) {
 // env is an admin on a real store in a fresh SQLite file, behind a real Echo instance.
 type env struct {
 	t     *testing.T
-	store *mapping.Store
+	store *store.Store
 	admin *Admin
 	echo  *echo.Echo
 	clock *clock
@@ -53,15 +55,15 @@ type env struct {
 
 // newEnv opens a store and mounts the admin at /admin and its API at /api/v1.
 // wrap, if not nil, wraps the store the admin sees.
-func newEnv(t *testing.T, wrap func(*mapping.Store) Store) *env {
+func newEnv(t *testing.T, wrap func(*store.Store) Store) *env {
 	t.Helper()
 	return newEnvWith(t, wrap, nil)
 }
 
 // newEnvWith is newEnv with the admin's Config changed by mutate, if not nil.
-func newEnvWith(t *testing.T, wrap func(*mapping.Store) Store, mutate func(*Config)) *env {
+func newEnvWith(t *testing.T, wrap func(*store.Store) Store, mutate func(*Config)) *env {
 	t.Helper()
-	store, err := mapping.Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), mapping.Options{})
+	store, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), store.Options{})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
@@ -153,7 +155,7 @@ func (e *env) seed() {
 type permanentFailure string
 
 func (f permanentFailure) Send(context.Context, mapping.Job) error {
-	return &mapping.DeliveryError{Permanent: true, Err: errors.New(string(f))}
+	return &outbox.DeliveryError{Permanent: true, Err: errors.New(string(f))}
 }
 
 // killJobs runs the outbox against a refusing destination until n jobs are dead.
@@ -167,12 +169,12 @@ func (e *env) killJobsWith(n int, why string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- e.store.RunOutbox(ctx, mapping.OutboxOptions{Senders: map[string]mapping.Sender{"jimo": permanentFailure(why)}, Poll: 10 * time.Millisecond})
+		done <- e.store.RunOutbox(ctx, store.OutboxOptions{Senders: map[string]outbox.Sender{"jimo": permanentFailure(why)}, Poll: 10 * time.Millisecond})
 	}()
 	defer func() { cancel(); <-done }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		jobs, err := e.store.Jobs(context.Background(), mapping.JobDead, 100)
+		jobs, err := e.store.Jobs(context.Background(), store.JobDead, 100)
 		if err != nil {
 			e.t.Fatalf("list jobs: %v", err)
 		}
@@ -187,7 +189,7 @@ func (e *env) killJobsWith(n int, why string) {
 }
 
 // profileOf returns the profile holding KIND:VALUE.
-func (e *env) profileOf(identifier string) (mapping.Profile, error) {
+func (e *env) profileOf(identifier string) (store.Profile, error) {
 	id, err := mapping.ParseIdentifier(identifier)
 	if err != nil {
 		e.t.Fatal(err)
@@ -195,7 +197,7 @@ func (e *env) profileOf(identifier string) (mapping.Profile, error) {
 	return e.store.ProfileOf(context.Background(), id)
 }
 
-func (e *env) mustProfile(identifier string) mapping.Profile {
+func (e *env) mustProfile(identifier string) store.Profile {
 	e.t.Helper()
 	p, err := e.profileOf(identifier)
 	if err != nil {
@@ -205,7 +207,7 @@ func (e *env) mustProfile(identifier string) mapping.Profile {
 }
 
 // link finds the link between two values in the history of a's profile.
-func (e *env) link(a, b string) mapping.LinkInfo {
+func (e *env) link(a, b string) store.LinkInfo {
 	e.t.Helper()
 	for _, id := range []string{a, b} {
 		p, err := e.profileOf(id)
@@ -223,7 +225,7 @@ func (e *env) link(a, b string) mapping.LinkInfo {
 		}
 	}
 	e.t.Fatalf("no link between %s and %s", a, b)
-	return mapping.LinkInfo{}
+	return store.LinkInfo{}
 }
 
 // browser sends requests to the Echo instance like a browser: it keeps cookies.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"net/url"
 	"slices"
@@ -41,7 +42,7 @@ type attention struct {
 }
 
 type backlogRow struct {
-	mapping.Backlog
+	store.Backlog
 	Age string
 }
 
@@ -49,7 +50,7 @@ type overviewView struct {
 	frame
 	// UnsignedSessions shows the standing warning about unsigned session reports.
 	UnsignedSessions bool
-	O                mapping.Overview
+	O                store.Overview
 	Attention        []attention
 	Backlogs         []backlogRow
 }
@@ -119,7 +120,7 @@ type searchView struct {
 	Prefix    bool
 	Searched  bool
 	Error     string
-	Hits      []mapping.SearchHit
+	Hits      []store.SearchHit
 	NextHref  string
 	FirstHref string
 	After     string
@@ -155,7 +156,7 @@ func (a *Admin) search(c echo.Context, s *session) error {
 		v.Error = messageOf(err)
 		return a.render(c, http.StatusBadRequest, "search", v)
 	}
-	res, err := a.store.Search(c.Request().Context(), mapping.SearchQuery{Kind: kind, Value: value, Prefix: v.Prefix, Limit: searchPageSize, After: v.After})
+	res, err := a.store.Search(c.Request().Context(), store.SearchQuery{Kind: kind, Value: value, Prefix: v.Prefix, Limit: searchPageSize, After: v.After})
 	if err != nil {
 		return err
 	}
@@ -192,7 +193,7 @@ func (a *Admin) profileByIdentifier(c echo.Context, s *session) error {
 
 // identifierView is an identifier of the profile with how it joined.
 type identifierView struct {
-	mapping.ProfileIdentifier
+	store.ProfileIdentifier
 	// Joined describes the earliest applied link that brought it in; "" when it started the profile.
 	Joined string
 	LinkID int64
@@ -201,30 +202,30 @@ type identifierView struct {
 }
 
 type linkView struct {
-	mapping.LinkInfo
+	store.LinkInfo
 	Open       bool // an open conflict: link anyway or dismiss
 	CanUnmerge bool
 }
 
 type messageView struct {
-	mapping.MessageInfo
+	store.MessageInfo
 	// Shown is the raw payload as the page shows it (redacted, capped).
 	Shown shown
 }
 
 type destinationView struct {
 	Destination string
-	Jobs        []mapping.JobInfo
+	Jobs        []store.JobInfo
 	Dead        int
 	Pending     int
 }
 
 type profileView struct {
 	frame
-	P           mapping.Profile
+	P           store.Profile
 	JimoTokens  []string
 	Identifiers []identifierView
-	Traits      []mapping.TraitInfo
+	Traits      []store.TraitInfo
 	Links       []linkView
 	Messages    []messageView
 	Deliveries  []destinationView
@@ -260,7 +261,7 @@ func (a *Admin) profile(c echo.Context, s *session) error {
 		if pi.Kind == mapping.KindJimoToken {
 			v.JimoTokens = append(v.JimoTokens, pi.Value)
 		}
-		var first *mapping.LinkInfo
+		var first *store.LinkInfo
 		for i, l := range h.Links {
 			if l.Withdrawn || l.Decision != mapping.DecisionApplied || (l.A != pi.Identifier && l.B != pi.Identifier) {
 				continue
@@ -294,9 +295,9 @@ func (a *Admin) profile(c echo.Context, s *session) error {
 		}
 		d.Jobs = append(d.Jobs, j)
 		switch j.State {
-		case mapping.JobDead:
+		case store.JobDead:
 			d.Dead++
-		case mapping.JobPending, mapping.JobRunning:
+		case store.JobPending, store.JobRunning:
 			d.Pending++
 		}
 	}
@@ -375,7 +376,7 @@ func (a *Admin) resolve(c echo.Context, s *session) error {
 		if err := a.store.ResolveConflict(ctx, id, action, OperatorPage, why); err != nil {
 			return "", err
 		}
-		if action == mapping.ResolveLink {
+		if action == store.ResolveLink {
 			return fmt.Sprintf("Link %d linked anyway: the rules re-decided its cluster.", id), nil
 		}
 		return fmt.Sprintf("Link %d dismissed: the identifiers stay apart.", id), nil
@@ -451,7 +452,7 @@ type deleteView struct {
 	frame
 	// Identifier is what the operator asked to delete by; "" shows the form to enter one.
 	Identifier string
-	P          *mapping.Profile
+	P          *store.Profile
 	Key        string
 }
 
@@ -476,7 +477,7 @@ func (a *Admin) deleteForm(c echo.Context, s *session) error {
 // deletionKey is the identifier to delete p by: id itself when it links,
 // else the profile's first linking identifier (an email known only as an
 // attribute finds the profile but cannot name it for deletion).
-func deletionKey(p mapping.Profile, id mapping.Identifier) string {
+func deletionKey(p store.Profile, id mapping.Identifier) string {
 	for _, pi := range p.Identifiers {
 		if pi.Identifier == id && !pi.FirstSeenAt.IsZero() {
 			return id.String()
@@ -493,18 +494,18 @@ func deletionKey(p mapping.Profile, id mapping.Identifier) string {
 // deleteProfileOf deletes the profile holding id, by its deletionKey, for
 // the page and the API alike. It returns the profile and the identifiers
 // deleted.
-func (a *Admin) deleteProfileOf(ctx context.Context, id mapping.Identifier, operator, why string) (mapping.Profile, []mapping.Identifier, error) {
+func (a *Admin) deleteProfileOf(ctx context.Context, id mapping.Identifier, operator, why string) (store.Profile, []mapping.Identifier, error) {
 	p, err := a.store.ProfileOf(ctx, id)
 	if err != nil {
-		return mapping.Profile{}, nil, err
+		return store.Profile{}, nil, err
 	}
 	key, err := mapping.ParseIdentifier(deletionKey(p, id))
 	if err != nil {
-		return mapping.Profile{}, nil, err
+		return store.Profile{}, nil, err
 	}
 	deleted, err := a.store.DeleteProfile(ctx, key, operator, why)
 	if err != nil {
-		return mapping.Profile{}, nil, err
+		return store.Profile{}, nil, err
 	}
 	return p, deleted, nil
 }
@@ -530,7 +531,7 @@ func (a *Admin) deleteProfile(c echo.Context, s *session) error {
 }
 
 // jobStates are the states the jobs page filters by.
-var jobStates = []string{mapping.JobDead, mapping.JobPending, mapping.JobRunning, mapping.JobDone, "all"}
+var jobStates = []string{store.JobDead, store.JobPending, store.JobRunning, store.JobDone, "all"}
 
 // jobState reads ?state= for the jobs page and the API: state is the one
 // asked for (dead when none), query what to ask the store for ("" for all),
@@ -538,7 +539,7 @@ var jobStates = []string{mapping.JobDead, mapping.JobPending, mapping.JobRunning
 func jobState(c echo.Context) (state, query string, ok bool) {
 	state = c.QueryParam("state")
 	if state == "" {
-		state = mapping.JobDead
+		state = store.JobDead
 	}
 	if !slices.Contains(jobStates, state) {
 		return state, "", false
@@ -553,7 +554,7 @@ type jobsView struct {
 	frame
 	State  string
 	States []string
-	Jobs   []mapping.JobInfo
+	Jobs   []store.JobInfo
 	Dead   int
 	Limit  int
 }
@@ -568,12 +569,12 @@ func (a *Admin) jobs(c echo.Context, s *session) error {
 		return err
 	}
 	title := "Deliveries: " + state
-	if state == mapping.JobDead {
+	if state == store.JobDead {
 		title = "Dead deliveries"
 	}
 	v := jobsView{frame: a.frame(c, s, title, "jobs"), State: state, States: jobStates, Jobs: jobs, Limit: jobListSize}
 	for _, j := range jobs {
-		if j.State == mapping.JobDead {
+		if j.State == store.JobDead {
 			v.Dead++
 		}
 	}
@@ -619,7 +620,7 @@ type counterView struct {
 
 type warningsView struct {
 	frame
-	Warnings []mapping.Warning
+	Warnings []store.Warning
 	Counters []counterView
 	Limit    int
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"net/url"
 	"strings"
@@ -139,8 +140,8 @@ func TestResolveConflict(t *testing.T) {
 		wantOpen string
 	}{
 		// Forced, the link wins: alice's own link to anon-a1 becomes the conflict.
-		{"link anyway", mapping.ResolveLink, mapping.DecisionApplied, "linked anyway", "would join user IDs &#34;" + alice + "&#34; and &#34;" + bob},
-		{"dismiss", mapping.ResolveDismiss, mapping.DecisionDismissed, "dismissed: the identifiers stay apart", "No open conflicts"},
+		{"link anyway", store.ResolveLink, mapping.DecisionApplied, "linked anyway", "would join user IDs &#34;" + alice + "&#34; and &#34;" + bob},
+		{"dismiss", store.ResolveDismiss, mapping.DecisionDismissed, "dismissed: the identifiers stay apart", "No open conflicts"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,7 +170,7 @@ func TestResolveConflict(t *testing.T) {
 			if !found {
 				t.Errorf("got log %+v (last %+v), want an entry by %q with the reason", got.Log, last, OperatorPage)
 			}
-			if tt.action == mapping.ResolveLink {
+			if tt.action == store.ResolveLink {
 				if p := e.mustProfile("anonymous_id:" + anonA1); p.UserID != bob {
 					t.Errorf("after link anyway: got anon-a1 in user %q's profile, want %q", p.UserID, bob)
 				}
@@ -279,14 +280,14 @@ func TestRetryDeadJobs(t *testing.T) {
 	e := newEnv(t, nil)
 	e.seed()
 	b := e.browser("192.0.2.65").login()
-	dead, err := e.store.Jobs(context.Background(), mapping.JobDead, 10)
+	dead, err := e.store.Jobs(context.Background(), store.JobDead, 10)
 	if err != nil || len(dead) != 2 {
 		t.Fatalf("got %d dead jobs (%v), want 2", len(dead), err)
 	}
 	p := e.mustProfile("user_id:" + alice)
 	self := fmt.Sprintf("/admin/profiles/%d", p.ID)
 
-	var one mapping.JobInfo
+	var one store.JobInfo
 	for _, j := range dead {
 		if j.OrderingKey == alice {
 			one = j
@@ -298,7 +299,7 @@ func TestRetryDeadJobs(t *testing.T) {
 	}
 	body := b.follow(rec).Body.String()
 	mustContain(t, "profile after retry", body, "1 dead job(s) are due again", `badge-pending">pending</span>`)
-	if left, _ := e.store.Jobs(context.Background(), mapping.JobDead, 10); len(left) != 1 {
+	if left, _ := e.store.Jobs(context.Background(), store.JobDead, 10); len(left) != 1 {
 		t.Errorf("after retrying one: got %d dead jobs, want 1", len(left))
 	}
 
@@ -365,14 +366,14 @@ func TestDeleteProfile(t *testing.T) {
 }
 
 // failingStore fails every overview with an internal error.
-type failingStore struct{ *mapping.Store }
+type failingStore struct{ *store.Store }
 
-func (failingStore) Overview(context.Context) (mapping.Overview, error) {
-	return mapping.Overview{}, errors.New("disk I/O error at /var/lib/bridge/secret-path.db")
+func (failingStore) Overview(context.Context) (store.Overview, error) {
+	return store.Overview{}, errors.New("disk I/O error at /var/lib/bridge/secret-path.db")
 }
 
 func TestInternalErrorsHideDetails(t *testing.T) {
-	e := newEnv(t, func(s *mapping.Store) Store { return failingStore{s} })
+	e := newEnv(t, func(s *store.Store) Store { return failingStore{s} })
 	b := e.browser("192.0.2.67").login2()
 	rec := b.get("/admin/")
 	if rec.Code != http.StatusInternalServerError {

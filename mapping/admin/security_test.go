@@ -3,6 +3,7 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"net/url"
 	"strings"
@@ -85,7 +86,7 @@ func TestCSRFTokenOnlyFromTheFormBody(t *testing.T) {
 	if rec.Code != http.StatusForbidden {
 		t.Fatalf("token in the query: got status %d, want 403", rec.Code)
 	}
-	if dead, _ := e.store.Jobs(t.Context(), mapping.JobDead, 10); len(dead) != 2 {
+	if dead, _ := e.store.Jobs(t.Context(), store.JobDead, 10); len(dead) != 2 {
 		t.Errorf("dead jobs after a refused retry: got %d, want 2", len(dead))
 	}
 	// The same in the body: accepted.

@@ -1,8 +1,14 @@
-package mapping
+// Package outbox is the delivery policy of the bridge's outbox: what a
+// destination's sender must do (Sender: deliver once, never retry), how a
+// failure is classified (DeliveryError, Retryable, ClassifyStatus for HTTP
+// answers, ParseRetryAfter), so that retries live in one place, the store's
+// outbox workers.
+package outbox
 
 import (
 	"context"
 	"errors"
+	"github.com/bridgeworks/bridge/mapping"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,7 +19,7 @@ import (
 // outbox does. A returned error that is a *DeliveryError says whether the
 // failure is worth retrying; any other error is treated as transient.
 type Sender interface {
-	Send(ctx context.Context, job Job) error
+	Send(ctx context.Context, job mapping.Job) error
 }
 
 // DeliveryError is a failed delivery, classified.

@@ -1,4 +1,4 @@
-package mapping
+package outbox
 
 import (
 	"net/http"

@@ -1,4 +1,4 @@
-package mapping
+package store
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"sort"
 	"strings"
 	"time"
@@ -17,7 +18,7 @@ import (
 type SearchQuery struct {
 	// Kind limits the search to one kind; "" searches user IDs, anonymous IDs
 	// and Jimo tokens, or emails when Value contains "@".
-	Kind   Kind
+	Kind   mapping.Kind
 	Value  string
 	Prefix bool // match values starting with Value
 	Limit  int  // default 50, at most 500
@@ -34,7 +35,7 @@ type SearchResult struct {
 
 // SearchHit is an identifier and the profile holding it.
 type SearchHit struct {
-	Identifier
+	mapping.Identifier
 	ProfileID   int64     `json:"profileId"`
 	UserID      string    `json:"userId"`
 	FirstSeenAt time.Time `json:"firstSeenAt"`
@@ -52,14 +53,14 @@ func (s *Store) Search(ctx context.Context, q SearchQuery) (SearchResult, error)
 		q.Limit = 50
 	}
 	q.Limit = min(q.Limit, 500)
-	kinds := []Kind{q.Kind}
+	kinds := []mapping.Kind{q.Kind}
 	if q.Kind == "" {
-		kinds = []Kind{KindAnonymousID, KindJimoToken, KindUserID}
+		kinds = []mapping.Kind{mapping.KindAnonymousID, mapping.KindJimoToken, mapping.KindUserID}
 		if strings.Contains(v, "@") {
-			kinds = []Kind{KindEmail}
+			kinds = []mapping.Kind{mapping.KindEmail}
 		}
 	}
-	if len(kinds) == 1 && kinds[0] == KindEmail && !s.opts.MergeOnEmail {
+	if len(kinds) == 1 && kinds[0] == mapping.KindEmail && !s.opts.MergeOnEmail {
 		return s.searchEmails(ctx, v, q)
 	}
 	afterKind, afterValue, _ := strings.Cut(q.After, ":")
@@ -91,11 +92,11 @@ func (s *Store) Search(ctx context.Context, q SearchQuery) (SearchResult, error)
 			args = append(args, v)
 		}
 		var rows []struct {
-			Kind      Kind   `db:"kind"`
-			Value     string `db:"value"`
-			ProfileID int64  `db:"profile_id"`
-			FirstSeen int64  `db:"first_seen_at"`
-			UserID    string `db:"user_id"`
+			Kind      mapping.Kind `db:"kind"`
+			Value     string       `db:"value"`
+			ProfileID int64        `db:"profile_id"`
+			FirstSeen int64        `db:"first_seen_at"`
+			UserID    string       `db:"user_id"`
 		}
 		need := q.Limit + 1 - len(res.Hits)
 		if err := s.read.SelectContext(ctx, &rows, `SELECT i.kind, i.value, i.profile_id, i.first_seen_at, COALESCE(p.user_id, '') AS user_id
@@ -108,7 +109,7 @@ func (s *Store) Search(ctx context.Context, q SearchQuery) (SearchResult, error)
 				res.Next = res.Hits[len(res.Hits)-1].Identifier.String()
 				return res, nil
 			}
-			res.Hits = append(res.Hits, SearchHit{Identifier: Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
+			res.Hits = append(res.Hits, SearchHit{Identifier: mapping.Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
 		}
 	}
 	return res, nil
@@ -142,7 +143,7 @@ func (s *Store) searchEmails(ctx context.Context, v string, q SearchQuery) (Sear
 			res.Next = res.Hits[len(res.Hits)-1].Identifier.String()
 			break
 		}
-		res.Hits = append(res.Hits, SearchHit{Identifier: Identifier{Kind: KindEmail, Value: r.Email}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
+		res.Hits = append(res.Hits, SearchHit{Identifier: mapping.Identifier{Kind: mapping.KindEmail, Value: r.Email}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
 	}
 	return res, nil
 }
@@ -163,37 +164,37 @@ type History struct {
 
 // LinkInfo is a link with its cause, current decision and log.
 type LinkInfo struct {
-	ID        int64          `json:"id"`
-	A         Identifier     `json:"a"`
-	B         Identifier     `json:"b"`
-	Source    Source         `json:"source"`
-	MessageID string         `json:"messageId"`
-	EventAt   time.Time      `json:"eventAt"`
-	Decision  Decision       `json:"decision"`
-	Reason    string         `json:"reason"`
-	Forced    bool           `json:"forced"`
-	Withdrawn bool           `json:"withdrawn"`
-	Log       []LinkLogEntry `json:"log"`
+	ID        int64              `json:"id"`
+	A         mapping.Identifier `json:"a"`
+	B         mapping.Identifier `json:"b"`
+	Source    mapping.Source     `json:"source"`
+	MessageID string             `json:"messageId"`
+	EventAt   time.Time          `json:"eventAt"`
+	Decision  mapping.Decision   `json:"decision"`
+	Reason    string             `json:"reason"`
+	Forced    bool               `json:"forced"`
+	Withdrawn bool               `json:"withdrawn"`
+	Log       []LinkLogEntry     `json:"log"`
 }
 
 // LinkLogEntry is one entry of the append-only link log.
 type LinkLogEntry struct {
-	At       time.Time `json:"at"`
-	Decision Decision  `json:"decision"`
-	Reason   string    `json:"reason"`
-	Actor    string    `json:"actor"`
+	At       time.Time        `json:"at"`
+	Decision mapping.Decision `json:"decision"`
+	Reason   string           `json:"reason"`
+	Actor    string           `json:"actor"`
 }
 
 // MessageInfo is a stored message.
 type MessageInfo struct {
-	Source     Source    `json:"source"`
-	MessageID  string    `json:"messageId"`
-	Type       string    `json:"type"`
-	Event      string    `json:"event"`
-	EventAt    time.Time `json:"eventAt"`
-	ReceivedAt time.Time `json:"receivedAt"`
-	Rejected   string    `json:"rejected"`
-	Notes      []string  `json:"notes"`
+	Source     mapping.Source `json:"source"`
+	MessageID  string         `json:"messageId"`
+	Type       string         `json:"type"`
+	Event      string         `json:"event"`
+	EventAt    time.Time      `json:"eventAt"`
+	ReceivedAt time.Time      `json:"receivedAt"`
+	Rejected   string         `json:"rejected"`
+	Notes      []string       `json:"notes"`
 	// Raw is the payload as received; "" once it expired.
 	Raw string `json:"raw"`
 	// RawExpiredAt is when the payload was removed after BRIDGE_KEEP_MESSAGES;
@@ -203,32 +204,32 @@ type MessageInfo struct {
 
 // TraitInfo is one merged trait with where and when it was last set.
 type TraitInfo struct {
-	Key    string    `json:"key"`
-	Value  any       `json:"value"`
-	Source Source    `json:"source"`
-	At     time.Time `json:"at"`
+	Key    string         `json:"key"`
+	Value  any            `json:"value"`
+	Source mapping.Source `json:"source"`
+	At     time.Time      `json:"at"`
 }
 
 const linkColumns = `l.id, l.source, l.message_id, l.event_at, l.decision, l.reason, l.forced, l.withdrawn,
 	a.kind AS a_kind, a.value AS a_value, b.kind AS b_kind, b.value AS b_value`
 
 type linkInfoRow struct {
-	ID        int64    `db:"id"`
-	Source    Source   `db:"source"`
-	MessageID string   `db:"message_id"`
-	EventAt   int64    `db:"event_at"`
-	Decision  Decision `db:"decision"`
-	Reason    string   `db:"reason"`
-	Forced    bool     `db:"forced"`
-	Withdrawn bool     `db:"withdrawn"`
-	AKind     Kind     `db:"a_kind"`
-	AValue    string   `db:"a_value"`
-	BKind     Kind     `db:"b_kind"`
-	BValue    string   `db:"b_value"`
+	ID        int64            `db:"id"`
+	Source    mapping.Source   `db:"source"`
+	MessageID string           `db:"message_id"`
+	EventAt   int64            `db:"event_at"`
+	Decision  mapping.Decision `db:"decision"`
+	Reason    string           `db:"reason"`
+	Forced    bool             `db:"forced"`
+	Withdrawn bool             `db:"withdrawn"`
+	AKind     mapping.Kind     `db:"a_kind"`
+	AValue    string           `db:"a_value"`
+	BKind     mapping.Kind     `db:"b_kind"`
+	BValue    string           `db:"b_value"`
 }
 
 func (r linkInfoRow) info() LinkInfo {
-	return LinkInfo{ID: r.ID, A: Identifier{Kind: r.AKind, Value: r.AValue}, B: Identifier{Kind: r.BKind, Value: r.BValue},
+	return LinkInfo{ID: r.ID, A: mapping.Identifier{Kind: r.AKind, Value: r.AValue}, B: mapping.Identifier{Kind: r.BKind, Value: r.BValue},
 		Source: r.Source, MessageID: r.MessageID, EventAt: time.Unix(0, r.EventAt).UTC(), Decision: r.Decision, Reason: r.Reason,
 		Forced: r.Forced, Withdrawn: r.Withdrawn, Log: []LinkLogEntry{}}
 }
@@ -241,7 +242,7 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 		return History{}, fmt.Errorf("history of profile %d: %w", profileID, err)
 	}
 	if len(members) == 0 {
-		return History{}, Errorf(CodeNotFound, "profile %d does not exist (it may have been merged or deleted)", profileID)
+		return History{}, mapping.Errorf(mapping.CodeNotFound, "profile %d does not exist (it may have been merged or deleted)", profileID)
 	}
 	ids := make([]int64, len(members))
 	values := make([]string, len(members))
@@ -261,16 +262,16 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 	}
 
 	var msgs []struct {
-		Source     Source `db:"source"`
-		MessageID  string `db:"message_id"`
-		Type       string `db:"type"`
-		Event      string `db:"event"`
-		EventAt    int64  `db:"event_at"`
-		ReceivedAt int64  `db:"received_at"`
-		Rejected   string `db:"rejected"`
-		Notes      string `db:"notes"`
-		Raw        string `db:"raw"`
-		Expired    int64  `db:"raw_expired_at"`
+		Source     mapping.Source `db:"source"`
+		MessageID  string         `db:"message_id"`
+		Type       string         `db:"type"`
+		Event      string         `db:"event"`
+		EventAt    int64          `db:"event_at"`
+		ReceivedAt int64          `db:"received_at"`
+		Rejected   string         `db:"rejected"`
+		Notes      string         `db:"notes"`
+		Raw        string         `db:"raw"`
+		Expired    int64          `db:"raw_expired_at"`
 	}
 	const messageColumns = `SELECT source, message_id, type, event, event_at, received_at, rejected, notes, raw, raw_expired_at FROM messages `
 	if err := s.selectIn(ctx, &msgs, messageColumns+`WHERE `+messagesReferencing+` ORDER BY received_at DESC LIMIT 50`, ids); err != nil {
@@ -352,11 +353,11 @@ func (s *Store) withLogs(ctx context.Context, rows []linkInfoRow, out *[]LinkInf
 		*out = append(*out, r.info())
 	}
 	var logs []struct {
-		LinkID   int64    `db:"link_id"`
-		At       int64    `db:"at"`
-		Decision Decision `db:"decision"`
-		Reason   string   `db:"reason"`
-		Actor    string   `db:"actor"`
+		LinkID   int64            `db:"link_id"`
+		At       int64            `db:"at"`
+		Decision mapping.Decision `db:"decision"`
+		Reason   string           `db:"reason"`
+		Actor    string           `db:"actor"`
 	}
 	if err := s.selectIn(ctx, &logs, `SELECT link_id, at, decision, reason, actor FROM link_log WHERE link_id IN (?) ORDER BY id`, ids); err != nil {
 		return fmt.Errorf("link log: %w", err)

@@ -1,4 +1,11 @@
-package mapping
+// Package store keeps the bridge's state in one database (SQLite, WAL):
+// messages as received, the identity graph (identifiers, links, profiles,
+// clusters, the link log, tombstones), traits, secrets, and the outbox, so an
+// identity change and the deliveries it causes commit in one transaction. It
+// applies mapping's rules (Unify) in a single writer that commits concurrent
+// submissions in groups, runs the outbox's delivery workers, and answers the
+// admin page's and the API's reads.
+package store
 
 import (
 	"context"
@@ -6,6 +13,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"io/fs"
 	"log/slog"
 	"net/url"
@@ -54,8 +62,8 @@ var migrations embed.FS
 
 // Options configures a Store. Zero values mean the documented defaults.
 type Options struct {
-	Caps      Caps
-	Blocklist Blocklist
+	Caps      mapping.Caps
+	Blocklist mapping.Blocklist
 	// MergeOnEmail makes an email address link profiles; by default it is only an attribute.
 	MergeOnEmail bool
 	// MaxGroup bounds how many messages one group commit holds; default 2000.
@@ -174,10 +182,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.SyncFile == nil {
 		opts.SyncFile = (*os.File).Sync
 	}
-	opts.Caps = opts.Caps.withDefaults()
-	if opts.Blocklist.extra == nil {
-		opts.Blocklist = NewBlocklist(nil)
-	}
+	opts.Caps = opts.Caps.WithDefaults()
 
 	if err := createFile(path); err != nil {
 		return nil, err
@@ -602,7 +607,7 @@ func (s *Store) checkFiles() error {
 	}
 	if problem != nil {
 		s.health.set(ReasonFileReplaced, problem, true)
-		return &Error{Code: CodeUnavailable, Message: "not ready (" + ReasonFileReplaced + "): " + what, Err: problem, RetryAfter: 60 * time.Second}
+		return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready (" + ReasonFileReplaced + "): " + what, Err: problem, RetryAfter: 60 * time.Second}
 	}
 	s.health.clear(ReasonFileReplaced)
 	return nil
@@ -631,7 +636,7 @@ func (s *Store) Ready(ctx context.Context) error {
 		return err
 	}
 	notReady := func(reason, what string, cause error) error {
-		return &Error{Code: CodeUnavailable, Message: "not ready (" + reason + "): " + what, Err: cause, RetryAfter: 5 * time.Second}
+		return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready (" + reason + "): " + what, Err: cause, RetryAfter: 5 * time.Second}
 	}
 	if reason, since := s.health.current(); reason != "" {
 		return notReady(reason, "cannot store since "+since.UTC().Format(time.RFC3339), s.health.refusal())
@@ -736,8 +741,8 @@ const (
 )
 
 // unavailable is the error a caller gets while the store cannot store for reason.
-func unavailable(reason string, stored bool) *Error {
-	e := &Error{Code: CodeUnavailable}
+func unavailable(reason string, stored bool) *mapping.Error {
+	e := &mapping.Error{Code: mapping.CodeUnavailable}
 	switch reason {
 	case ReasonDiskFull:
 		e.Message, e.RetryAfter = "the bridge cannot store: its disk is full; retry later", 30*time.Second
@@ -764,8 +769,8 @@ type health struct {
 	log *slog.Logger
 	now func() time.Time
 
-	any      atomic.Bool           // reason != ""; read on every commit
-	refusing atomic.Pointer[Error] // non-nil: submissions are refused with it at once
+	any      atomic.Bool                   // reason != ""; read on every commit
+	refusing atomic.Pointer[mapping.Error] // non-nil: submissions are refused with it at once
 	fatal    chan struct{}
 	fatalMu  sync.Once
 	fatalErr error // set before fatal is closed

@@ -1,9 +1,11 @@
-package mapping
+package store
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"log/slog"
 	"sync"
 	"testing"
@@ -36,12 +38,12 @@ type switchSender struct {
 	delivered []string
 }
 
-func (s *switchSender) Send(_ context.Context, j Job) error {
+func (s *switchSender) Send(_ context.Context, j mapping.Job) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.attempts++
 	if s.down {
-		return ClassifyStatus(503, 0, errors.New("503 service unavailable"))
+		return outbox.ClassifyStatus(503, 0, errors.New("503 service unavailable"))
 	}
 	s.delivered = append(s.delivered, j.MessageID)
 	return nil
@@ -76,22 +78,22 @@ func TestOutboxPausesFailingDestination(t *testing.T) {
 	clock := &testClock{now: t0}
 	s := openTestStore(t, Options{Now: clock.Now})
 	down, up := &switchSender{down: true}, &switchSender{}
-	var msgs []Message
+	var msgs []mapping.Message
 	for i := range 10 {
 		m := identify(fmt.Sprintf("d%d", i), fmt.Sprintf("user-d%d", i), "", 0)
-		m.Jobs = []Job{{Destination: "down", OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
+		m.Jobs = []mapping.Job{{Destination: "down", OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
 		msgs = append(msgs, m)
 	}
 	for i := range 3 {
 		m := identify(fmt.Sprintf("u%d", i), fmt.Sprintf("user-u%d", i), "", 0)
-		m.Jobs = []Job{{Destination: "up", OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
+		m.Jobs = []mapping.Job{{Destination: "up", OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
 		msgs = append(msgs, m)
 	}
 	submit(t, s, msgs...)
 
 	// One worker: jobs are claimed one at a time in ID order, so every
 	// "down" job comes before the "up" ones unless "down" is paused.
-	ob := s.NewOutbox(OutboxOptions{Senders: map[string]Sender{"down": down, "up": up}, Workers: 1, Poll: 5 * time.Millisecond,
+	ob := s.NewOutbox(OutboxOptions{Senders: map[string]outbox.Sender{"down": down, "up": up}, Workers: 1, Poll: 5 * time.Millisecond,
 		Jitter: func() float64 { return 0 }, PauseAfter: 3, ProbeInterval: time.Minute, MaxProbeInterval: 10 * time.Minute})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
@@ -150,12 +152,12 @@ func TestBreakerCountsConsecutiveFailures(t *testing.T) {
 	if active, _ := b.plan(); len(active) != 1 {
 		t.Fatalf("paused after failures that were not consecutive")
 	}
-	b.result("d", ClassifyStatus(400, 0, errors.New("400")), false)
+	b.result("d", outbox.ClassifyStatus(400, 0, errors.New("400")), false)
 	b.result("d", transient, false)
 	if active, _ := b.plan(); len(active) != 1 {
 		t.Fatalf("a permanent refusal counted as a transient failure")
 	}
-	b.result("d", ClassifyStatus(429, 10*time.Second, errors.New("429")), false)
+	b.result("d", outbox.ClassifyStatus(429, 10*time.Second, errors.New("429")), false)
 	if active, probes := b.plan(); len(active) != 0 || len(probes) != 0 {
 		t.Fatalf("got active %v, probes %v; want paused, no probe before its time", active, probes)
 	}

@@ -1,7 +1,8 @@
-package mapping
+package store
 
 import (
 	"errors"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"log/slog"
 	"sort"
 	"sync"
@@ -109,7 +110,7 @@ func (b *breaker) result(d string, err error, probe bool) (resumed bool) {
 	if probe {
 		st.probing = false
 	}
-	if err == nil || !Retryable(err) {
+	if err == nil || !outbox.Retryable(err) {
 		st.failures = 0
 		if st.pausedSince.IsZero() {
 			return false
@@ -127,7 +128,7 @@ func (b *breaker) result(d string, err error, probe bool) (resumed bool) {
 	// A destination that asked for a pause (429 or 503 with Retry-After,
 	// at most an hour) is not probed before it ends.
 	var asked time.Duration
-	var de *DeliveryError
+	var de *outbox.DeliveryError
 	if errors.As(err, &de) {
 		asked = min(de.RetryAfter, time.Hour)
 	}

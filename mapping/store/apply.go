@@ -1,4 +1,4 @@
-package mapping
+package store
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"slices"
 	"strings"
 )
@@ -19,30 +20,30 @@ const (
 
 // identity is an identifier row as the writer needs it.
 type identity struct {
-	ID        int64  `db:"id"`
-	Kind      Kind   `db:"kind"`
-	Value     string `db:"value"`
-	ProfileID int64  `db:"profile_id"`
-	ClusterID int64  `db:"cluster_id"`
+	ID        int64        `db:"id"`
+	Kind      mapping.Kind `db:"kind"`
+	Value     string       `db:"value"`
+	ProfileID int64        `db:"profile_id"`
+	ClusterID int64        `db:"cluster_id"`
 }
 
 // candidate is an identifier a message names, with its field for notes.
 type candidate struct {
 	field string
-	kind  Kind
+	kind  mapping.Kind
 	value string
 }
 
 // apply stores one message and applies it. It must run inside the group's
 // transaction (see Store.commit).
-func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
+func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt, error) {
 	// Identifiers are read even from a rejected message, so that a privacy
 	// deletion finds the message by them.
 	ids, notes := w.identifiers(m)
 	notes = append(slices.Clip(m.Notes), notes...)
 	ids, err := w.previousIDKind(ctx, ids)
 	if err != nil {
-		return Receipt{}, err
+		return mapping.Receipt{}, err
 	}
 	if m.Rejected == "" && m.Type != "delete" && m.Type != "logout" && len(ids) == 0 {
 		m.Rejected = "no_usable_identity"
@@ -53,7 +54,7 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	// payload, and sends nothing.
 	live, dead, err := w.withoutTombstoned(ctx, ids)
 	if err != nil {
-		return Receipt{}, err
+		return mapping.Receipt{}, err
 	}
 	for _, c := range dead {
 		notes = append(notes, fmt.Sprintf("%s: %s", c.field, NoteDeletedID))
@@ -73,31 +74,31 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 	}
 	messageRow, err := w.insertMessage(ctx, m, columns, notes)
 	if err != nil {
-		return Receipt{}, err
+		return mapping.Receipt{}, err
 	}
 	if messageRow == 0 {
-		return Receipt{Duplicate: true}, nil
+		return mapping.Receipt{Duplicate: true}, nil
 	}
 	if m.Rejected != "" {
 		if err := w.warnRefused(ctx, m); err != nil {
-			return Receipt{}, err
+			return mapping.Receipt{}, err
 		}
 		// A refused message is found (and deleted) by the values it names (refusedMessagesNaming).
-		return Receipt{Notes: append(notes, "rejected: "+m.Rejected)}, nil
+		return mapping.Receipt{Notes: append(notes, "rejected: "+m.Rejected)}, nil
 	}
 	if m.Type == "delete" {
 		if _, err := w.applyDelete(ctx, live, m); err != nil {
-			return Receipt{}, err
+			return mapping.Receipt{}, err
 		}
-		return Receipt{Notes: notes}, nil
+		return mapping.Receipt{Notes: notes}, nil
 	}
 	if len(live) == 0 {
-		return Receipt{Notes: notes}, nil // a logout without a usable anonymous ID: stored, nothing to apply
+		return mapping.Receipt{Notes: notes}, nil // a logout without a usable anonymous ID: stored, nothing to apply
 	}
 
 	rows, fresh, err := w.lookup(ctx, live)
 	if err != nil {
-		return Receipt{}, err
+		return mapping.Receipt{}, err
 	}
 	switch {
 	case m.Impersonating:
@@ -105,26 +106,26 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		for i := range rows {
 			if rows[i].ID == 0 {
 				if rows[i], err = w.createIdentifier(ctx, live[i], m); err != nil {
-					return Receipt{}, err
+					return mapping.Receipt{}, err
 				}
 			}
 		}
 	case fresh == len(rows):
 		// All new: decide the message's links among themselves, with no other state to consult.
-		nodes := make([]Node, len(live))
-		edges := make([]Edge, len(live)-1)
+		nodes := make([]mapping.Node, len(live))
+		edges := make([]mapping.Edge, len(live)-1)
 		for i, c := range live {
-			nodes[i] = Node{Kind: c.kind, Value: c.value}
+			nodes[i] = mapping.Node{Kind: c.kind, Value: c.value}
 			if i > 0 {
-				edges[i-1] = Edge{A: 0, B: i, OrderKey: OrderKey(m.Timestamp, m.Source, m.ID, i)}
+				edges[i-1] = mapping.Edge{A: 0, B: i, OrderKey: mapping.OrderKey(m.Timestamp, m.Source, m.ID, i)}
 			}
 		}
-		out := Unify(nodes, edges, w.opts.Caps)
+		out := mapping.Unify(nodes, edges, w.opts.Caps)
 		if rows, err = w.createCluster(ctx, live, edges, out, m); err != nil {
-			return Receipt{}, err
+			return mapping.Receipt{}, err
 		}
 		for i, d := range out.Decisions {
-			if d != DecisionApplied {
+			if d != mapping.DecisionApplied {
 				notes = append(notes, refusedNote(live[0].value, live[i+1].value, d, out.Reasons[i]))
 			}
 		}
@@ -132,7 +133,7 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		for i := range rows {
 			if rows[i].ID == 0 {
 				if rows[i], err = w.createIdentifier(ctx, live[i], m); err != nil {
-					return Receipt{}, err
+					return mapping.Receipt{}, err
 				}
 			}
 		}
@@ -141,15 +142,15 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 			// An earlier link of this message may have moved either identifier.
 			if i > 1 {
 				if rows[0], err = w.reload(ctx, rows[0].ID); err != nil {
-					return Receipt{}, err
+					return mapping.Receipt{}, err
 				}
 				if rows[i], err = w.reload(ctx, rows[i].ID); err != nil {
-					return Receipt{}, err
+					return mapping.Receipt{}, err
 				}
 			}
-			note, err := w.link(ctx, rows[0], rows[i], OrderKey(m.Timestamp, m.Source, m.ID, i), m)
+			note, err := w.link(ctx, rows[0], rows[i], mapping.OrderKey(m.Timestamp, m.Source, m.ID, i), m)
 			if err != nil {
-				return Receipt{}, err
+				return mapping.Receipt{}, err
 			}
 			if note != "" {
 				notes = append(notes, note)
@@ -157,49 +158,49 @@ func (w *writer) apply(ctx context.Context, m Message) (Receipt, error) {
 		}
 	}
 	if err := w.refer(ctx, messageRow, rows); err != nil {
-		return Receipt{}, err
+		return mapping.Receipt{}, err
 	}
 	held, err := w.namesHeldBack(ctx, rows)
 	if err != nil {
-		return Receipt{}, err
+		return mapping.Receipt{}, err
 	}
 	if aboutDeleted {
-		return Receipt{Notes: notes}, nil
+		return mapping.Receipt{Notes: notes}, nil
 	}
 	if held {
 		// It names someone a deletion took: like a message naming an erased
 		// identifier, it keeps no payload and sends nothing.
 		if _, err := w.exec(ctx, `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow); err != nil {
-			return Receipt{}, fmt.Errorf("blank message: %w", err)
+			return mapping.Receipt{}, fmt.Errorf("blank message: %w", err)
 		}
-		return Receipt{Notes: append(notes, NoteHeldBack)}, nil
+		return mapping.Receipt{Notes: append(notes, NoteHeldBack)}, nil
 	}
 	if len(rows) > 0 && !m.Impersonating {
 		if err := w.mergeTraits(ctx, rows[0].ID, m, fresh == len(rows)); err != nil {
-			return Receipt{}, err
+			return mapping.Receipt{}, err
 		}
 	}
 	if m.UserIDWarning != "" {
 		for _, r := range rows {
-			if r.Kind == KindUserID {
+			if r.Kind == mapping.KindUserID {
 				if _, err := w.exec(ctx, `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, r.ID); err != nil {
-					return Receipt{}, fmt.Errorf("record warning: %w", err)
+					return mapping.Receipt{}, fmt.Errorf("record warning: %w", err)
 				}
 			}
 		}
 	}
 	for _, j := range m.Jobs {
 		if err := w.enqueue(ctx, j, m); err != nil {
-			return Receipt{}, err
+			return mapping.Receipt{}, err
 		}
 	}
-	return Receipt{Notes: notes}, nil
+	return mapping.Receipt{Notes: notes}, nil
 }
 
 // warnRefused keeps the warning of a message refused for its user ID (a
 // guessable Jimo token): the user ID is recorded, linked to nothing, so
 // operators see it listed with the reason.
-func (w *writer) warnRefused(ctx context.Context, m Message) error {
+func (w *writer) warnRefused(ctx context.Context, m mapping.Message) error {
 	if m.UserIDWarning == "" || m.UserID == "" || m.JimoToken != "" {
 		return nil // no warning, or it is about a separate token, not the user ID
 	}
@@ -207,7 +208,7 @@ func (w *writer) warnRefused(ctx context.Context, m Message) error {
 	if reason != "" {
 		return nil
 	}
-	c := []candidate{{"userId", KindUserID, v}}
+	c := []candidate{{"userId", mapping.KindUserID, v}}
 	if c, _, err := w.withoutTombstoned(ctx, c); err != nil || len(c) == 0 {
 		return err // erased by a privacy deletion: it is not recorded again
 	}
@@ -230,7 +231,7 @@ func (w *writer) warnRefused(ctx context.Context, m Message) error {
 	return nil
 }
 
-func refusedNote(a, b string, d Decision, reason string) string {
+func refusedNote(a, b string, d mapping.Decision, reason string) string {
 	return fmt.Sprintf("link %s–%s not applied (%s): %s", a, b, d, reason)
 }
 
@@ -250,30 +251,30 @@ func (w *writer) previousIDKind(ctx context.Context, ids []candidate) ([]candida
 			continue
 		}
 		var known bool
-		if err := w.get(ctx, &known, `SELECT EXISTS (SELECT 1 FROM identifiers WHERE kind = ? AND value = ? AND profile_id <> 0)`, KindUserID, c.value); err != nil {
+		if err := w.get(ctx, &known, `SELECT EXISTS (SELECT 1 FROM identifiers WHERE kind = ? AND value = ? AND profile_id <> 0)`, mapping.KindUserID, c.value); err != nil {
 			return nil, fmt.Errorf("read previousId: %w", err)
 		}
 		if !known {
 			continue
 		}
 		for _, o := range ids[:i] {
-			if o.kind == KindUserID && o.value == c.value {
+			if o.kind == mapping.KindUserID && o.value == c.value {
 				return append(ids[:i:i], ids[i+1:]...), nil // alias of a user ID to itself
 			}
 		}
-		ids[i].kind = KindUserID
+		ids[i].kind = mapping.KindUserID
 	}
 	return ids, nil
 }
 
 // identifiers normalises the identifiers a message names, most specific
 // first, dropping (with a note) the values the rules refuse.
-func (w *writer) identifiers(m Message) ([]candidate, []string) {
+func (w *writer) identifiers(m mapping.Message) ([]candidate, []string) {
 	fields := []candidate{
-		{"userId", KindUserID, m.UserID},
-		{"jimoToken", KindJimoToken, m.JimoToken},
-		{"anonymousId", KindAnonymousID, m.AnonymousID},
-		{"previousId", KindAnonymousID, m.PreviousID},
+		{"userId", mapping.KindUserID, m.UserID},
+		{"jimoToken", mapping.KindJimoToken, m.JimoToken},
+		{"anonymousId", mapping.KindAnonymousID, m.AnonymousID},
+		{"previousId", mapping.KindAnonymousID, m.PreviousID},
 	}
 	if t := m.JimoTokenOrUserID; t != "" && m.UserID == "" && m.JimoToken == "" {
 		// The token Jimo reports, which is the user ID unless the page made it
@@ -282,10 +283,10 @@ func (w *writer) identifiers(m Message) ([]candidate, []string) {
 		// linked to the user ID of the same value. For a legacy token the
 		// session report's earlier link to the real user wins that
 		// contest (rule 3, decided by event time), whatever the arrival order.
-		fields[0], fields[1] = candidate{"jimoToken", KindJimoToken, t}, candidate{"userId", KindUserID, t}
+		fields[0], fields[1] = candidate{"jimoToken", mapping.KindJimoToken, t}, candidate{"userId", mapping.KindUserID, t}
 	}
 	if w.opts.MergeOnEmail {
-		fields = append(fields, candidate{"email", KindEmail, m.Email})
+		fields = append(fields, candidate{"email", mapping.KindEmail, m.Email})
 	}
 	var out []candidate
 	var notes []string
@@ -316,7 +317,7 @@ func valueHash(v string) string {
 
 // insertMessage stores the message unless its (source, ID) is already
 // stored. It returns the new row's ID, or 0 for a message stored before.
-func (w *writer) insertMessage(ctx context.Context, m Message, ids []candidate, notes []string) (int64, error) {
+func (w *writer) insertMessage(ctx context.Context, m mapping.Message, ids []candidate, notes []string) (int64, error) {
 	var userID, anonymousID sql.NullString
 	var jimoToken sql.NullString
 	for _, c := range ids {
@@ -436,7 +437,7 @@ func (w *writer) lookup(ctx context.Context, cands []candidate) ([]identity, int
 }
 
 // createIdentifier inserts c alone in a new profile and cluster.
-func (w *writer) createIdentifier(ctx context.Context, c candidate, m Message) (identity, error) {
+func (w *writer) createIdentifier(ctx context.Context, c candidate, m mapping.Message) (identity, error) {
 	rows, err := w.insertProfile(ctx, []candidate{c}, 0, m)
 	if err != nil {
 		return identity{}, err
@@ -446,17 +447,17 @@ func (w *writer) createIdentifier(ctx context.Context, c candidate, m Message) (
 
 // insertProfile creates a profile holding cands (in cluster, or a new one
 // named after the profile when cluster is 0) and returns their rows.
-func (w *writer) insertProfile(ctx context.Context, cands []candidate, cluster int64, m Message) ([]identity, error) {
-	var st profileState
+func (w *writer) insertProfile(ctx context.Context, cands []candidate, cluster int64, m mapping.Message) ([]identity, error) {
+	var st mapping.ProfileState
 	for _, c := range cands {
 		switch c.kind {
-		case KindUserID:
-			st.userID = c.value
-		case KindAnonymousID:
-			st.anonymousIDs++
+		case mapping.KindUserID:
+			st.UserID = c.value
+		case mapping.KindAnonymousID:
+			st.AnonymousIDs++
 		}
 	}
-	st.links = len(cands) - 1
+	st.Links = len(cands) - 1
 	profileID, err := w.insertProfileRow(ctx, st)
 	if err != nil {
 		return nil, err
@@ -477,7 +478,7 @@ func (w *writer) insertProfile(ctx context.Context, cands []candidate, cluster i
 
 // createCluster inserts identifiers that are all new, with the links among
 // them as Unify decided them (edges all start at node 0), and returns their rows.
-func (w *writer) createCluster(ctx context.Context, cands []candidate, edges []Edge, out Outcome, m Message) ([]identity, error) {
+func (w *writer) createCluster(ctx context.Context, cands []candidate, edges []mapping.Edge, out mapping.Outcome, m mapping.Message) ([]identity, error) {
 	rows := make([]identity, len(cands))
 	var cluster int64
 	components := map[int][]int{}
@@ -519,7 +520,7 @@ func (w *writer) createCluster(ctx context.Context, cands []candidate, edges []E
 	return rows, nil
 }
 
-func (w *writer) insertLink(ctx context.Context, a, b int64, key string, d Decision, reason string, m Message) error {
+func (w *writer) insertLink(ctx context.Context, a, b int64, key string, d mapping.Decision, reason string, m mapping.Message) error {
 	if b < a {
 		a, b = b, a
 	}
@@ -530,9 +531,9 @@ func (w *writer) insertLink(ctx context.Context, a, b int64, key string, d Decis
 	return nil
 }
 
-func (w *writer) insertProfileRow(ctx context.Context, st profileState) (int64, error) {
+func (w *writer) insertProfileRow(ctx context.Context, st mapping.ProfileState) (int64, error) {
 	id, err := w.insertID(ctx, `INSERT INTO profiles (user_id, anonymous_ids, links, updated_at) VALUES (?, ?, ?, ?)`,
-		nullString(st.userID), st.anonymousIDs, st.links, w.now)
+		nullString(st.UserID), st.AnonymousIDs, st.Links, w.now)
 	if err != nil {
 		return 0, fmt.Errorf("create profile: %w", err)
 	}
@@ -551,7 +552,7 @@ func (w *writer) reload(ctx context.Context, id int64) (identity, error) {
 
 // enqueue writes an outbox job. It runs only for a message stored for the
 // first time, so a job is never written twice.
-func (w *writer) enqueue(ctx context.Context, j Job, m Message) error {
+func (w *writer) enqueue(ctx context.Context, j mapping.Job, m mapping.Message) error {
 	if _, err := w.exec(ctx, `INSERT INTO jobs
 		(destination, ordering_key, message_id, payload, state, attempts, run_at, source_message, created_at, updated_at)
 		VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)`,

@@ -1,10 +1,11 @@
-package mapping
+package store
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"time"
 )
 
@@ -82,9 +83,9 @@ func (w *writer) withoutTombstoned(ctx context.Context, ids []candidate) (live, 
 // of m and re-decides their clusters. Identifiers not seen yet are created
 // held back, so that they never appear. It returns the identifiers the
 // deletion took (or held back before).
-func (w *writer) applyDelete(ctx context.Context, cands []candidate, m Message) ([]Identifier, error) {
-	key := OrderKey(m.Timestamp, m.Source, m.ID, 0)
-	var taken []Identifier
+func (w *writer) applyDelete(ctx context.Context, cands []candidate, m mapping.Message) ([]mapping.Identifier, error) {
+	key := mapping.OrderKey(m.Timestamp, m.Source, m.ID, 0)
+	var taken []mapping.Identifier
 	for _, c := range cands {
 		rows, missing, err := w.lookup(ctx, []candidate{c})
 		if err != nil {
@@ -200,7 +201,7 @@ func (w *writer) eraseHeldBack(ctx context.Context, cutoff int64, limit int) (in
 }
 
 // tombstone records that an identifier was erased, by hash, so it never comes back.
-func (w *writer) tombstone(ctx context.Context, kind Kind, value string) error {
+func (w *writer) tombstone(ctx context.Context, kind mapping.Kind, value string) error {
 	if _, err := w.exec(ctx, `INSERT INTO tombstones (kind, value_hash, deleted_at) VALUES (?, ?, ?) ON CONFLICT (kind, value_hash) DO NOTHING`,
 		kind, valueHash(value), w.now); err != nil {
 		return fmt.Errorf("tombstone: %w", err)
@@ -226,7 +227,7 @@ func (s *Store) eraseLoop() {
 	for {
 		select {
 		case <-tick.C:
-			if _, err := s.EraseDeleted(context.Background()); err != nil && ErrorCode(err) != CodeUnavailable {
+			if _, err := s.EraseDeleted(context.Background()); err != nil && mapping.ErrorCode(err) != mapping.CodeUnavailable {
 				s.log.Warn("erase deleted identifiers", "err", err)
 			}
 		case <-s.closing:

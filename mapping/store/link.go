@@ -1,10 +1,11 @@
-package mapping
+package store
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // link records a link between a and b (one row per pair, keeping the
@@ -12,7 +13,7 @@ import (
 // every other link of its cluster is decided on the spot; a link that is
 // older than what its cluster has seen re-decides the whole cluster. It
 // returns a note when the link is not applied.
-func (w *writer) link(ctx context.Context, a, b identity, key string, m Message) (string, error) {
+func (w *writer) link(ctx context.Context, a, b identity, key string, m mapping.Message) (string, error) {
 	lo, hi := a.ID, b.ID
 	if hi < lo {
 		lo, hi = hi, lo
@@ -22,7 +23,7 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m Message)
 	switch {
 	case err == nil && key >= existing.OrderKey:
 		// Seen before, earlier: nothing changes.
-		if existing.Withdrawn || existing.Decision == DecisionApplied {
+		if existing.Withdrawn || existing.Decision == mapping.DecisionApplied {
 			return "", nil
 		}
 		return refusedNote(a.Value, b.Value, existing.Decision, existing.Reason), nil
@@ -53,10 +54,10 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m Message)
 		}
 	}
 	inOrder := key > lastKey
-	decision, reason := DecisionApplied, ""
+	decision, reason := mapping.DecisionApplied, ""
 	if inOrder && (a.ProfileID == 0 || b.ProfileID == 0) {
 		// A deletion earlier in the order took one of them (see deletion.go).
-		decision, reason = DecisionDeleted, deletedReason
+		decision, reason = mapping.DecisionDeleted, mapping.DeletedReason
 	} else if inOrder && a.ProfileID != b.ProfileID {
 		if decision, reason, err = w.mergeProfiles(ctx, a.ProfileID, b.ProfileID); err != nil {
 			return "", err
@@ -75,7 +76,7 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m Message)
 	if !inOrder {
 		return w.redecide(ctx, a, b, cluster, lo, hi)
 	}
-	if decision != DecisionApplied {
+	if decision != mapping.DecisionApplied {
 		return refusedNote(a.Value, b.Value, decision, reason), nil
 	}
 	return "", nil
@@ -90,7 +91,7 @@ func (w *writer) redecide(ctx context.Context, a, b identity, cluster, lo, hi in
 	if err := w.get(ctx, &l, `SELECT id, a_id, b_id, order_key, forced, withdrawn, decision, reason FROM links WHERE a_id = ? AND b_id = ?`, lo, hi); err != nil {
 		return "", fmt.Errorf("read decision: %w", err)
 	}
-	if l.Decision != DecisionApplied {
+	if l.Decision != mapping.DecisionApplied {
 		return refusedNote(a.Value, b.Value, l.Decision, l.Reason), nil
 	}
 	return "", nil
@@ -133,13 +134,13 @@ type profileRow struct {
 	Links        int            `db:"links"`
 }
 
-func (p profileRow) state() profileState {
-	return profileState{userID: p.UserID.String, anonymousIDs: p.AnonymousIDs, links: p.Links}
+func (p profileRow) state() mapping.ProfileState {
+	return mapping.ProfileState{UserID: p.UserID.String, AnonymousIDs: p.AnonymousIDs, Links: p.Links}
 }
 
 // mergeProfiles decides an in-order link between two profiles and, if the
 // rules allow it, merges the one with the larger ID into the other.
-func (w *writer) mergeProfiles(ctx context.Context, a, b int64) (Decision, string, error) {
+func (w *writer) mergeProfiles(ctx context.Context, a, b int64) (mapping.Decision, string, error) {
 	var rows []profileRow
 	if err := w.sel(ctx, &rows, `SELECT id, user_id, anonymous_ids, links FROM profiles WHERE id IN (?, ?)`, a, b); err != nil {
 		return "", "", fmt.Errorf("read profiles: %w", err)
@@ -151,8 +152,8 @@ func (w *writer) mergeProfiles(ctx context.Context, a, b int64) (Decision, strin
 	if drop.ID < keep.ID {
 		keep, drop = drop, keep
 	}
-	decision, reason, merged := decide(keep.state(), drop.state(), w.opts.Caps, false)
-	if decision != DecisionApplied {
+	decision, reason, merged := mapping.Decide(keep.state(), drop.state(), w.opts.Caps, false)
+	if decision != mapping.DecisionApplied {
 		return decision, reason, nil
 	}
 	if _, err := w.exec(ctx, `UPDATE identifiers SET profile_id = ? WHERE profile_id = ?`, keep.ID, drop.ID); err != nil {
@@ -164,12 +165,12 @@ func (w *writer) mergeProfiles(ctx context.Context, a, b int64) (Decision, strin
 	if _, err := w.exec(ctx, `DELETE FROM profiles WHERE id = ?`, drop.ID); err != nil {
 		return "", "", fmt.Errorf("merge profiles: %w", err)
 	}
-	return DecisionApplied, "", nil
+	return mapping.DecisionApplied, "", nil
 }
 
-func (w *writer) saveProfile(ctx context.Context, id int64, st profileState) error {
+func (w *writer) saveProfile(ctx context.Context, id int64, st mapping.ProfileState) error {
 	if _, err := w.exec(ctx, `UPDATE profiles SET user_id = ?, anonymous_ids = ?, links = ?, updated_at = ? WHERE id = ?`,
-		nullString(st.userID), st.anonymousIDs, st.links, w.now, id); err != nil {
+		nullString(st.UserID), st.AnonymousIDs, st.Links, w.now, id); err != nil {
 		return fmt.Errorf("save profile %d: %w", id, err)
 	}
 	return nil

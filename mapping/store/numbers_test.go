@@ -1,8 +1,9 @@
-package mapping
+package store
 
 import (
 	"context"
 	"encoding/json"
+	"github.com/bridgeworks/bridge/mapping"
 	"path/filepath"
 	"testing"
 	"time"
@@ -19,18 +20,18 @@ func TestTraitsKeepLargeIntegers(t *testing.T) {
 	defer s.Close()
 	t0 := time.Date(2025, 11, 23, 12, 0, 0, 0, time.UTC)
 	const user = "0f8fad5b-d9cb-469f-a165-70867728950e"
-	msgs := []Message{
-		{Source: SourceSegmentAPI, ID: "m1", Type: "identify", UserID: user, Timestamp: t0, ReceivedAt: t0,
+	msgs := []mapping.Message{
+		{Source: mapping.SourceSegmentAPI, ID: "m1", Type: "identify", UserID: user, Timestamp: t0, ReceivedAt: t0,
 			Traits: map[string]any{"snowflake": json.Number("1593412345678901234")}},
-		{Source: SourceSegmentAPI, ID: "m2", Type: "identify", UserID: user, Timestamp: t0.Add(time.Second), ReceivedAt: t0,
+		{Source: mapping.SourceSegmentAPI, ID: "m2", Type: "identify", UserID: user, Timestamp: t0.Add(time.Second), ReceivedAt: t0,
 			Traits: map[string]any{"big": json.Number("1234567890123456789012")}},
 	}
 	for _, m := range msgs { // one at a time: the second merges into what the first stored
-		if _, err := s.Submit(ctx, []Message{m}); err != nil {
+		if _, err := s.Submit(ctx, []mapping.Message{m}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: user})
+	p, err := s.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: user})
 	if err != nil {
 		t.Fatal(err)
 	}

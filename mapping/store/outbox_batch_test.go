@@ -1,8 +1,9 @@
-package mapping
+package store
 
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"testing"
 	"time"
 )
@@ -10,7 +11,7 @@ import (
 // jobsInState writes n messages with one job each and puts every job in state.
 func jobsInState(t *testing.T, s *Store, n int, state string) {
 	t.Helper()
-	var msgs []Message
+	var msgs []mapping.Message
 	for i := range n {
 		msgs = append(msgs, withJobs(fmt.Sprintf("m%d", i), fmt.Sprintf("user-%d", i), fmt.Sprintf("j%d", i)))
 	}
@@ -144,14 +145,14 @@ func TestJobsRunAt(t *testing.T) {
 func TestMakeDueInBatches(t *testing.T) {
 	clock := &testClock{now: t0}
 	s := openTestStore(t, Options{Now: clock.Now})
-	var msgs []Message
+	var msgs []mapping.Message
 	for i := range 35 {
 		m := identify(fmt.Sprintf("m%d", i), fmt.Sprintf("user-%d", i), "", 0)
 		dest := "resumed"
 		if i%3 == 0 {
 			dest = "other"
 		}
-		m.Jobs = []Job{{Destination: dest, OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
+		m.Jobs = []mapping.Job{{Destination: dest, OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
 		msgs = append(msgs, m)
 	}
 	submit(t, s, msgs...)

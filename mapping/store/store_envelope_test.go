@@ -1,10 +1,11 @@
-package mapping
+package store
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -32,7 +33,7 @@ func fill(t *testing.T, s *Store, prefix string, stop <-chan struct{}) int64 {
 					return
 				default:
 				}
-				msgs := make([]Message, 10)
+				msgs := make([]mapping.Message, 10)
 				for j := range msgs {
 					n := fmt.Sprintf("%s-%d-%d-%d", prefix, g, i, j)
 					msgs[j] = identify("m-"+n, "user-"+n, "anon-"+n, time.Duration(i)*time.Millisecond)
@@ -126,10 +127,10 @@ func TestFailedSyncIsFatal(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.Submit(context.Background(), []Message{identify(fmt.Sprint("m", i+1), fmt.Sprint("user-", i+1), "", 0)})
+			_, err := s.Submit(context.Background(), []mapping.Message{identify(fmt.Sprint("m", i+1), fmt.Sprint("user-", i+1), "", 0)})
 			if err == nil {
 				acked.Add(1)
-			} else if ErrorCode(err) != CodeUnavailable {
+			} else if mapping.ErrorCode(err) != mapping.CodeUnavailable {
 				t.Errorf("submit during failing syncs: got %v, want unavailable", err)
 			}
 		}()
@@ -147,7 +148,7 @@ func TestFailedSyncIsFatal(t *testing.T) {
 		t.Errorf("FatalError: got %v, want the sync failure", err)
 	}
 	failing.Store(false)
-	if _, err := s.Submit(context.Background(), []Message{identify("m9", "user-9", "", 0)}); ErrorCode(err) != CodeUnavailable {
+	if _, err := s.Submit(context.Background(), []mapping.Message{identify("m9", "user-9", "", 0)}); mapping.ErrorCode(err) != mapping.CodeUnavailable {
 		t.Errorf("submit after a failed sync: got %v, want unavailable (the store must not go on as if it had not failed)", err)
 	}
 	if err := s.Ready(context.Background()); err == nil {
@@ -213,7 +214,7 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 		if i > 100000 {
 			t.Fatal("the disk never filled")
 		}
-		msgs := make([]Message, 10)
+		msgs := make([]mapping.Message, 10)
 		for j := range msgs {
 			n := fmt.Sprint(i, "-", j)
 			msgs[j] = identify("m"+n, "user-"+n, "anon-"+n, 0)
@@ -227,8 +228,8 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 			acked = append(acked, m.UserID)
 		}
 	}
-	var e *Error
-	if !errors.As(full, &e) || e.Code != CodeUnavailable || e.RetryAfter <= 0 {
+	var e *mapping.Error
+	if !errors.As(full, &e) || e.Code != mapping.CodeUnavailable || e.RetryAfter <= 0 {
 		t.Fatalf("submit on a full disk: got %v, want unavailable with a RetryAfter", full)
 	}
 	if got := s.Stats().Unavailable; got != ReasonDiskFull {
@@ -239,7 +240,7 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 	}
 	before := obs.commits.Load()
 	for i := range 50 {
-		if _, err := s.Submit(context.Background(), []Message{identify(fmt.Sprint("doomed", i), fmt.Sprint("doomed-", i), "", 0)}); ErrorCode(err) != CodeUnavailable {
+		if _, err := s.Submit(context.Background(), []mapping.Message{identify(fmt.Sprint("doomed", i), fmt.Sprint("doomed-", i), "", 0)}); mapping.ErrorCode(err) != mapping.CodeUnavailable {
 			t.Fatalf("submit while the disk is full: got %v, want unavailable", err)
 		}
 	}
@@ -256,11 +257,11 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 	waitFor(t, "the store to recover after space was freed", func() bool { return s.Ready(context.Background()) == nil })
 	submit(t, s, identify("after", "user-after", "", 0))
 	for _, u := range append(acked, "user-after") {
-		if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: u}); err != nil {
+		if _, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: u}); err != nil {
 			t.Fatalf("acknowledged %s: %v", u, err)
 		}
 	}
-	if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: "doomed-0"}); ErrorCode(err) != CodeNotFound {
+	if _, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: "doomed-0"}); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Errorf("a refused message: got %v, want not found", err)
 	}
 }
@@ -289,13 +290,13 @@ func TestLockedPastDeadline(t *testing.T) {
 	// A caller's deadline shorter than CommitTimeout is kept too.
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err = s.Submit(ctx, []Message{identify("m0", "user-0", "", 0)})
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeUnavailable || e.RetryAfter <= 0 {
+	_, err = s.Submit(ctx, []mapping.Message{identify("m0", "user-0", "", 0)})
+	var e *mapping.Error
+	if !errors.As(err, &e) || e.Code != mapping.CodeUnavailable || e.RetryAfter <= 0 {
 		t.Fatalf("submit with a deadline while locked: got %v, want unavailable with a RetryAfter", err)
 	}
-	_, err = s.Submit(context.Background(), []Message{identify("m1", "user-1", "", 0)})
-	if !errors.As(err, &e) || e.Code != CodeUnavailable || e.RetryAfter <= 0 {
+	_, err = s.Submit(context.Background(), []mapping.Message{identify("m1", "user-1", "", 0)})
+	if !errors.As(err, &e) || e.Code != mapping.CodeUnavailable || e.RetryAfter <= 0 {
 		t.Fatalf("submit while locked: got %v, want unavailable with a RetryAfter", err)
 	}
 	if err := s.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), ReasonLocked) {
@@ -329,8 +330,8 @@ func TestOverloadedWriterAnswersUnavailable(t *testing.T) {
 		return nil
 	})
 	<-started
-	_, err := s.Submit(context.Background(), []Message{identify("m1", "user-1", "", 0)})
-	if ErrorCode(err) != CodeUnavailable {
+	_, err := s.Submit(context.Background(), []mapping.Message{identify("m1", "user-1", "", 0)})
+	if mapping.ErrorCode(err) != mapping.CodeUnavailable {
 		t.Fatalf("submit behind a busy writer: got %v, want unavailable", err)
 	}
 	if err := s.Ready(context.Background()); err == nil {
@@ -338,7 +339,7 @@ func TestOverloadedWriterAnswersUnavailable(t *testing.T) {
 	}
 	close(release)
 	submit(t, s, identify("m2", "user-2", "", 0))
-	if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: "user-1"}); ErrorCode(err) != CodeNotFound {
+	if _, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"}); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Errorf("the submission answered unavailable before the committer took it: got %v, want never stored", err)
 	}
 	if err := s.Ready(context.Background()); err != nil {
@@ -362,7 +363,7 @@ func TestDatabaseRemovedUnderTheStore(t *testing.T) {
 	if err := s.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), "removed") {
 		t.Errorf("Ready with the database renamed away: got %v, want it removed", err)
 	}
-	if _, err := s.Submit(context.Background(), []Message{identify("m2", "user-2", "", 0)}); ErrorCode(err) != CodeUnavailable {
+	if _, err := s.Submit(context.Background(), []mapping.Message{identify("m2", "user-2", "", 0)}); mapping.ErrorCode(err) != mapping.CodeUnavailable {
 		t.Errorf("submit with the database renamed away: got %v, want unavailable", err)
 	}
 	if err := os.WriteFile(s.path, []byte("another file"), 0o600); err != nil {

@@ -1,8 +1,10 @@
-package mapping_test
+package store_test
 
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping/outbox"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -40,7 +42,7 @@ func TestOutboxDrainsBacklogWhenDestinationRecovers(t *testing.T) {
 	fake.FailWith(503, -1)
 	t0 := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	clock := &frozenClock{now: t0}
-	s, err := mapping.Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), mapping.Options{Now: clock.Now})
+	s, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), store.Options{Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +61,7 @@ func TestOutboxDrainsBacklogWhenDestinationRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ob := s.NewOutbox(mapping.OutboxOptions{Senders: map[string]mapping.Sender{jimo.Destination: jimo.NewClient(fake.URL, apiKey, nil)},
+	ob := s.NewOutbox(store.OutboxOptions{Senders: map[string]outbox.Sender{jimo.Destination: jimo.NewClient(fake.URL, apiKey, nil)},
 		Workers: 4, Poll: 5 * time.Millisecond, Jitter: func() float64 { return 0 },
 		PauseAfter: 3, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 100 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -80,10 +82,10 @@ func TestOutboxDrainsBacklogWhenDestinationRecovers(t *testing.T) {
 	}
 	// The jobs that failed wait at least half a second of the (frozen)
 	// clock; wait until every one sent is recorded so.
-	var failed []mapping.JobInfo
+	var failed []store.JobInfo
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		running, _ := s.Jobs(context.Background(), mapping.JobRunning, n)
-		pending, err := s.Jobs(context.Background(), mapping.JobPending, n)
+		running, _ := s.Jobs(context.Background(), store.JobRunning, n)
+		pending, err := s.Jobs(context.Background(), store.JobPending, n)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +125,7 @@ func TestOutboxDrainsBacklogWhenDestinationRecovers(t *testing.T) {
 		}
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		delivered, err := s.Jobs(context.Background(), mapping.JobDone, n)
+		delivered, err := s.Jobs(context.Background(), store.JobDone, n)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,8 +1,10 @@
-package mapping
+package store
 
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"os"
 	"strconv"
 	"testing"
@@ -18,7 +20,7 @@ func BenchmarkSubmitIdentify(b *testing.B) {
 	n := 0
 	b.ResetTimer()
 	for b.Loop() {
-		msgs := make([]Message, 100)
+		msgs := make([]mapping.Message, 100)
 		for i := range msgs {
 			n++
 			msgs[i] = identify(fmt.Sprint("m", n), fmt.Sprint("user-", n), fmt.Sprint("anon-", n), time.Duration(n)*time.Millisecond)
@@ -34,17 +36,17 @@ func BenchmarkSubmitIdentify(b *testing.B) {
 
 type nopSender struct{}
 
-func (nopSender) Send(context.Context, Job) error { return nil }
+func (nopSender) Send(context.Context, mapping.Job) error { return nil }
 
 // BenchmarkOutboxDrain measures delivery throughput through the real store
 // with a sender that answers at once: claim, send, record.
 func BenchmarkOutboxDrain(b *testing.B) {
 	s := openTestStore(b, Options{})
 	const jobs = 30000
-	msgs := make([]Message, 0, jobs)
+	msgs := make([]mapping.Message, 0, jobs)
 	for i := range jobs {
 		m := identify(fmt.Sprint("m", i), fmt.Sprint("user-", i), "", 0)
-		m.Jobs = []Job{{Destination: "fake", OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
+		m.Jobs = []mapping.Job{{Destination: "fake", OrderingKey: m.UserID, MessageID: m.ID, Payload: []byte(`{}`)}}
 		msgs = append(msgs, m)
 	}
 	if _, err := s.Submit(context.Background(), msgs); err != nil {
@@ -55,7 +57,7 @@ func BenchmarkOutboxDrain(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		s.RunOutbox(ctx, OutboxOptions{Senders: map[string]Sender{"fake": nopSender{}}, Workers: 128})
+		s.RunOutbox(ctx, OutboxOptions{Senders: map[string]outbox.Sender{"fake": nopSender{}}, Workers: 128})
 		close(done)
 	}()
 	for {
@@ -97,7 +99,7 @@ func BenchmarkSubmitAtScale(b *testing.B) {
 			if n >= total*2/3 && start.IsZero() {
 				start = time.Now()
 			}
-			msgs := make([]Message, group)
+			msgs := make([]mapping.Message, group)
 			for i := range msgs {
 				msgs[i] = realisticIdentify(n + i)
 			}
@@ -114,7 +116,7 @@ func BenchmarkSubmitAtScale(b *testing.B) {
 }
 
 // realisticIdentify is the nth identify of a new person, shaped as analytics-go sends it.
-func realisticIdentify(n int) Message {
+func realisticIdentify(n int) mapping.Message {
 	id := uuid.NewString()
 	m := identify(id, "u_"+uuid.NewString(), uuid.NewString(), time.Duration(n)*time.Millisecond)
 	m.Email = id[:8] + "@example.com"
@@ -122,6 +124,6 @@ func realisticIdentify(n int) Message {
 	m.Raw = fmt.Appendf(nil, `{"type":"identify","messageId":%q,"userId":%q,"anonymousId":%q,`+
 		`"traits":{"email":%q,"plan":"pro","name":"Bench User"},"timestamp":"2026-11-24T04:42:55.123456Z",`+
 		`"context":{"library":{"name":"analytics-go","version":"3.3.0"}}}`, id, m.UserID, m.AnonymousID, m.Email)
-	m.Jobs = []Job{{Destination: "jimo", OrderingKey: m.UserID, MessageID: m.ID, Payload: fmt.Appendf(nil, `{"identify":%q,"traits":{"plan":"pro"}}`, m.UserID)}}
+	m.Jobs = []mapping.Job{{Destination: "jimo", OrderingKey: m.UserID, MessageID: m.ID, Payload: fmt.Appendf(nil, `{"identify":%q,"traits":{"plan":"pro"}}`, m.UserID)}}
 	return m
 }

@@ -1,8 +1,9 @@
-package mapping
+package store
 
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"testing"
 	"time"
 )
@@ -14,7 +15,7 @@ func TestExpireMessages(t *testing.T) {
 	clock := &testClock{now: t0}
 	s := openTestStore(t, Options{Now: clock.Now})
 	const keep = 90 * 24 * time.Hour
-	var msgs []Message
+	var msgs []mapping.Message
 	for i := range 250 {
 		m := identify(fmt.Sprintf("old-%d", i), fmt.Sprintf("user-%d", i%10), fmt.Sprintf("anon-%d", i), time.Duration(i)*time.Second)
 		m.Raw = []byte(`{"type":"identify","traits":{"email":"old@example.com"}}`)
@@ -52,7 +53,7 @@ func TestExpireMessages(t *testing.T) {
 		t.Errorf("second pass: got %d, %v; want nothing left to expire", again, err)
 	}
 
-	p, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: "user-0"})
+	p, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: "user-0"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,9 @@
-package mapping
+package store
 
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -25,12 +26,12 @@ func openTestStore(t testing.TB, opts Options) *Store {
 
 var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
-func identify(id, userID, anonymousID string, at time.Duration) Message {
-	return Message{Source: SourceSegmentAPI, ID: id, Type: "identify", UserID: userID, AnonymousID: anonymousID,
+func identify(id, userID, anonymousID string, at time.Duration) mapping.Message {
+	return mapping.Message{Source: mapping.SourceSegmentAPI, ID: id, Type: "identify", UserID: userID, AnonymousID: anonymousID,
 		Timestamp: t0.Add(at), ReceivedAt: t0.Add(at), Raw: []byte(`{}`)}
 }
 
-func submit(t testing.TB, s *Store, msgs ...Message) []Receipt {
+func submit(t testing.TB, s *Store, msgs ...mapping.Message) []mapping.Receipt {
 	t.Helper()
 	r, err := s.Submit(context.Background(), msgs)
 	if err != nil {
@@ -44,7 +45,7 @@ func submit(t testing.TB, s *Store, msgs ...Message) []Receipt {
 type snapshot struct {
 	Profiles  []string
 	Deleted   []string
-	Decisions map[string]Decision
+	Decisions map[string]mapping.Decision
 }
 
 // fataler is what takeSnapshot needs of a *testing.T or a *rapid.T.
@@ -61,7 +62,7 @@ func takeSnapshot(t fataler, s *Store) snapshot {
 		t.Fatal(err)
 	}
 	groups := map[int64][]string{}
-	snap := snapshot{Decisions: map[string]Decision{}}
+	snap := snapshot{Decisions: map[string]mapping.Decision{}}
 	for _, r := range rows {
 		if r.ProfileID == 0 {
 			snap.Deleted = append(snap.Deleted, r.Identifier().String())
@@ -120,9 +121,9 @@ func takeSnapshot(t fataler, s *Store) snapshot {
 
 func TestIdentifyAnonymousThenKnown(t *testing.T) {
 	s := openTestStore(t, Options{})
-	submit(t, s, Message{Source: SourceSegmentAPI, ID: "m1", Type: "track", AnonymousID: "anon-1", Timestamp: t0, ReceivedAt: t0})
+	submit(t, s, mapping.Message{Source: mapping.SourceSegmentAPI, ID: "m1", Type: "track", AnonymousID: "anon-1", Timestamp: t0, ReceivedAt: t0})
 	submit(t, s, identify("m2", "user-1", "anon-1", time.Minute))
-	p, err := s.ProfileOf(context.Background(), Identifier{Kind: KindAnonymousID, Value: "anon-1"})
+	p, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindAnonymousID, Value: "anon-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func TestDuplicateMessageChangesNothing(t *testing.T) {
 	s := openTestStore(t, Options{})
 	m := identify("m1", "user-1", "anon-1", 0)
 	m.Traits = map[string]any{"plan": "free"}
-	m.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j1", Payload: []byte(`{}`)}}
+	m.Jobs = []mapping.Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j1", Payload: []byte(`{}`)}}
 	if r := submit(t, s, m); r[0].Duplicate {
 		t.Fatalf("first submit: got duplicate, want new")
 	}
@@ -165,7 +166,7 @@ func TestDuplicateMessageChangesNothing(t *testing.T) {
 	if snap := takeSnapshot(t, s); !reflect.DeepEqual(snap, snapBefore) {
 		t.Errorf("mapping changed: got %+v, want %+v", snap, snapBefore)
 	}
-	p, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: "user-1"})
+	p, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"})
 	if err != nil || p.Traits["plan"] != "free" {
 		t.Errorf("traits: got %v (%v), want plan free", p.Traits, err)
 	}
@@ -197,7 +198,7 @@ func TestLateOlderEventRedecides(t *testing.T) {
 }
 
 func TestRefusedValuesAreNoted(t *testing.T) {
-	s := openTestStore(t, Options{Blocklist: NewBlocklist([]string{"placeholder"})})
+	s := openTestStore(t, Options{Blocklist: mapping.NewBlocklist([]string{"placeholder"})})
 	tests := []struct {
 		name, userID, wantNote string
 	}{
@@ -238,14 +239,14 @@ func TestImpersonatingLinksNothing(t *testing.T) {
 }
 
 func TestCapMakesConflict(t *testing.T) {
-	s := openTestStore(t, Options{Caps: Caps{AnonymousIDs: 2}})
+	s := openTestStore(t, Options{Caps: mapping.Caps{AnonymousIDs: 2}})
 	for i := range 3 {
 		submit(t, s, identify(fmt.Sprint("m", i), "user-1", fmt.Sprint("anon-", i), time.Duration(i)*time.Minute))
 	}
 	snap := takeSnapshot(t, s)
 	var overCap int
 	for _, d := range snap.Decisions {
-		if d == DecisionOverCap {
+		if d == mapping.DecisionOverCap {
 			overCap++
 		}
 	}
@@ -257,15 +258,15 @@ func TestCapMakesConflict(t *testing.T) {
 func TestDeleteLeavesTombstone(t *testing.T) {
 	s := openTestStore(t, Options{})
 	submit(t, s, identify("m1", "user-1", "anon-1", 0))
-	submit(t, s, Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
-	if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindAnonymousID, Value: "anon-1"}); ErrorCode(err) != CodeNotFound {
+	submit(t, s, mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
+	if _, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindAnonymousID, Value: "anon-1"}); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Fatalf("after delete: got %v, want not_found", err)
 	}
 	r := submit(t, s, identify("m3", "user-1", "anon-1", time.Hour))
 	if !slices.Contains(r[0].Notes, "rejected: deleted_identity") {
 		t.Errorf("got notes %v, want the message rejected as a deleted identity", r[0].Notes)
 	}
-	if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: "user-1"}); ErrorCode(err) != CodeNotFound {
+	if _, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"}); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Fatalf("deleted user came back: %v", err)
 	}
 	var raw int
@@ -287,7 +288,7 @@ func TestTombstonesOutliveARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	submit(t, s, identify("m1", "user-1", "anon-1", 0))
-	submit(t, s, Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
+	submit(t, s, mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
 	s.Close()
 	s, err = Open(ctx, path, Options{})
 	if err != nil {
@@ -298,18 +299,18 @@ func TestTombstonesOutliveARestart(t *testing.T) {
 	if want := "userId: " + NoteDeletedID; !slices.Contains(r[0].Notes, want) {
 		t.Errorf("after a restart: got notes %v, want %q", r[0].Notes, want)
 	}
-	if _, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-1"}); ErrorCode(err) != CodeNotFound {
+	if _, err := s.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"}); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Errorf("deleted user after a restart: got %v, want not_found", err)
 	}
 	// The message's other identifier is another person's: it is kept.
-	if _, err := s.ProfileOf(ctx, Identifier{Kind: KindAnonymousID, Value: "anon-2"}); err != nil {
+	if _, err := s.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindAnonymousID, Value: "anon-2"}); err != nil {
 		t.Errorf("anon-2: got %v, want its profile", err)
 	}
 }
 
 func TestLogoutWithoutIdentity(t *testing.T) {
 	s := openTestStore(t, Options{})
-	r := submit(t, s, Message{Source: SourceJimoSession, ID: "logout-1", Type: "logout", AnonymousID: "null", Timestamp: t0, ReceivedAt: t0})
+	r := submit(t, s, mapping.Message{Source: mapping.SourceJimoSession, ID: "logout-1", Type: "logout", AnonymousID: "null", Timestamp: t0, ReceivedAt: t0})
 	if r[0].Duplicate {
 		t.Fatalf("got duplicate, want stored")
 	}
@@ -318,20 +319,20 @@ func TestLogoutWithoutIdentity(t *testing.T) {
 }
 
 func TestDeletionIsFinalWhateverTheGrouping(t *testing.T) {
-	del := Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Hour), ReceivedAt: t0}
+	del := mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Hour), ReceivedAt: t0}
 	later := identify("m2", "user-1", "anon-2", 2*time.Hour)
 	later.Email = "u1@example.com"
 	later.Raw = []byte(`{"userId":"user-1","traits":{"email":"u1@example.com"}}`)
-	later.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j2", Payload: []byte(`{"traits":{"email":"u1@example.com"}}`)}}
+	later.Jobs = []mapping.Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j2", Payload: []byte(`{"traits":{"email":"u1@example.com"}}`)}}
 	older := identify("m0", "user-1", "anon-0", 0)
-	older.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j0", Payload: []byte(`{}`)}}
+	older.Jobs = []mapping.Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j0", Payload: []byte(`{}`)}}
 	tests := []struct {
 		name   string
-		groups [][]Message
+		groups [][]mapping.Message
 	}{
-		{"identify, then delete and a later identify in one group", [][]Message{{older}, {del, later}}},
-		{"all in one group", [][]Message{{older, del, later}}},
-		{"delete overtakes the identity", [][]Message{{del}, {older}, {later}}},
+		{"identify, then delete and a later identify in one group", [][]mapping.Message{{older}, {del, later}}},
+		{"all in one group", [][]mapping.Message{{older, del, later}}},
+		{"delete overtakes the identity", [][]mapping.Message{{del}, {older}, {later}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -346,14 +347,14 @@ func TestDeletionIsFinalWhateverTheGrouping(t *testing.T) {
 			if n, err := s.EraseDeleted(context.Background()); err != nil || n != 2 {
 				t.Fatalf("erase: got %d, %v; want 2 identifiers (user-1, anon-0) erased", n, err)
 			}
-			for _, id := range []Identifier{{KindUserID, "user-1"}, {KindAnonymousID, "anon-0"}, {KindEmail, "u1@example.com"}} {
-				if _, err := s.ProfileOf(context.Background(), id); ErrorCode(err) != CodeNotFound {
+			for _, id := range []mapping.Identifier{{Kind: mapping.KindUserID, Value: "user-1"}, {Kind: mapping.KindAnonymousID, Value: "anon-0"}, {Kind: mapping.KindEmail, Value: "u1@example.com"}} {
+				if _, err := s.ProfileOf(context.Background(), id); mapping.ErrorCode(err) != mapping.CodeNotFound {
 					t.Errorf("%s after deletion: got %v, want not_found", id, err)
 				}
 			}
 			// The later message's anonymous ID was never part of the deleted
 			// profile (the deletion came first in event time): it is kept.
-			if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindAnonymousID, Value: "anon-2"}); err != nil {
+			if _, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindAnonymousID, Value: "anon-2"}); err != nil {
 				t.Errorf("anon-2 after deletion: got %v, want its profile", err)
 			}
 			var left int
@@ -375,8 +376,8 @@ func TestDeletionIsFinalWhateverTheGrouping(t *testing.T) {
 }
 
 func TestMergeOnEmailIsOptIn(t *testing.T) {
-	browse := func(id, anon string) Message {
-		return Message{Source: SourceSegmentAPI, ID: id, Type: "identify", AnonymousID: anon, Email: "pat@example.com", Timestamp: t0, ReceivedAt: t0}
+	browse := func(id, anon string) mapping.Message {
+		return mapping.Message{Source: mapping.SourceSegmentAPI, ID: id, Type: "identify", AnonymousID: anon, Email: "pat@example.com", Timestamp: t0, ReceivedAt: t0}
 	}
 	tests := []struct {
 		name  string
@@ -393,7 +394,7 @@ func TestMergeOnEmailIsOptIn(t *testing.T) {
 			if got := takeSnapshot(t, s).Profiles; !slices.Equal(got, tt.want) {
 				t.Errorf("got profiles %v, want %v", got, tt.want)
 			}
-			p, err := s.ProfileOf(context.Background(), Identifier{Kind: KindEmail, Value: "pat@example.com"})
+			p, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindEmail, Value: "pat@example.com"})
 			if err != nil || !slices.ContainsFunc(p.Identifiers, func(id ProfileIdentifier) bool { return id.Value == "anon-1" }) {
 				t.Errorf("lookup by email: got %+v, %v; want the first browser's profile", p, err)
 			}

@@ -1,8 +1,9 @@
-package mapping
+package store
 
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -15,17 +16,17 @@ import (
 func TestDeletionIsDecidedInEventOrder(t *testing.T) {
 	toC := identify("m1", "user-c", "A1", time.Minute)
 	toA := identify("m2", "user-a", "A1", 2*time.Minute)
-	del := Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", AnonymousID: "A1", Timestamp: t0.Add(3 * time.Minute), ReceivedAt: t0}
-	for _, order := range [][]Message{{toC, toA, del}, {toC, del, toA}, {del, toA, toC}, {toA, del, toC}} {
+	del := mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", AnonymousID: "A1", Timestamp: t0.Add(3 * time.Minute), ReceivedAt: t0}
+	for _, order := range [][]mapping.Message{{toC, toA, del}, {toC, del, toA}, {del, toA, toC}, {toA, del, toC}} {
 		s := openTestStore(t, Options{DeletionGrace: time.Hour})
 		for _, m := range order {
 			submit(t, s, m)
 		}
-		if _, err := s.ProfileOf(context.Background(), Identifier{Kind: KindUserID, Value: "user-a"}); err != nil {
+		if _, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: "user-a"}); err != nil {
 			t.Errorf("arrival %s %s %s: user-a: got %v, want its profile", order[0].ID, order[1].ID, order[2].ID, err)
 		}
-		for _, id := range []Identifier{{KindUserID, "user-c"}, {KindAnonymousID, "A1"}} {
-			if _, err := s.ProfileOf(context.Background(), id); ErrorCode(err) != CodeNotFound {
+		for _, id := range []mapping.Identifier{{Kind: mapping.KindUserID, Value: "user-c"}, {Kind: mapping.KindAnonymousID, Value: "A1"}} {
+			if _, err := s.ProfileOf(context.Background(), id); mapping.ErrorCode(err) != mapping.CodeNotFound {
 				t.Errorf("arrival %s %s %s: %s: got %v, want not_found", order[0].ID, order[1].ID, order[2].ID, id, err)
 			}
 		}
@@ -39,12 +40,12 @@ func TestHeldBackIdentifiersAreHidden(t *testing.T) {
 	s := openTestStore(t, Options{DeletionGrace: time.Hour})
 	m := identify("m1", "user-1", "anon-1", 0)
 	m.Email = "pat@example.com"
-	m.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j1", Payload: []byte(`{}`)}}
+	m.Jobs = []mapping.Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j1", Payload: []byte(`{}`)}}
 	submit(t, s, m)
-	submit(t, s, Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Minute), ReceivedAt: t0})
+	submit(t, s, mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Minute), ReceivedAt: t0})
 
-	for _, id := range []Identifier{{KindUserID, "user-1"}, {KindAnonymousID, "anon-1"}, {KindEmail, "pat@example.com"}} {
-		if _, err := s.ProfileOf(ctx, id); ErrorCode(err) != CodeNotFound {
+	for _, id := range []mapping.Identifier{{Kind: mapping.KindUserID, Value: "user-1"}, {Kind: mapping.KindAnonymousID, Value: "anon-1"}, {Kind: mapping.KindEmail, Value: "pat@example.com"}} {
+		if _, err := s.ProfileOf(ctx, id); mapping.ErrorCode(err) != mapping.CodeNotFound {
 			t.Errorf("%s: got %v, want not_found", id, err)
 		}
 	}
@@ -73,8 +74,8 @@ func TestHeldBackIdentifiersAreHidden(t *testing.T) {
 func TestRefusedMessageDoesNotRecreateDeletedID(t *testing.T) {
 	for _, grace := range []time.Duration{0, time.Hour} {
 		s := openTestStore(t, Options{DeletionGrace: grace})
-		submit(t, s, Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "12345", Timestamp: t0, ReceivedAt: t0})
-		submit(t, s, Message{Source: SourceJimoSession, ID: "s1", Type: "session", UserID: "12345", Timestamp: t0.Add(time.Minute), ReceivedAt: t0,
+		submit(t, s, mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "12345", Timestamp: t0, ReceivedAt: t0})
+		submit(t, s, mapping.Message{Source: mapping.SourceJimoSession, ID: "s1", Type: "session", UserID: "12345", Timestamp: t0.Add(time.Minute), ReceivedAt: t0,
 			UserIDWarning: "guessable: all digits", Rejected: "guessable_token"})
 		var live int
 		if err := s.read.Get(&live, `SELECT COUNT(*) FROM identifiers WHERE profile_id <> 0`); err != nil {
@@ -106,12 +107,12 @@ func TestTombstonesAreReadFromTheDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	submit(t, b, Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
+	submit(t, b, mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
 	r := submit(t, a, identify("m1", "user-1", "anon-1", time.Minute))
 	if want := "userId: " + NoteDeletedID; !slices.Contains(r[0].Notes, want) {
 		t.Errorf("got notes %v, want %q", r[0].Notes, want)
 	}
-	if _, err := a.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-1"}); ErrorCode(err) != CodeNotFound {
+	if _, err := a.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"}); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Errorf("user-1: got %v, want not_found", err)
 	}
 }
@@ -120,13 +121,13 @@ func TestTombstonesAreReadFromTheDatabase(t *testing.T) {
 // batch is erased completely, over several transactions.
 func TestEraseDeletedWorksInBatches(t *testing.T) {
 	now := t0
-	s := openTestStore(t, Options{DeletionGrace: time.Minute, Now: func() time.Time { return now }, Caps: Caps{AnonymousIDs: 2000, Links: 5000}})
-	var msgs []Message
+	s := openTestStore(t, Options{DeletionGrace: time.Minute, Now: func() time.Time { return now }, Caps: mapping.Caps{AnonymousIDs: 2000, Links: 5000}})
+	var msgs []mapping.Message
 	for i := range eraseBatch + 20 {
 		msgs = append(msgs, identify(fmt.Sprintf("m%d", i), "user-1", fmt.Sprintf("anon-%d", i), time.Duration(i)*time.Millisecond))
 	}
 	submit(t, s, msgs...)
-	submit(t, s, Message{Source: SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Hour), ReceivedAt: t0})
+	submit(t, s, mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Hour), ReceivedAt: t0})
 	now = now.Add(time.Hour)
 	n, err := s.EraseDeleted(context.Background())
 	if err != nil || n != eraseBatch+21 {

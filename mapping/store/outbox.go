@@ -1,9 +1,11 @@
-package mapping
+package store
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
@@ -24,7 +26,7 @@ const (
 type OutboxOptions struct {
 	// Senders deliver jobs, by destination. Jobs for a destination without a
 	// sender wait in the outbox until one is configured.
-	Senders map[string]Sender
+	Senders map[string]outbox.Sender
 	// Workers is how many deliveries run at once; default 128.
 	Workers int
 	// Lease is how long a claim lasts before another worker may take the job
@@ -104,14 +106,14 @@ func decideDelivery(err error, attempt, maxAttempts int, now time.Time, jitter f
 	if len(msg) > 500 {
 		msg = msg[:500]
 	}
-	if !Retryable(err) {
+	if !outbox.Retryable(err) {
 		return outcome{state: JobDead, lastErr: "permanent: " + msg, result: "dead"}
 	}
 	if attempt >= maxAttempts {
 		return outcome{state: JobDead, lastErr: fmt.Sprintf("gave up after %d attempts: %s", attempt, msg), result: "dead"}
 	}
 	var retryAfter time.Duration
-	var d *DeliveryError
+	var d *outbox.DeliveryError
 	if errors.As(err, &d) {
 		retryAfter = d.RetryAfter
 	}
@@ -422,7 +424,7 @@ type delivery struct {
 func (o *Outbox) deliver(ctx context.Context, j claimedJob) delivery {
 	s, opts := o.s, o.opts
 	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease)
-	err := opts.Senders[j.Destination].Send(sendCtx, Job{Destination: j.Destination, OrderingKey: j.OrderingKey, MessageID: j.MessageID, Payload: []byte(j.Payload)})
+	err := opts.Senders[j.Destination].Send(sendCtx, mapping.Job{Destination: j.Destination, OrderingKey: j.OrderingKey, MessageID: j.MessageID, Payload: []byte(j.Payload)})
 	cancel()
 	now := s.opts.Now()
 	if err != nil && ctx.Err() != nil {
@@ -436,7 +438,7 @@ func (o *Outbox) deliver(ctx context.Context, j claimedJob) delivery {
 		default: // already queued
 		}
 	}
-	if j.probe && err != nil && Retryable(err) {
+	if j.probe && err != nil && outbox.Retryable(err) {
 		j.Attempts--
 		// It waits its backoff (never dead: it did not use an attempt), so
 		// the next probe tries another job.
@@ -588,7 +590,7 @@ func (s *Store) RetryJobs(ctx context.Context, ids []int64) (int, error) {
 				return err
 			}
 			if k == 0 {
-				return Errorf(CodeNotFound, "job %d is not a dead job; list them with `bridge outbox list`", id)
+				return mapping.Errorf(mapping.CodeNotFound, "job %d is not a dead job; list them with `bridge outbox list`", id)
 			}
 			n += k
 		}

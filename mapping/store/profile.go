@@ -1,4 +1,4 @@
-package mapping
+package store
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"sort"
 	"time"
 
@@ -15,9 +16,9 @@ import (
 
 // traitEntry is one trait value with what decides last-write-wins.
 type traitEntry struct {
-	Value    any    `json:"v"`
-	OrderKey string `json:"k"`
-	Source   Source `json:"s"`
+	Value    any            `json:"v"`
+	OrderKey string         `json:"k"`
+	Source   mapping.Source `json:"s"`
 }
 
 type traitDoc map[string]traitEntry
@@ -36,7 +37,7 @@ func (d *traitDoc) UnmarshalJSON(b []byte) error {
 }
 
 // merge sets every trait of m whose order key is newer than the stored one.
-func (d traitDoc) merge(traits map[string]any, key string, source Source) {
+func (d traitDoc) merge(traits map[string]any, key string, source mapping.Source) {
 	for k, v := range traits {
 		if old, ok := d[k]; ok && old.OrderKey >= key {
 			continue
@@ -48,7 +49,7 @@ func (d traitDoc) merge(traits map[string]any, key string, source Source) {
 // mergeTraits merges the message's traits (and email) into those of
 // identifier id. fresh says the identifier was created by this message, so it
 // has no traits to read.
-func (w *writer) mergeTraits(ctx context.Context, id int64, m Message, fresh bool) error {
+func (w *writer) mergeTraits(ctx context.Context, id int64, m mapping.Message, fresh bool) error {
 	traits := m.Traits
 	if m.Email != "" {
 		traits = make(map[string]any, len(m.Traits)+1)
@@ -73,7 +74,7 @@ func (w *writer) mergeTraits(ctx context.Context, id int64, m Message, fresh boo
 			return fmt.Errorf("read traits of identifier %d: %w", id, err)
 		}
 	}
-	doc.merge(traits, OrderKey(m.Timestamp, m.Source, m.ID, 0), m.Source)
+	doc.merge(traits, mapping.OrderKey(m.Timestamp, m.Source, m.ID, 0), m.Source)
 	b, err := json.Marshal(doc)
 	if err != nil {
 		return fmt.Errorf("encode traits: %w", err)
@@ -103,35 +104,35 @@ type Profile struct {
 
 // ProfileIdentifier is an identifier of a profile with when and how it was first seen.
 type ProfileIdentifier struct {
-	Identifier
-	FirstSeenAt    time.Time `json:"firstSeenAt"`
-	FirstSource    Source    `json:"firstSource"`
-	FirstMessageID string    `json:"firstMessageId"`
-	Warning        string    `json:"warning,omitempty"`
+	mapping.Identifier
+	FirstSeenAt    time.Time      `json:"firstSeenAt"`
+	FirstSource    mapping.Source `json:"firstSource"`
+	FirstMessageID string         `json:"firstMessageId"`
+	Warning        string         `json:"warning,omitempty"`
 }
 
 type identifierRow struct {
-	ID             int64  `db:"id"`
-	Kind           Kind   `db:"kind"`
-	Value          string `db:"value"`
-	ProfileID      int64  `db:"profile_id"`
-	FirstSeenAt    int64  `db:"first_seen_at"`
-	FirstSource    Source `db:"first_source"`
-	FirstMessageID string `db:"first_message_id"`
-	Warning        string `db:"warning"`
+	ID             int64          `db:"id"`
+	Kind           mapping.Kind   `db:"kind"`
+	Value          string         `db:"value"`
+	ProfileID      int64          `db:"profile_id"`
+	FirstSeenAt    int64          `db:"first_seen_at"`
+	FirstSource    mapping.Source `db:"first_source"`
+	FirstMessageID string         `db:"first_message_id"`
+	Warning        string         `db:"warning"`
 }
 
 // ProfileOf returns the profile holding id. An email finds the profile whose
 // traits carry it when merging on email is off. Unknown: a CodeNotFound error.
-func (s *Store) ProfileOf(ctx context.Context, id Identifier) (Profile, error) {
+func (s *Store) ProfileOf(ctx context.Context, id mapping.Identifier) (Profile, error) {
 	var profileID int64
 	err := s.read.GetContext(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ? AND profile_id <> 0`, id.Kind, id.Value)
-	if errors.Is(err, sql.ErrNoRows) && id.Kind == KindEmail && !s.opts.MergeOnEmail {
+	if errors.Is(err, sql.ErrNoRows) && id.Kind == mapping.KindEmail && !s.opts.MergeOnEmail {
 		err = s.read.GetContext(ctx, &profileID, `SELECT i.profile_id FROM traits t JOIN identifiers i ON i.id = t.identifier_id
 			WHERE t.email = ? AND i.profile_id <> 0 ORDER BY i.profile_id LIMIT 1`, id.Value)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
-		return Profile{}, Errorf(CodeNotFound, "no profile has %s; check the kind and the value, or search by another identifier", id)
+		return Profile{}, mapping.Errorf(mapping.CodeNotFound, "no profile has %s; check the kind and the value, or search by another identifier", id)
 	}
 	if err != nil {
 		return Profile{}, fmt.Errorf("find %s: %w", id, err)
@@ -145,7 +146,7 @@ func (s *Store) profile(ctx context.Context, profileID int64) (Profile, error) {
 	row := s.read.QueryRowxContext(ctx, `SELECT id, user_id, updated_at FROM profiles WHERE id = ?`, profileID)
 	if err := row.Scan(&p.ID, &p.UserID, &updated); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
-			return Profile{}, Errorf(CodeNotFound, "profile %d does not exist (it may have been merged or deleted)", profileID)
+			return Profile{}, mapping.Errorf(mapping.CodeNotFound, "profile %d does not exist (it may have been merged or deleted)", profileID)
 		}
 		return Profile{}, fmt.Errorf("read profile %d: %w", profileID, err)
 	}
@@ -160,10 +161,10 @@ func (s *Store) profile(ctx context.Context, profileID int64) (Profile, error) {
 	for i, r := range rows {
 		ids[i] = r.ID
 		out.Identifiers = append(out.Identifiers, ProfileIdentifier{
-			Identifier:  Identifier{Kind: r.Kind, Value: r.Value},
+			Identifier:  mapping.Identifier{Kind: r.Kind, Value: r.Value},
 			FirstSeenAt: time.Unix(0, r.FirstSeenAt).UTC(), FirstSource: r.FirstSource, FirstMessageID: r.FirstMessageID, Warning: r.Warning,
 		})
-		if r.Kind == KindEmail {
+		if r.Kind == mapping.KindEmail {
 			hasEmail[r.Value] = true
 		}
 		if r.Warning != "" {
@@ -185,7 +186,9 @@ func (s *Store) profile(ctx context.Context, profileID int64) (Profile, error) {
 	return out, nil
 }
 
-func (r identifierRow) Identifier() Identifier { return Identifier{Kind: r.Kind, Value: r.Value} }
+func (r identifierRow) Identifier() mapping.Identifier {
+	return mapping.Identifier{Kind: r.Kind, Value: r.Value}
+}
 
 // traits merges the traits of the given identifiers, last write wins, and
 // returns the distinct emails they carry as attributes, each with when and
@@ -215,7 +218,7 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []Prof
 		if e, ok := d["email"]; ok {
 			if v, ok := e.Value.(string); ok && v != "" && !seen[v] {
 				seen[v] = true
-				emails = append(emails, ProfileIdentifier{Identifier: Identifier{Kind: KindEmail, Value: v}, FirstSeenAt: orderKeyTime(e.OrderKey), FirstSource: e.Source})
+				emails = append(emails, ProfileIdentifier{Identifier: mapping.Identifier{Kind: mapping.KindEmail, Value: v}, FirstSeenAt: orderKeyTime(e.OrderKey), FirstSource: e.Source})
 			}
 		}
 	}
@@ -229,7 +232,7 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []Prof
 
 // Warning is an identifier an operator should look at, with the reason.
 type Warning struct {
-	Identifier
+	mapping.Identifier
 	ProfileID int64  `json:"profileId" db:"profile_id"`
 	Reason    string `json:"reason" db:"warning"`
 }
@@ -238,10 +241,10 @@ type Warning struct {
 // user ID too guessable to hand to Jimo), newest first.
 func (s *Store) Warnings(ctx context.Context, limit int) ([]Warning, error) {
 	var rows []struct {
-		Kind      Kind   `db:"kind"`
-		Value     string `db:"value"`
-		ProfileID int64  `db:"profile_id"`
-		Warning   string `db:"warning"`
+		Kind      mapping.Kind `db:"kind"`
+		Value     string       `db:"value"`
+		ProfileID int64        `db:"profile_id"`
+		Warning   string       `db:"warning"`
 	}
 	if err := s.read.SelectContext(ctx, &rows, `SELECT kind, value, profile_id, warning FROM identifiers
 		WHERE warning <> '' ORDER BY id DESC LIMIT ?`, limit); err != nil {
@@ -249,7 +252,7 @@ func (s *Store) Warnings(ctx context.Context, limit int) ([]Warning, error) {
 	}
 	out := make([]Warning, len(rows))
 	for i, r := range rows {
-		out[i] = Warning{Identifier: Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, Reason: r.Warning}
+		out[i] = Warning{Identifier: mapping.Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, Reason: r.Warning}
 	}
 	return out, nil
 }

@@ -1,18 +1,13 @@
-package mapping
+package store
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"strings"
 	"time"
-)
-
-// Decisions an operator's repair writes into the link log.
-const (
-	DecisionForced  Decision = "forced"  // "link anyway": decided before all other links
-	DecisionDeleted Decision = "deleted" // a profile was deleted (privacy request)
 )
 
 // Resolution actions for a conflict.
@@ -33,7 +28,7 @@ func (w *writer) loadLink(ctx context.Context, id int64) (linkRow, int64, error)
 	var l linkRow
 	err := w.get(ctx, &l, `SELECT id, a_id, b_id, order_key, forced, withdrawn, decision, reason FROM links WHERE id = ?`, id)
 	if errors.Is(err, sql.ErrNoRows) {
-		return l, 0, Errorf(CodeNotFound, "link %d does not exist (its profile may have been deleted)", id)
+		return l, 0, mapping.Errorf(mapping.CodeNotFound, "link %d does not exist (its profile may have been deleted)", id)
 	}
 	if err != nil {
 		return l, 0, fmt.Errorf("read link %d: %w", id, err)
@@ -52,29 +47,29 @@ func (w *writer) loadLink(ctx context.Context, id int64) (linkRow, int64, error)
 // operator and reason, and the cluster is re-decided.
 func (s *Store) ResolveConflict(ctx context.Context, linkID int64, action, operator, reason string) error {
 	if action != ResolveLink && action != ResolveDismiss {
-		return Errorf(CodeInvalid, "action %q: want %q or %q", action, ResolveLink, ResolveDismiss)
+		return mapping.Errorf(mapping.CodeInvalid, "action %q: want %q or %q", action, ResolveLink, ResolveDismiss)
 	}
 	return s.inTx(ctx, func(ctx context.Context, w *writer) error {
 		l, cluster, err := w.loadLink(ctx, linkID)
 		if err != nil {
 			return err
 		}
-		if l.Withdrawn || (l.Decision != DecisionConflict && l.Decision != DecisionOverCap) {
-			return Errorf(CodeConflict, "link %d is not an open conflict (it is %s); reload the page", linkID, l.Decision)
+		if l.Withdrawn || (l.Decision != mapping.DecisionConflict && l.Decision != mapping.DecisionOverCap) {
+			return mapping.Errorf(mapping.CodeConflict, "link %d is not an open conflict (it is %s); reload the page", linkID, l.Decision)
 		}
 		actor := operatorActor(operator)
 		if action == ResolveLink {
 			if _, err := w.exec(ctx, `UPDATE links SET forced = 1 WHERE id = ?`, linkID); err != nil {
 				return fmt.Errorf("force link %d: %w", linkID, err)
 			}
-			if err := w.logLink(ctx, linkID, DecisionForced, reason, actor); err != nil {
+			if err := w.logLink(ctx, linkID, mapping.DecisionForced, reason, actor); err != nil {
 				return err
 			}
 		} else {
-			if _, err := w.exec(ctx, `UPDATE links SET withdrawn = 1, decision = ? WHERE id = ?`, DecisionDismissed, linkID); err != nil {
+			if _, err := w.exec(ctx, `UPDATE links SET withdrawn = 1, decision = ? WHERE id = ?`, mapping.DecisionDismissed, linkID); err != nil {
 				return fmt.Errorf("dismiss link %d: %w", linkID, err)
 			}
-			if err := w.logLink(ctx, linkID, DecisionDismissed, reason, actor); err != nil {
+			if err := w.logLink(ctx, linkID, mapping.DecisionDismissed, reason, actor); err != nil {
 				return err
 			}
 		}
@@ -90,14 +85,14 @@ func (s *Store) Unmerge(ctx context.Context, linkID int64, operator, reason stri
 		if err != nil {
 			return err
 		}
-		if l.Withdrawn || l.Decision != DecisionApplied {
-			return Errorf(CodeConflict, "link %d is not applied (it is %s), so there is nothing to unmerge", linkID, l.Decision)
+		if l.Withdrawn || l.Decision != mapping.DecisionApplied {
+			return mapping.Errorf(mapping.CodeConflict, "link %d is not applied (it is %s), so there is nothing to unmerge", linkID, l.Decision)
 		}
-		if _, err := w.exec(ctx, `UPDATE links SET withdrawn = 1, decision = ? WHERE id = ?`, DecisionRetracted, linkID); err != nil {
+		if _, err := w.exec(ctx, `UPDATE links SET withdrawn = 1, decision = ? WHERE id = ?`, mapping.DecisionRetracted, linkID); err != nil {
 			return fmt.Errorf("retract link %d: %w", linkID, err)
 		}
 		actor := operatorActor(operator)
-		if err := w.logLink(ctx, linkID, DecisionRetracted, reason, actor); err != nil {
+		if err := w.logLink(ctx, linkID, mapping.DecisionRetracted, reason, actor); err != nil {
 			return err
 		}
 		return w.replay(ctx, cluster, actor, "an operator unmerged link "+fmt.Sprint(linkID))
@@ -109,22 +104,22 @@ func (s *Store) Unmerge(ctx context.Context, linkID int64, operator, reason stri
 // links, traits and messages, once the deletion grace period is over
 // (Options.DeletionGrace), leaving tombstones so they do not come back. The
 // log keeps who deleted how many identifiers and why, never which.
-func (s *Store) DeleteProfile(ctx context.Context, id Identifier, operator, reason string) ([]Identifier, error) {
-	var deleted []Identifier
+func (s *Store) DeleteProfile(ctx context.Context, id mapping.Identifier, operator, reason string) ([]mapping.Identifier, error) {
+	var deleted []mapping.Identifier
 	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
 		var profileID int64
 		err := w.get(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ?`, id.Kind, id.Value)
 		if errors.Is(err, sql.ErrNoRows) || (err == nil && profileID == 0) {
-			return Errorf(CodeNotFound, "no profile has %s", id)
+			return mapping.Errorf(mapping.CodeNotFound, "no profile has %s", id)
 		}
 		if err != nil {
 			return fmt.Errorf("delete %s: %w", id, err)
 		}
-		m := Message{Source: SourceAdmin, ID: fmt.Sprintf("delete-%d", w.now), Timestamp: time.Unix(0, w.now)}
+		m := mapping.Message{Source: mapping.SourceAdmin, ID: fmt.Sprintf("delete-%d", w.now), Timestamp: time.Unix(0, w.now)}
 		if deleted, err = w.applyDelete(ctx, []candidate{{"identifier", id.Kind, id.Value}}, m); err != nil {
 			return err
 		}
-		return w.logLink(ctx, 0, DecisionDeleted, fmt.Sprintf("profile with %d identifiers deleted: %s", len(deleted), reason), operatorActor(operator))
+		return w.logLink(ctx, 0, mapping.DecisionDeleted, fmt.Sprintf("profile with %d identifiers deleted: %s", len(deleted), reason), operatorActor(operator))
 	})
 	return deleted, err
 }

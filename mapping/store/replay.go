@@ -1,22 +1,23 @@
-package mapping
+package store
 
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"sort"
 
 	"github.com/jmoiron/sqlx"
 )
 
 type linkRow struct {
-	ID        int64    `db:"id"`
-	AID       int64    `db:"a_id"`
-	BID       int64    `db:"b_id"`
-	OrderKey  string   `db:"order_key"`
-	Forced    bool     `db:"forced"`
-	Withdrawn bool     `db:"withdrawn"`
-	Decision  Decision `db:"decision"`
-	Reason    string   `db:"reason"`
+	ID        int64            `db:"id"`
+	AID       int64            `db:"a_id"`
+	BID       int64            `db:"b_id"`
+	OrderKey  string           `db:"order_key"`
+	Forced    bool             `db:"forced"`
+	Withdrawn bool             `db:"withdrawn"`
+	Decision  mapping.Decision `db:"decision"`
+	Reason    string           `db:"reason"`
 }
 
 // replay re-decides every link of a cluster with Unify and writes what
@@ -35,7 +36,7 @@ type clusterMember struct {
 }
 
 // replayHolding is replay; it returns the identifiers that a deletion newly holds back.
-func (w *writer) replayHolding(ctx context.Context, cluster int64, actor, cause string) ([]Identifier, error) {
+func (w *writer) replayHolding(ctx context.Context, cluster int64, actor, cause string) ([]mapping.Identifier, error) {
 	var idents []clusterMember
 	if err := w.sel(ctx, &idents, `SELECT id, kind, value, profile_id, cluster_id, delete_key FROM identifiers WHERE cluster_id = ? ORDER BY id`, cluster); err != nil {
 		return nil, fmt.Errorf("replay cluster %d: %w", cluster, err)
@@ -46,16 +47,16 @@ func (w *writer) replayHolding(ctx context.Context, cluster int64, actor, cause 
 		return nil, fmt.Errorf("replay cluster %d: %w", cluster, err)
 	}
 	index := make(map[int64]int, len(idents))
-	nodes := make([]Node, len(idents))
+	nodes := make([]mapping.Node, len(idents))
 	for i, id := range idents {
 		index[id.ID] = i
-		nodes[i] = Node{Kind: id.Kind, Value: id.Value, DeleteKey: id.DeleteKey}
+		nodes[i] = mapping.Node{Kind: id.Kind, Value: id.Value, DeleteKey: id.DeleteKey}
 	}
-	edges := make([]Edge, len(links))
+	edges := make([]mapping.Edge, len(links))
 	for i, l := range links {
-		edges[i] = Edge{A: index[l.AID], B: index[l.BID], OrderKey: l.OrderKey, Forced: l.Forced, Withdrawn: l.Withdrawn}
+		edges[i] = mapping.Edge{A: index[l.AID], B: index[l.BID], OrderKey: l.OrderKey, Forced: l.Forced, Withdrawn: l.Withdrawn}
 	}
-	out := Unify(nodes, edges, w.opts.Caps)
+	out := mapping.Unify(nodes, edges, w.opts.Caps)
 
 	// Link decisions.
 	for i, l := range links {
@@ -72,11 +73,11 @@ func (w *writer) replayHolding(ctx context.Context, cluster int64, actor, cause 
 
 	// Identifiers a deletion takes leave their profiles.
 	var hold []identity
-	var held []Identifier
+	var held []mapping.Identifier
 	for i, id := range idents {
 		if out.Deleted[i] && id.ProfileID != 0 {
 			hold = append(hold, id.identity)
-			held = append(held, Identifier{Kind: id.Kind, Value: id.Value})
+			held = append(held, mapping.Identifier{Kind: id.Kind, Value: id.Value})
 		}
 	}
 	if err := w.holdBack(ctx, hold); err != nil {
@@ -84,7 +85,7 @@ func (w *writer) replayHolding(ctx context.Context, cluster int64, actor, cause 
 	}
 
 	// Profile states per component.
-	states := map[int]*profileState{}
+	states := map[int]*mapping.ProfileState{}
 	for i, n := range nodes {
 		if out.Deleted[i] {
 			continue
@@ -92,19 +93,19 @@ func (w *writer) replayHolding(ctx context.Context, cluster int64, actor, cause 
 		c := out.Component[i]
 		st := states[c]
 		if st == nil {
-			st = &profileState{}
+			st = &mapping.ProfileState{}
 			states[c] = st
 		}
 		switch n.Kind {
-		case KindUserID:
-			st.userID = n.Value
-		case KindAnonymousID:
-			st.anonymousIDs++
+		case mapping.KindUserID:
+			st.UserID = n.Value
+		case mapping.KindAnonymousID:
+			st.AnonymousIDs++
 		}
 	}
 	for i, l := range links {
-		if !l.Withdrawn && out.Decisions[i] == DecisionApplied && !out.Deleted[index[l.AID]] {
-			states[out.Component[index[l.AID]]].links++
+		if !l.Withdrawn && out.Decisions[i] == mapping.DecisionApplied && !out.Deleted[index[l.AID]] {
+			states[out.Component[index[l.AID]]].Links++
 		}
 	}
 
@@ -183,7 +184,7 @@ func redecided(cause, reason string) string {
 	return "re-decided after " + cause + ": " + reason
 }
 
-func (w *writer) logLink(ctx context.Context, linkID int64, d Decision, reason, actor string) error {
+func (w *writer) logLink(ctx context.Context, linkID int64, d mapping.Decision, reason, actor string) error {
 	if _, err := w.exec(ctx, `INSERT INTO link_log (link_id, at, decision, reason, actor) VALUES (?, ?, ?, ?, ?)`,
 		linkID, w.now, d, reason, actor); err != nil {
 		return fmt.Errorf("log link %d: %w", linkID, err)

@@ -1,7 +1,8 @@
-package mapping
+package store
 
 import (
 	"context"
+	"github.com/bridgeworks/bridge/mapping"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -27,7 +28,7 @@ func TestResolveConflictAndUnmerge(t *testing.T) {
 	if got := takeSnapshot(t, s).Profiles; !slices.Equal(got, want) {
 		t.Fatalf("after link anyway: got %v, want %v", got, want)
 	}
-	p, err := s.ProfileOf(ctx, Identifier{Kind: KindUserID, Value: "user-2"})
+	p, err := s.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,13 +39,13 @@ func TestResolveConflictAndUnmerge(t *testing.T) {
 	var forcedLogged bool
 	for _, l := range h.Links {
 		for _, e := range l.Log {
-			forcedLogged = forcedLogged || (e.Decision == DecisionForced && e.Actor == "ops@example" && e.Reason == "support ticket 42")
+			forcedLogged = forcedLogged || (e.Decision == mapping.DecisionForced && e.Actor == "ops@example" && e.Reason == "support ticket 42")
 		}
 	}
 	if !forcedLogged {
 		t.Errorf("history does not log the operator's decision: %+v", h.Links)
 	}
-	if err := s.ResolveConflict(ctx, c.ID, ResolveDismiss, "ops", ""); ErrorCode(err) != CodeConflict {
+	if err := s.ResolveConflict(ctx, c.ID, ResolveDismiss, "ops", ""); mapping.ErrorCode(err) != mapping.CodeConflict {
 		t.Errorf("resolving a link that is no longer a conflict: got %v, want conflict", err)
 	}
 
@@ -56,7 +57,7 @@ func TestResolveConflictAndUnmerge(t *testing.T) {
 	if got := takeSnapshot(t, s).Profiles; !slices.Equal(got, want) {
 		t.Fatalf("after unmerge: got %v, want %v", got, want)
 	}
-	if err := s.Unmerge(ctx, 9999, "ops", ""); ErrorCode(err) != CodeNotFound {
+	if err := s.Unmerge(ctx, 9999, "ops", ""); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Errorf("unmerge unknown link: got %v, want not_found", err)
 	}
 }
@@ -80,7 +81,7 @@ func TestDismissConflict(t *testing.T) {
 func TestSearch(t *testing.T) {
 	ctx := context.Background()
 	s := openTestStore(t, Options{})
-	var msgs []Message
+	var msgs []mapping.Message
 	for i, u := range []string{"alpha-1", "alpha-2", "alpha-3", "beta-1"} {
 		m := identify("m"+u, u, "anon-"+u, time.Duration(i)*time.Minute)
 		m.Email = u + "@example.com"
@@ -92,9 +93,9 @@ func TestSearch(t *testing.T) {
 		q    SearchQuery
 		want []string
 	}{
-		{"exact user", SearchQuery{Kind: KindUserID, Value: "alpha-2"}, []string{"user_id:alpha-2"}},
+		{"exact user", SearchQuery{Kind: mapping.KindUserID, Value: "alpha-2"}, []string{"user_id:alpha-2"}},
 		{"bare value across kinds", SearchQuery{Value: "anon-beta-1"}, []string{"anonymous_id:anon-beta-1"}},
-		{"prefix", SearchQuery{Kind: KindUserID, Value: "alpha", Prefix: true}, []string{"user_id:alpha-1", "user_id:alpha-2", "user_id:alpha-3"}},
+		{"prefix", SearchQuery{Kind: mapping.KindUserID, Value: "alpha", Prefix: true}, []string{"user_id:alpha-1", "user_id:alpha-2", "user_id:alpha-3"}},
 		{"page 1", SearchQuery{Value: "alpha", Prefix: true, Limit: 2}, []string{"user_id:alpha-1", "user_id:alpha-2"}},
 		{"page 2", SearchQuery{Value: "alpha", Prefix: true, Limit: 2, After: "user_id:alpha-2"}, []string{"user_id:alpha-3"}},
 		{"email attribute", SearchQuery{Value: "beta-1@example.com"}, []string{"email:beta-1@example.com"}},
@@ -127,7 +128,7 @@ func TestOverviewAndHistory(t *testing.T) {
 	m := identify("m1", "user-1", "anon-1", 0)
 	m.ReceivedAt = t0
 	m.Traits = map[string]any{"plan": "pro"}
-	m.Jobs = []Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j1", Payload: []byte(`{}`)}}
+	m.Jobs = []mapping.Job{{Destination: "jimo", OrderingKey: "user-1", MessageID: "j1", Payload: []byte(`{}`)}}
 	submit(t, s, m)
 	o, err := s.Overview(ctx)
 	if err != nil {
@@ -136,7 +137,7 @@ func TestOverviewAndHistory(t *testing.T) {
 	if o.Profiles != 1 || o.Identifiers != 2 || o.Messages != 1 || o.MessagesLastHour != 1 || len(o.Backlogs) != 1 || o.Backlogs[0].Pending != 1 {
 		t.Errorf("overview: got %+v", o)
 	}
-	p, _ := s.ProfileOf(ctx, Identifier{Kind: KindAnonymousID, Value: "anon-1"})
+	p, _ := s.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindAnonymousID, Value: "anon-1"})
 	h, err := s.History(ctx, p.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +145,7 @@ func TestOverviewAndHistory(t *testing.T) {
 	if len(h.Links) != 1 || len(h.Messages) != 1 || len(h.Jobs) != 1 || len(h.Traits) != 1 || h.Traits[0].Key != "plan" {
 		t.Errorf("history: got %d links, %d messages, %d jobs, traits %+v", len(h.Links), len(h.Messages), len(h.Jobs), h.Traits)
 	}
-	if _, err := s.History(ctx, 424242); ErrorCode(err) != CodeNotFound {
+	if _, err := s.History(ctx, 424242); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Errorf("history of unknown profile: got %v, want not_found", err)
 	}
 }
@@ -164,7 +165,7 @@ func TestHistoryFindsMessagesByEveryIdentifier(t *testing.T) {
 		identify("m4", "user-2", "", 3*time.Minute),
 		identify("m5", "user-2", "anon-1", 4*time.Minute), // joins two user IDs: a conflict
 	)
-	messagesOf := func(id Identifier) []string {
+	messagesOf := func(id mapping.Identifier) []string {
 		t.Helper()
 		var ids []string
 		for _, m := range historyOf(t, s, id).Messages {
@@ -173,10 +174,10 @@ func TestHistoryFindsMessagesByEveryIdentifier(t *testing.T) {
 		slices.Sort(ids)
 		return ids
 	}
-	if got, want := messagesOf(Identifier{Kind: KindUserID, Value: "user-1"}), []string{"m1", "m2", "m3", "m5"}; !slices.Equal(got, want) {
+	if got, want := messagesOf(mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"}), []string{"m1", "m2", "m3", "m5"}; !slices.Equal(got, want) {
 		t.Errorf("history of user-1's profile: got %v, want %v", got, want)
 	}
-	if got, want := messagesOf(Identifier{Kind: KindUserID, Value: "user-2"}), []string{"m4", "m5"}; !slices.Equal(got, want) {
+	if got, want := messagesOf(mapping.Identifier{Kind: mapping.KindUserID, Value: "user-2"}), []string{"m4", "m5"}; !slices.Equal(got, want) {
 		t.Errorf("history of user-2's profile: got %v, want %v", got, want)
 	}
 }
@@ -212,7 +213,7 @@ func TestMigrationReferencesStoredMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	h := historyOf(t, s, Identifier{Kind: KindUserID, Value: "user-1"})
+	h := historyOf(t, s, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"})
 	if len(h.Messages) != 2 {
 		t.Errorf("after the migration the profile's history holds %d messages, want 2", len(h.Messages))
 	}
@@ -224,14 +225,14 @@ func TestMigrationReferencesStoredMessages(t *testing.T) {
 func TestRefusedMessageIsFoundByIdentifiersCreatedLater(t *testing.T) {
 	ctx := context.Background()
 	s := openTestStore(t, Options{})
-	refused := Message{Source: SourceSegmentAPI, ID: "r1", Type: "track", UserID: "user-9", Rejected: "missing_event",
+	refused := mapping.Message{Source: mapping.SourceSegmentAPI, ID: "r1", Type: "track", UserID: "user-9", Rejected: "missing_event",
 		Timestamp: t0, ReceivedAt: t0, Raw: []byte(`{"type":"track","userId":"user-9"}`)}
 	submit(t, s, refused, identify("m1", "user-9", "anon-9", time.Minute))
-	h := historyOf(t, s, Identifier{Kind: KindUserID, Value: "user-9"})
+	h := historyOf(t, s, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-9"})
 	if len(h.Messages) != 2 {
 		t.Errorf("history holds %d messages, want the refused one and the identify", len(h.Messages))
 	}
-	if _, err := s.DeleteProfile(ctx, Identifier{Kind: KindUserID, Value: "user-9"}, "test", "privacy request"); err != nil {
+	if _, err := s.DeleteProfile(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-9"}, "test", "privacy request"); err != nil {
 		t.Fatal(err)
 	}
 	var left int
@@ -252,12 +253,12 @@ func TestDeletionTakesEveryReferenceOfItsMessages(t *testing.T) {
 	submit(t, s, identify("m1", "user-1", "anon-1", 0),
 		identify("m2", "user-2", "anon-2", time.Minute),
 		identify("m3", "user-1", "anon-2", 2*time.Minute)) // anon-2 is user-2's: a conflict, referenced by both
-	if _, err := s.DeleteProfile(ctx, Identifier{Kind: KindUserID, Value: "user-1"}, "test", "privacy request"); err != nil {
+	if _, err := s.DeleteProfile(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"}, "test", "privacy request"); err != nil {
 		t.Fatal(err)
 	}
 	// The deleted rows' IDs may be handed out again.
 	submit(t, s, identify("m4", "user-4", "anon-4", 3*time.Minute), identify("m5", "user-5", "anon-5", 4*time.Minute))
-	h := historyOf(t, s, Identifier{Kind: KindAnonymousID, Value: "anon-2"})
+	h := historyOf(t, s, mapping.Identifier{Kind: mapping.KindAnonymousID, Value: "anon-2"})
 	for _, m := range h.Messages {
 		if m.MessageID != "m2" {
 			t.Errorf("anon-2's history holds %s, which is not about anon-2", m.MessageID)
@@ -266,7 +267,7 @@ func TestDeletionTakesEveryReferenceOfItsMessages(t *testing.T) {
 }
 
 // historyOf returns the history of the profile holding id.
-func historyOf(t *testing.T, s *Store, id Identifier) History {
+func historyOf(t *testing.T, s *Store, id mapping.Identifier) History {
 	t.Helper()
 	p, err := s.ProfileOf(context.Background(), id)
 	if err != nil {

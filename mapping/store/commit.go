@@ -1,10 +1,11 @@
-package mapping
+package store
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -14,9 +15,9 @@ import (
 
 // submission is one caller's messages, or one function, waiting for a group commit.
 type submission struct {
-	msgs     []Message
+	msgs     []mapping.Message
 	fn       func(ctx context.Context, w *writer) error
-	receipts []Receipt
+	receipts []mapping.Receipt
 	err      error
 	done     chan struct{}
 	// state is subWaiting until the committer takes the submission
@@ -45,7 +46,7 @@ func (sub *submission) take() bool { return sub.state.CompareAndSwap(subWaiting,
 // them yet, and may be stored otherwise (a retry is deduplicated). While the
 // store cannot store (a full disk, a replaced file, a failed sync) it
 // answers CodeUnavailable at once. If ctx is cancelled, it returns ctx's error.
-func (s *Store) Submit(ctx context.Context, msgs []Message) ([]Receipt, error) {
+func (s *Store) Submit(ctx context.Context, msgs []mapping.Message) ([]mapping.Receipt, error) {
 	sub := &submission{msgs: msgs, done: make(chan struct{})}
 	if err := s.enqueue(ctx, sub); err != nil {
 		return nil, err
@@ -74,7 +75,7 @@ func (s *Store) enqueue(ctx context.Context, sub *submission) error {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return &Error{Code: CodeUnavailable, Message: "the bridge is shutting down; retry shortly", RetryAfter: 5 * time.Second}
+		return &mapping.Error{Code: mapping.CodeUnavailable, Message: "the bridge is shutting down; retry shortly", RetryAfter: 5 * time.Second}
 	}
 	timer := time.NewTimer(s.opts.CommitTimeout)
 	defer timer.Stop()
@@ -329,7 +330,7 @@ func (s *Store) commit(group []*submission) (err error) {
 			n++
 			continue
 		}
-		sub.receipts = make([]Receipt, len(sub.msgs))
+		sub.receipts = make([]mapping.Receipt, len(sub.msgs))
 		for i, m := range sub.msgs {
 			jobs = jobs || len(m.Jobs) > 0
 			r, err := w.apply(ctx, m)

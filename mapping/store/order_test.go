@@ -1,8 +1,9 @@
-package mapping
+package store
 
 import (
 	"context"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,14 +15,14 @@ import (
 
 // genMessages draws a set of messages over a small universe of IDs, so that
 // links collide, conflict and hit the (small) caps often.
-func genMessages(t *rapid.T) []Message {
+func genMessages(t *rapid.T) []mapping.Message {
 	n := rapid.IntRange(1, 14).Draw(t, "messages")
 	userIDs := []string{"", "user-a", "user-b", "user-c"}
 	anonIDs := []string{"", "anon-1", "anon-2", "anon-3", "anon-4"}
-	msgs := make([]Message, n)
+	msgs := make([]mapping.Message, n)
 	for i := range msgs {
-		m := Message{
-			Source:      SourceSegmentAPI,
+		m := mapping.Message{
+			Source:      mapping.SourceSegmentAPI,
 			ID:          fmt.Sprintf("m%02d", i),
 			Type:        rapid.SampledFrom([]string{"identify", "alias", "track"}).Draw(t, "type"),
 			UserID:      rapid.SampledFrom(userIDs).Draw(t, "userId"),
@@ -35,11 +36,11 @@ func genMessages(t *rapid.T) []Message {
 			m.PreviousID = rapid.SampledFrom(anonIDs).Draw(t, "previousId")
 		case "session":
 			// A Jimo session report in derived mode or with a legacy token: user, token and browser.
-			m.Source = SourceJimoSession
+			m.Source = mapping.SourceJimoSession
 			m.JimoToken = rapid.SampledFrom([]string{"", "token-x", "token-y"}).Draw(t, "jimoToken")
 		case "webhook":
 			// A Jimo webhook in shared mode: a token that is a user ID or a legacy token.
-			m.Source, m.UserID, m.AnonymousID = SourceJimoWebhook, "", ""
+			m.Source, m.UserID, m.AnonymousID = mapping.SourceJimoWebhook, "", ""
 			m.JimoTokenOrUserID = rapid.SampledFrom([]string{"user-a", "user-b", "token-x", "token-y"}).Draw(t, "identifyToken")
 		}
 		if rapid.IntRange(0, 9).Draw(t, "impersonating") == 0 {
@@ -62,7 +63,7 @@ func TestOrderIndependence(t *testing.T) {
 	run := 0
 	open := func(t *rapid.T) *Store {
 		run++
-		s, err := Open(context.Background(), filepath.Join(dir, fmt.Sprintf("run-%d.db", run)), Options{Caps: Caps{AnonymousIDs: 2, Links: 3}})
+		s, err := Open(context.Background(), filepath.Join(dir, fmt.Sprintf("run-%d.db", run)), Options{Caps: mapping.Caps{AnonymousIDs: 2, Links: 3}})
 		if err != nil {
 			t.Fatalf("open: %v", err)
 		}
@@ -74,7 +75,7 @@ func TestOrderIndependence(t *testing.T) {
 		inOrder := open(rt)
 		defer inOrder.Close()
 		for _, m := range msgs {
-			if _, err := inOrder.Submit(context.Background(), []Message{m}); err != nil {
+			if _, err := inOrder.Submit(context.Background(), []mapping.Message{m}); err != nil {
 				rt.Fatalf("submit: %v", err)
 			}
 		}

@@ -1,9 +1,11 @@
-package mapping
+package store
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"sync"
 	"testing"
 	"time"
@@ -44,9 +46,9 @@ func TestDecideDelivery(t *testing.T) {
 	}{
 		{"delivered", nil, 1, JobDone},
 		{"network error retries", errors.New("connection refused"), 1, JobPending},
-		{"5xx retries", ClassifyStatus(503, 0, errors.New("503")), 3, JobPending},
-		{"4xx is dead", ClassifyStatus(400, 0, errors.New("400 bad request")), 1, JobDead},
-		{"429 retries", ClassifyStatus(429, time.Minute, errors.New("429")), 1, JobPending},
+		{"5xx retries", outbox.ClassifyStatus(503, 0, errors.New("503")), 3, JobPending},
+		{"4xx is dead", outbox.ClassifyStatus(400, 0, errors.New("400 bad request")), 1, JobDead},
+		{"429 retries", outbox.ClassifyStatus(429, time.Minute, errors.New("429")), 1, JobPending},
 		{"too many attempts", errors.New("timeout"), 5, JobDead},
 	}
 	for _, tt := range tests {
@@ -69,7 +71,7 @@ type scriptedSender struct {
 	failures  map[string][]error
 }
 
-func (s *scriptedSender) Send(_ context.Context, j Job) error {
+func (s *scriptedSender) Send(_ context.Context, j mapping.Job) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if errs := s.failures[j.MessageID]; len(errs) > 0 {
@@ -86,10 +88,10 @@ func (s *scriptedSender) got() []string {
 	return append([]string(nil), s.delivered...)
 }
 
-func withJobs(id, user string, jobIDs ...string) Message {
+func withJobs(id, user string, jobIDs ...string) mapping.Message {
 	m := identify(id, user, "", 0)
 	for _, j := range jobIDs {
-		m.Jobs = append(m.Jobs, Job{Destination: "fake", OrderingKey: user, MessageID: j, Payload: []byte(`{}`)})
+		m.Jobs = append(m.Jobs, mapping.Job{Destination: "fake", OrderingKey: user, MessageID: j, Payload: []byte(`{}`)})
 	}
 	return m
 }
@@ -108,14 +110,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestOutboxDeliversInOrderAndRetries(t *testing.T) {
 	s := openTestStore(t, Options{})
 	sender := &scriptedSender{failures: map[string][]error{
-		"a1": {errors.New("connection reset")},            // transient: retried
-		"b1": {ClassifyStatus(400, 0, errors.New("bad"))}, // permanent: dead
+		"a1": {errors.New("connection reset")},                   // transient: retried
+		"b1": {outbox.ClassifyStatus(400, 0, errors.New("bad"))}, // permanent: dead
 	}}
 	submit(t, s, withJobs("m1", "user-a", "a1", "a2"), withJobs("m2", "user-b", "b1", "b2"), withJobs("m3", "user-a", "a3"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() {
-		done <- s.RunOutbox(ctx, OutboxOptions{Senders: map[string]Sender{"fake": sender}, Poll: 10 * time.Millisecond,
+		done <- s.RunOutbox(ctx, OutboxOptions{Senders: map[string]outbox.Sender{"fake": sender}, Poll: 10 * time.Millisecond,
 			Jitter: func() float64 { return 0 }, MaxAttempts: 3})
 	}()
 	// a1 fails once and waits out its backoff (0.5 s); a2 and a3 must wait for it.
@@ -151,12 +153,12 @@ func TestOutboxDeliversInOrderAndRetries(t *testing.T) {
 	}
 	ctx, cancel = context.WithCancel(context.Background())
 	go func() {
-		done <- s.RunOutbox(ctx, OutboxOptions{Senders: map[string]Sender{"fake": sender}, Poll: 10 * time.Millisecond})
+		done <- s.RunOutbox(ctx, OutboxOptions{Senders: map[string]outbox.Sender{"fake": sender}, Poll: 10 * time.Millisecond})
 	}()
 	waitFor(t, "retried job", func() bool { return contains(sender.got(), "b1") })
 	cancel()
 	<-done
-	if _, err := s.RetryJobs(context.Background(), []int64{dead[0].ID}); ErrorCode(err) != CodeNotFound {
+	if _, err := s.RetryJobs(context.Background(), []int64{dead[0].ID}); mapping.ErrorCode(err) != mapping.CodeNotFound {
 		t.Errorf("retrying a delivered job: got %v, want not_found", err)
 	}
 }
