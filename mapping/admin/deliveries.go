@@ -228,10 +228,10 @@ func (a *Admin) jimoSummary(p mapping.Profile, jobs []mapping.JobInfo, msgs []me
 		}
 	}
 	if v.Pending > 0 {
-		v.Reasons = append(v.Reasons, fmt.Sprintf("%d deliveries to Jimo are waiting to be sent.", v.Pending))
+		v.Reasons = append(v.Reasons, fmt.Sprintf("%s to Jimo %s waiting to be sent.", deliveries(v.Pending), isAre(v.Pending)))
 	}
 	if v.Dead > 0 {
-		v.Reasons = append(v.Reasons, fmt.Sprintf("%d deliveries to Jimo are dead (last error: %s); retry them below once the cause is fixed.", v.Dead, v.LastError))
+		v.Reasons = append(v.Reasons, fmt.Sprintf("%s to Jimo %s dead (last error: %s); retry below once the cause is fixed.", deliveries(v.Dead), isAre(v.Dead), v.LastError))
 	}
 	if !v.Given && len(v.Reasons) == 0 {
 		why := "No message of this profile caused a delivery to Jimo: Jimo is given identify calls that carry a user ID"
@@ -277,4 +277,19 @@ func scalarText(v any) string {
 		return fmt.Sprint(x)
 	}
 	return ""
+}
+
+// deliveries is "1 delivery", "2 deliveries".
+func deliveries(n int) string {
+	if n == 1 {
+		return "1 delivery"
+	}
+	return fmt.Sprintf("%d deliveries", n)
+}
+
+func isAre(n int) string {
+	if n == 1 {
+		return "is"
+	}
+	return "are"
 }
