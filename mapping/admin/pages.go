@@ -79,7 +79,7 @@ func (a *Admin) settings() []settingRow {
 	dest := func(label string, d Destination) settingRow {
 		r := settingRow{Name: label, On: d.On, Value: "off", Detail: d.Off}
 		if d.On {
-			r.Value, r.Detail = "on", d.Host
+			r.Value, r.Detail = "on", "endpoint "+d.Host
 		}
 		return r
 	}
@@ -342,7 +342,7 @@ func (a *Admin) profile(c echo.Context, s *session) error {
 		v.Links = append(v.Links, linkView{LinkInfo: l, Open: open, CanUnmerge: !l.Withdrawn && l.Decision == mapping.DecisionApplied})
 	}
 	for _, pi := range p.Identifiers {
-		iv := identifierView{ProfileIdentifier: pi, Attribute: pi.FirstSource == "" && pi.FirstSeenAt.IsZero()}
+		iv := identifierView{ProfileIdentifier: pi, Attribute: attribute(pi)}
 		if pi.Kind == mapping.KindJimoToken {
 			v.JimoTokens = append(v.JimoTokens, pi.Value)
 		}
@@ -566,17 +566,24 @@ func (a *Admin) deleteForm(c echo.Context, s *session) error {
 	return a.render(c, http.StatusOK, "delete", v)
 }
 
+// attribute reports whether pi is an email known only as a trait: it came
+// from no message of its own (mapping.Store.ProfileOf lists such emails
+// with when their trait was set, but no first message).
+func attribute(pi mapping.ProfileIdentifier) bool {
+	return pi.Kind == mapping.KindEmail && pi.FirstMessageID == ""
+}
+
 // deletionKey is the identifier to delete p by: id itself when it links,
 // else the profile's first linking identifier (an email known only as an
 // attribute finds the profile but cannot name it for deletion).
 func deletionKey(p mapping.Profile, id mapping.Identifier) string {
 	for _, pi := range p.Identifiers {
-		if pi.Identifier == id && !pi.FirstSeenAt.IsZero() {
+		if pi.Identifier == id && !attribute(pi) {
 			return id.String()
 		}
 	}
 	for _, pi := range p.Identifiers {
-		if !pi.FirstSeenAt.IsZero() {
+		if !attribute(pi) {
 			return pi.Identifier.String()
 		}
 	}

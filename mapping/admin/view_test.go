@@ -308,6 +308,8 @@ func TestEmailFirstSeenAgrees(t *testing.T) {
 
 			profile := b.get(fmt.Sprintf("/admin/profiles/%d", p.ID)).Body.String()
 			row := rowOf(t, section(t, profile, "identifiers"), `<td class="val">`+email)
+			mustContain(t, "profile", row, "set as a trait by segment.api", "an email attribute from the traits (does not link)")
+			mustNotContain(t, "profile", row, "started the profile")
 			got := regexp.MustCompile(`datetime="([^"]+)"`).FindStringSubmatch(row)
 			if got == nil || `datetime="`+got[1]+`"` != want {
 				t.Errorf("profile: email first seen %v, want %s", got, want)
