@@ -399,7 +399,7 @@ func TestAdminJimoViewBrowser(t *testing.T) {
 	pageText(t, ctx, "h1", fmt.Sprintf("Profile %d", p.ID))
 
 	view := pageText(t, ctx, "#jimo-view", "known to Jimo")
-	mustContainAll(t, "Jimo's view", view, "Jimo was given this person as "+ada, "last an identify", fmt.Sprintf("job %d", identify.ID),
+	mustContainAll(t, "Jimo's view", view, "Jimo was given this person as "+ada, "1 delivered, the latest an identify at", fmt.Sprintf("job %d", identify.ID),
 		"1 delivery to Jimo is dead", "400", "Jimo reported this person in 1 webhook(s)", "Welcome tour")
 	mustContainAll(t, "identify delivery", pageText(t, ctx, fmt.Sprintf("#job-%d", identify.ID), "identify"),
 		"done", ada, "userId", "plan", "pro", "Ada Lovelace", "segment.api:", "created", "updated")

@@ -141,7 +141,7 @@ func TestProfileShowsDeliveriesAndJimosView(t *testing.T) {
 	view := section(t, page, "jimo-view")
 	mustContain(t, "Jimo's view", view, "Jimo's view", "known to Jimo",
 		`Jimo was given this person as <code class="token">`+alice+`</code>`,
-		"last an <strong>identify</strong>", fmt.Sprintf(`<a href="#job-%d">job %d</a>`, identify.ID, identify.ID), "1 delivered in all",
+		"1 delivered, the latest an <strong>identify</strong> at", fmt.Sprintf(`<a href="#job-%d">job %d</a>`, identify.ID, identify.ID),
 		"To look at:", "1 delivery to Jimo is dead (last error: permanent: jimo answered 400: unknown event)",
 		"Jimo reported this person in 1 webhook(s)", "tour.completed · Welcome tour")
 	mustNotContain(t, "Jimo's view", view, "not given", "Why not")
