@@ -18,6 +18,7 @@ import (
 
 	"github.com/bridgeworks/bridge/jimo/jimotest"
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/admin"
 )
 
 // adminGet reads an admin API answer as the admin (Basic auth) into out.
@@ -415,4 +416,40 @@ func TestAdminJimoViewBrowser(t *testing.T) {
 		t.Errorf("dead job's cause %s: got %d messages with that anchor, want 1", href, n)
 	}
 	saveScreenshot(t, ctx, "admin-profile-jimo.png")
+}
+
+// TestAdminForwardingHasNoSecrets: what the overview is given of the
+// configuration names hosts and switches only: no key, and no credentials
+// written into an endpoint URL.
+func TestAdminForwardingHasNoSecrets(t *testing.T) {
+	tests := []struct {
+		name                  string
+		cfg                   config
+		wantSegment, wantJimo admin.Destination
+	}{
+		{"both on", config{SegmentForwardWriteKey: "seg-secret-key", SegmentEndpoint: "https://ops:pw-in-url@api.segment.io/v1",
+			JimoAPIKey: "jimo-secret-key", JimoEndpoint: "https://jimo.example:8443/path?token=q", JimoTokenMode: "derived"},
+			admin.Destination{Name: "segment", On: true, Host: "api.segment.io"},
+			admin.Destination{Name: "jimo", On: true, Host: "jimo.example:8443"}},
+		{"no keys", config{SegmentEndpoint: "https://api.segment.io", JimoEndpoint: "https://jimo.example", JimoTokenMode: "shared"},
+			admin.Destination{Name: "segment", Host: "api.segment.io", Off: "BRIDGE_SEGMENT_FORWARD_WRITE_KEY is not set"},
+			admin.Destination{Name: "jimo", Host: "jimo.example", Off: "BRIDGE_JIMO_API_KEY is not set"}},
+		{"jimo key without endpoint", config{JimoAPIKey: "jimo-secret-key", JimoTokenMode: "shared"},
+			admin.Destination{Name: "segment", Off: "BRIDGE_SEGMENT_FORWARD_WRITE_KEY is not set"},
+			admin.Destination{Name: "jimo", Off: "BRIDGE_JIMO_ENDPOINT is not set"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := adminForwarding(tt.cfg)
+			if f.Segment != tt.wantSegment || f.Jimo != tt.wantJimo || f.TokenMode != tt.cfg.JimoTokenMode {
+				t.Errorf("got %+v, want segment %+v, jimo %+v, token mode %s", *f, tt.wantSegment, tt.wantJimo, tt.cfg.JimoTokenMode)
+			}
+			b, _ := json.Marshal(f)
+			for _, secret := range []string{"seg-secret-key", "jimo-secret-key", "pw-in-url", "token=q"} {
+				if strings.Contains(string(b), secret) {
+					t.Errorf("the admin is given %q: %s", secret, b)
+				}
+			}
+		})
+	}
 }
