@@ -173,17 +173,7 @@ func TestAdminBrowser(t *testing.T) {
 	if title, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("time[datetime]").title`)); err != nil || title == "" {
 		t.Errorf("admin.js: got no local-time title on <time> (%q, %v), want one", title, err)
 	}
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	for _, path := range []string{filepath.Join(t.ArtifactDir(), "admin-profile.png"), "/tmp/admin-profile.png"} {
-		if err := os.WriteFile(path, png, 0o644); err != nil {
-			t.Errorf("save screenshot: %v", err)
-		} else {
-			t.Logf("profile screenshot: %s", path)
-		}
-	}
+	saveScreenshot(t, ctx, "admin-profile.png")
 
 	// Resolve the conflict: dismiss it, with a reason.
 	li := fmt.Sprintf("#link-%d", conflict.ID)
@@ -276,9 +266,22 @@ func mustContainAll(t *testing.T, what, got string, wants ...string) {
 // testdata/artifacts/name (git-ignored) and to the test's artifact directory.
 func saveScreenshot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	if err != nil {
-		t.Fatalf("screenshot %s: %v", name, err)
+	// Chromium may report a zero-sized page while it finishes laying out a
+	// page it just loaded: wait for the load, and try again a few times.
+	var png []byte
+	var err error
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ready, _ := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.readyState === "complete" && document.documentElement.scrollWidth > 0`))
+		if ready {
+			if png, err = chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("screenshot %s: page ready %v: %v", name, ready, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	dir := filepath.Join("..", "..", "testdata", "artifacts")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -396,6 +399,8 @@ func TestAdminJimoViewBrowser(t *testing.T) {
 
 	// The dead job links to its profile.
 	do("open dead jobs", chromedp.Navigate(b.URL+"/admin/jobs"))
+	mustContainAll(t, "dead job", pageText(t, ctx, fmt.Sprintf("#job-%d", dead.ID), ada), "track", "segment.api:", fmt.Sprintf("profile %d", p.ID))
+	saveScreenshot(t, ctx, "admin-jobs.png")
 	do("follow the dead job to its profile", chromedp.Click(chromedp.CSS(fmt.Sprintf("#job-%d a.profile", dead.ID))))
 	pageText(t, ctx, "h1", fmt.Sprintf("Profile %d", p.ID))
 
