@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -270,11 +271,20 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		Logger:           logger,
 		Counters:         a.metrics.adminCounters,
 		UnsignedSessions: unsigned,
+		Forwarding:       adminForwarding(cfg),
+		// The outbox starts before the server serves; until then no state.
+		Destinations: func() []store.DestinationStatus {
+			if a.outbox == nil {
+				return nil
+			}
+			return a.outbox.Destinations()
+		},
 	})
 	if err != nil {
 		return nil, err
 	}
 	adm.Register(e.Group("/admin"))
+	e.GET("/favicon.ico", adm.Favicon)
 	api := e.Group("/api/v1", adm.RequireAPI())
 	api.GET("/profiles", getProfile(a.store))
 	api.GET("/warnings", listWarnings(a.store))
@@ -296,6 +306,38 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	})
 	e.GET("/metrics", a.metrics.handler(logger))
 	return e, nil
+}
+
+// adminForwarding is the forwarding configuration the admin pages show:
+// plain values (on or off, endpoint hosts, modes), never a key.
+func adminForwarding(cfg config) *admin.Forwarding {
+	f := &admin.Forwarding{
+		Segment:   admin.Destination{Name: segment.Destination, On: cfg.SegmentForwardWriteKey != "", Host: endpointHost(cfg.SegmentEndpoint)},
+		Jimo:      admin.Destination{Name: jimo.Destination, On: cfg.JimoAPIKey != "" && cfg.JimoEndpoint != "", Host: endpointHost(cfg.JimoEndpoint)},
+		Relay:     cfg.SegmentRelay,
+		JimoTrack: cfg.JimoForwardTrack,
+		TokenMode: cfg.JimoTokenMode,
+	}
+	if !f.Segment.On {
+		f.Segment.Off = "BRIDGE_SEGMENT_FORWARD_WRITE_KEY is not set"
+	}
+	switch {
+	case cfg.JimoAPIKey == "":
+		f.Jimo.Off = "BRIDGE_JIMO_API_KEY is not set"
+	case cfg.JimoEndpoint == "":
+		f.Jimo.Off = "BRIDGE_JIMO_ENDPOINT is not set"
+	}
+	return f
+}
+
+// endpointHost is the host (and port) of an endpoint URL, without its
+// scheme, path or any credentials in it; "" when it has none.
+func endpointHost(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return ""
+	}
+	return u.Host
 }
 
 // ipExtractor decides who the client is, for every limit keyed by client IP

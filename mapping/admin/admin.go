@@ -51,6 +51,7 @@ type Store interface {
 	Jobs(ctx context.Context, state string, limit int) ([]store.JobInfo, error)
 	Warnings(ctx context.Context, limit int) ([]store.Warning, error)
 	Overview(ctx context.Context) (store.Overview, error)
+	ProfilesByKey(ctx context.Context, keys []string) (map[string]int64, error)
 }
 
 // Config configures an Admin. Store and Password are required.
@@ -78,10 +79,42 @@ type Config struct {
 	// BRIDGE_JIMO_REQUIRE_SIGNATURE=false): the overview then shows a
 	// standing warning that anyone who knows a user ID can join a browser to it.
 	UnsignedSessions bool
+	// Forwarding is the active forwarding configuration, shown on the
+	// overview and used by the profile page's "Jimo's view"; nil: the pages
+	// do not know it and say so.
+	Forwarding *Forwarding
+	// Destinations reports the outbox's destinations with whether each is
+	// paused (mapping.Outbox.Destinations); nil: no paused state is shown.
+	Destinations func() []store.DestinationStatus
 	// SessionIdle and SessionMax bound a login session: it ends after
 	// SessionIdle without a request or SessionMax after the login, whichever
 	// comes first. Defaults: 2 hours and 12 hours.
 	SessionIdle, SessionMax time.Duration
+}
+
+// Forwarding is where the bridge forwards and how, as plain values for the
+// pages: never a key or a secret.
+type Forwarding struct {
+	// Segment and Jimo are the two destinations.
+	Segment, Jimo Destination
+	// Relay says Tracking API calls are relayed to Segment as received.
+	Relay bool
+	// JimoTrack says Segment track calls are forwarded to Jimo as well.
+	JimoTrack bool
+	// TokenMode is the Jimo token mode: "shared" or "derived".
+	TokenMode string
+}
+
+// Destination is one place the bridge forwards to.
+type Destination struct {
+	// Name is the outbox destination of its jobs, e.g. "jimo".
+	Name string
+	// On says forwarding there is configured.
+	On bool
+	// Host is the endpoint's host (no scheme, path or credentials).
+	Host string
+	// Off says why forwarding is off, e.g. "BRIDGE_JIMO_API_KEY is not set"; shown when On is false.
+	Off string
 }
 
 // Counters are process counters the overview and the warnings page show.
@@ -109,6 +142,8 @@ type Admin struct {
 	secure   bool
 	counters func() Counters
 	unsigned bool
+	fwd      *Forwarding
+	dests    func() []store.DestinationStatus
 
 	pages    map[string]*template.Template
 	static   fs.FS
@@ -146,6 +181,8 @@ func New(cfg Config) (*Admin, error) {
 		secure:   cfg.Secure,
 		counters: cfg.Counters,
 		unsigned: cfg.UnsignedSessions,
+		fwd:      cfg.Forwarding,
+		dests:    cfg.Destinations,
 		sessions: newSessions(cfg.SessionIdle, cfg.SessionMax),
 		throttle: newThrottle(cfg.LoginRate),
 		base:     "/admin",
@@ -192,6 +229,7 @@ func (a *Admin) Register(g *echo.Group) {
 	g.POST("/login", a.login, h)
 	g.POST("/logout", a.page(a.logout), h)
 	g.GET("/static/*", a.staticFile, h)
+	g.GET("/favicon.ico", a.Favicon, h)
 
 	g.GET("/search", a.page(a.search), h)
 	g.GET("/profile", a.page(a.profileByIdentifier), h)
@@ -220,6 +258,17 @@ func (a *Admin) headers(next echo.HandlerFunc) echo.HandlerFunc {
 		h.Set("Cache-Control", "no-store")
 		return next(c)
 	}
+}
+
+// Favicon serves the admin's icon (an SVG) without a login; the caller may
+// also mount it at /favicon.ico. Browsers may keep it for a day.
+func (a *Admin) Favicon(c echo.Context) error {
+	b, err := fs.ReadFile(a.static, "favicon.svg")
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Cache-Control", "public, max-age=86400")
+	return c.Blob(http.StatusOK, "image/svg+xml", b)
 }
 
 func (a *Admin) staticFile(c echo.Context) error {

@@ -41,9 +41,23 @@ type attention struct {
 	Hot   bool
 }
 
+// backlogRow is one outbox destination on the overview: every configured
+// destination, and every one with jobs, even when nothing waits.
 type backlogRow struct {
 	store.Backlog
 	Age string
+	// Configured: forwarding to it is on; false for a destination whose
+	// jobs remain from an earlier configuration.
+	Configured bool
+	// Status is the outbox's view (paused or not); nil when unknown.
+	Status *store.DestinationStatus
+}
+
+// settingRow is one line of the overview's configuration table.
+type settingRow struct {
+	Name, Value, Detail string
+	// On marks a setting that is on (green) or off (grey); Warn one to look at.
+	On, Warn bool
 }
 
 type overviewView struct {
@@ -53,6 +67,87 @@ type overviewView struct {
 	O                store.Overview
 	Attention        []attention
 	Backlogs         []backlogRow
+	// Settings is the active configuration; nil when the admin was not given it.
+	Settings []settingRow
+}
+
+// settings lists the active configuration for the overview: plain values, never secrets.
+func (a *Admin) settings() []settingRow {
+	if a.fwd == nil {
+		return nil
+	}
+	f := a.fwd
+	dest := func(label string, d Destination) settingRow {
+		r := settingRow{Name: label, On: d.On, Value: "off", Detail: d.Off}
+		if d.On {
+			r.Value, r.Detail = "on", "endpoint "+d.Host
+		}
+		return r
+	}
+	rows := []settingRow{dest("Forwarding to Segment", f.Segment)}
+	relay := settingRow{Name: "Relay Tracking API calls to Segment", Value: "off", Detail: "only the bridge's own identify and track calls are sent"}
+	if f.Relay {
+		relay.On, relay.Value, relay.Detail = true, "on", "every call received on /v1/* is passed on as received"
+	}
+	rows = append(rows, relay, dest("Forwarding to Jimo", f.Jimo))
+	track := settingRow{Name: "Segment track calls to Jimo", Value: "off", Detail: "Jimo gets identify calls only"}
+	if f.JimoTrack {
+		track.On, track.Value, track.Detail = true, "on", "BRIDGE_JIMO_FORWARD_TRACK"
+	}
+	rows = append(rows, track)
+	mode := settingRow{Name: "Jimo token mode", Value: f.TokenMode, On: true}
+	switch f.TokenMode {
+	case "derived":
+		mode.Detail = "Jimo's token is an opaque HMAC of the user ID"
+	case "shared":
+		mode.Detail = "Jimo's token is the user ID itself"
+	}
+	sig := settingRow{Name: "Session signatures", Value: "required", On: true, Detail: "POST /jimo/session needs the backend's HMAC of the user ID"}
+	if a.unsigned {
+		sig = settingRow{Name: "Session signatures", Value: "not required", Warn: true, Detail: "anyone who knows a user ID can join a browser to it (see above)"}
+	}
+	return append(rows, mode, sig)
+}
+
+// backlogRows lists every outbox destination: the configured ones, those
+// with jobs waiting or dead, and those the outbox reports, in name order.
+func (a *Admin) backlogRows(backlogs []store.Backlog) []backlogRow {
+	now := a.now()
+	byName := map[string]*backlogRow{}
+	add := func(name string) *backlogRow {
+		r := byName[name]
+		if r == nil {
+			r = &backlogRow{Backlog: store.Backlog{Destination: name}}
+			byName[name] = r
+		}
+		return r
+	}
+	if a.fwd != nil {
+		for _, d := range []Destination{a.fwd.Segment, a.fwd.Jimo} {
+			if d.On && d.Name != "" {
+				add(d.Name).Configured = true
+			}
+		}
+	}
+	for _, b := range backlogs {
+		r := add(b.Destination)
+		r.Backlog = b
+		if !b.Oldest.IsZero() {
+			r.Age = humanDuration(now.Sub(b.Oldest))
+		}
+	}
+	if a.dests != nil {
+		for _, st := range a.dests() {
+			r := add(st.Destination)
+			r.Configured = true // the outbox has a sender for it
+			r.Status = &st
+		}
+	}
+	out := make([]backlogRow, 0, len(byName))
+	for _, name := range sortedKeys(byName) {
+		out = append(out, *byName[name])
+	}
+	return out
 }
 
 // counter is one process counter as the pages show it.
@@ -75,15 +170,8 @@ func (a *Admin) overview(c echo.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	v := overviewView{frame: a.frame(c, s, "Overview", "overview"), O: o, UnsignedSessions: a.unsigned}
-	now := a.now()
-	for _, b := range o.Backlogs {
-		row := backlogRow{Backlog: b}
-		if !b.Oldest.IsZero() {
-			row.Age = humanDuration(now.Sub(b.Oldest))
-		}
-		v.Backlogs = append(v.Backlogs, row)
-	}
+	v := overviewView{frame: a.frame(c, s, "Overview", "overview"), O: o, UnsignedSessions: a.unsigned,
+		Settings: a.settings(), Backlogs: a.backlogRows(o.Backlogs)}
 	v.Attention = []attention{
 		{Label: "Open conflicts", Count: strconv.Itoa(o.Conflicts), Href: a.base + "/conflicts", Hot: o.Conflicts > 0,
 			Help: "Links the rules refused (two user IDs, or over a cap); link anyway or dismiss."},
@@ -211,13 +299,10 @@ type messageView struct {
 	store.MessageInfo
 	// Shown is the raw payload as the page shows it (redacted, capped).
 	Shown shown
-}
-
-type destinationView struct {
-	Destination string
-	Jobs        []store.JobInfo
-	Dead        int
-	Pending     int
+	// Anchor is the id of the message's entry (see messageAnchor).
+	Anchor string
+	// Experience is the tour or survey a Jimo webhook reports; nil for other messages.
+	Experience *experience
 }
 
 type profileView struct {
@@ -229,6 +314,7 @@ type profileView struct {
 	Links       []linkView
 	Messages    []messageView
 	Deliveries  []destinationView
+	Jimo        jimoView
 	// DeleteKey is the identifier the delete form starts from.
 	DeleteKey string
 }
@@ -257,7 +343,7 @@ func (a *Admin) profile(c echo.Context, s *session) error {
 		v.Links = append(v.Links, linkView{LinkInfo: l, Open: open, CanUnmerge: !l.Withdrawn && l.Decision == mapping.DecisionApplied})
 	}
 	for _, pi := range p.Identifiers {
-		iv := identifierView{ProfileIdentifier: pi, Attribute: pi.FirstSource == "" && pi.FirstSeenAt.IsZero()}
+		iv := identifierView{ProfileIdentifier: pi, Attribute: attribute(pi)}
 		if pi.Kind == mapping.KindJimoToken {
 			v.JimoTokens = append(v.JimoTokens, pi.Value)
 		}
@@ -283,9 +369,16 @@ func (a *Admin) profile(c echo.Context, s *session) error {
 		}
 		v.Identifiers = append(v.Identifiers, iv)
 	}
+	shownMessages := map[string]bool{}
 	for _, m := range h.Messages {
-		v.Messages = append(v.Messages, messageView{MessageInfo: m, Shown: showRaw(m.Raw)})
+		mv := messageView{MessageInfo: m, Shown: showRaw(m.Raw), Anchor: messageAnchor(m.Source, m.MessageID)}
+		if x, ok := experienceOf(m); ok {
+			mv.Experience = &x
+		}
+		shownMessages[mv.Anchor] = true
+		v.Messages = append(v.Messages, mv)
 	}
+	v.Jimo = a.jimoSummary(p, h.Jobs, v.Messages)
 	byDest := map[string]*destinationView{}
 	for _, j := range h.Jobs {
 		d := byDest[j.Destination]
@@ -293,7 +386,7 @@ func (a *Admin) profile(c echo.Context, s *session) error {
 			d = &destinationView{Destination: j.Destination}
 			byDest[j.Destination] = d
 		}
-		d.Jobs = append(d.Jobs, j)
+		d.Jobs = append(d.Jobs, newDelivery(j, shownMessages))
 		switch j.State {
 		case store.JobDead:
 			d.Dead++
@@ -474,17 +567,24 @@ func (a *Admin) deleteForm(c echo.Context, s *session) error {
 	return a.render(c, http.StatusOK, "delete", v)
 }
 
+// attribute reports whether pi is an email known only as a trait: it came
+// from no message of its own (mapping.Store.ProfileOf lists such emails
+// with when their trait was set, but no first message).
+func attribute(pi store.ProfileIdentifier) bool {
+	return pi.Kind == mapping.KindEmail && pi.FirstMessageID == ""
+}
+
 // deletionKey is the identifier to delete p by: id itself when it links,
 // else the profile's first linking identifier (an email known only as an
 // attribute finds the profile but cannot name it for deletion).
 func deletionKey(p store.Profile, id mapping.Identifier) string {
 	for _, pi := range p.Identifiers {
-		if pi.Identifier == id && !pi.FirstSeenAt.IsZero() {
+		if pi.Identifier == id && !attribute(pi) {
 			return id.String()
 		}
 	}
 	for _, pi := range p.Identifiers {
-		if !pi.FirstSeenAt.IsZero() {
+		if !attribute(pi) {
 			return pi.Identifier.String()
 		}
 	}
@@ -554,9 +654,20 @@ type jobsView struct {
 	frame
 	State  string
 	States []string
-	Jobs   []store.JobInfo
+	Jobs   []jobRowView
 	Dead   int
 	Limit  int
+}
+
+// jobRowView is a job on the jobs page with the profile it is for.
+type jobRowView struct {
+	store.JobInfo
+	// Kind is the payload's "type" (identify, track, ...).
+	Kind string
+	// ProfileHref is the page of the profile holding the job's ordering
+	// key; CauseHref its source message there. "" when no profile holds it.
+	ProfileHref, CauseHref string
+	ProfileID              int64
 }
 
 func (a *Admin) jobs(c echo.Context, s *session) error {
@@ -572,11 +683,26 @@ func (a *Admin) jobs(c echo.Context, s *session) error {
 	if state == store.JobDead {
 		title = "Dead deliveries"
 	}
-	v := jobsView{frame: a.frame(c, s, title, "jobs"), State: state, States: jobStates, Jobs: jobs, Limit: jobListSize}
+	keys := make([]string, 0, len(jobs))
+	for _, j := range jobs {
+		keys = append(keys, j.OrderingKey)
+	}
+	profiles, err := a.store.ProfilesByKey(c.Request().Context(), keys)
+	if err != nil {
+		return err
+	}
+	v := jobsView{frame: a.frame(c, s, title, "jobs"), State: state, States: jobStates, Limit: jobListSize}
 	for _, j := range jobs {
 		if j.State == store.JobDead {
 			v.Dead++
 		}
+		row := jobRowView{JobInfo: j, Kind: readPayload(j.Payload).Type}
+		if id, ok := profiles[j.OrderingKey]; ok {
+			row.ProfileID = id
+			row.ProfileHref = fmt.Sprintf("%s/profiles/%d", a.base, id)
+			row.CauseHref = row.ProfileHref + "#" + sourceAnchor(j.SourceMessage)
+		}
+		v.Jobs = append(v.Jobs, row)
 	}
 	return a.render(c, http.StatusOK, "jobs", v)
 }

@@ -71,10 +71,18 @@ func TestPages(t *testing.T) {
 		{"conflicts", "/admin/conflicts", 200, []string{
 			fmt.Sprintf(`id="link-%d"`, conflict.ID), "would join user IDs", `href="/admin/profile?identifier=user_id%3a` + bob + `"`,
 			`value="dismiss"`,
+			// Who holds each side of the conflict now.
+			fmt.Sprintf(`<a href="/admin/profiles/%d">user_id:%s is in profile %d (%s)</a>`, pb.ID, bob, pb.ID, bob),
+			fmt.Sprintf(`<a href="/admin/profiles/%d">anonymous_id:%s is in profile %d (%s)</a>`, pa.ID, anonA1, pa.ID, alice),
 		}, []string{fmt.Sprintf(`id="link-%d"`, applied.ID)}},
 		{"conflicts later page", fmt.Sprintf("/admin/conflicts?after=%d", conflict.ID), 200, []string{"No open conflicts on this page"}, nil},
 		{"conflicts bad cursor", "/admin/conflicts?after=x", 400, []string{"want a link ID"}, nil},
-		{"dead jobs", "/admin/jobs", 200, []string{"Dead deliveries", "Retry all dead jobs", "out-m1", "out-m3", alice, "from segment.api:m1"}, nil},
+		{"dead jobs", "/admin/jobs", 200, []string{"Dead deliveries", "Retry all dead jobs", "out-m1", "out-m3",
+			// Each dead job links to its profile and to the message that caused it there.
+			fmt.Sprintf(`<a href="/admin/profiles/%d" class="profile">%s</a>`, pa.ID, alice),
+			fmt.Sprintf(`<a href="/admin/profiles/%d" class="profile">%s</a>`, pb.ID, bob),
+			fmt.Sprintf(`<a href="/admin/profiles/%d#%s">segment.api:m1</a>`, pa.ID, messageAnchor(mapping.SourceSegmentAPI, "m1")),
+			`<span class="badge badge-kind">identify</span>`}, nil},
 		{"done jobs", "/admin/jobs?state=done", 200, []string{"No done jobs."}, []string{"Retry all dead jobs"}},
 		{"jobs bad state", "/admin/jobs?state=lost", 400, []string{"want one of dead"}, nil},
 		{"warnings", "/admin/warnings", 200, []string{"No identifier carries a warning", `id="counter-signature_failures"`, "<td class=\"n\">3</td>"}, nil},

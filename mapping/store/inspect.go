@@ -126,15 +126,20 @@ func valueCondition(column, v string, prefix bool) (string, []any) {
 func (s *Store) searchEmails(ctx context.Context, v string, q SearchQuery) (SearchResult, error) {
 	_, after, _ := strings.Cut(q.After, ":")
 	where, args := valueCondition("t.email", v, q.Prefix)
+	// An email attribute's first-seen time is when its trait was set (the
+	// earliest among the profile's identifiers that carry it), as the
+	// profile shows it: not when the identifier carrying it was first seen.
+	// One hit per email and profile, however many identifiers carry it.
 	var rows []struct {
 		Email     string `db:"email"`
 		ProfileID int64  `db:"profile_id"`
-		FirstSeen int64  `db:"first_seen_at"`
+		SetKey    string `db:"set_key"`
 		UserID    string `db:"user_id"`
 	}
-	if err := s.read.SelectContext(ctx, &rows, `SELECT t.email, i.profile_id, i.first_seen_at, COALESCE(p.user_id, '') AS user_id
+	if err := s.read.SelectContext(ctx, &rows, `SELECT t.email, i.profile_id, MIN(COALESCE(json_extract(t.doc, '$.email.k'), '')) AS set_key,
+		COALESCE(p.user_id, '') AS user_id
 		FROM traits t JOIN identifiers i ON i.id = t.identifier_id JOIN profiles p ON p.id = i.profile_id
-		WHERE `+where+` AND t.email > ? ORDER BY t.email LIMIT ?`, append(args, after, q.Limit+1)...); err != nil {
+		WHERE `+where+` AND t.email > ? GROUP BY t.email, i.profile_id ORDER BY t.email, i.profile_id LIMIT ?`, append(args, after, q.Limit+1)...); err != nil {
 		return SearchResult{}, fmt.Errorf("search emails: %w", err)
 	}
 	res := SearchResult{Hits: []SearchHit{}}
@@ -143,7 +148,7 @@ func (s *Store) searchEmails(ctx context.Context, v string, q SearchQuery) (Sear
 			res.Next = res.Hits[len(res.Hits)-1].Identifier.String()
 			break
 		}
-		res.Hits = append(res.Hits, SearchHit{Identifier: mapping.Identifier{Kind: mapping.KindEmail, Value: r.Email}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: time.Unix(0, r.FirstSeen).UTC()})
+		res.Hits = append(res.Hits, SearchHit{Identifier: mapping.Identifier{Kind: mapping.KindEmail, Value: r.Email}, ProfileID: r.ProfileID, UserID: r.UserID, FirstSeenAt: orderKeyTime(r.SetKey)})
 	}
 	return res, nil
 }
@@ -175,6 +180,13 @@ type LinkInfo struct {
 	Forced    bool               `json:"forced"`
 	Withdrawn bool               `json:"withdrawn"`
 	Log       []LinkLogEntry     `json:"log"`
+	// AProfileID and BProfileID are the profiles holding A and B now (the
+	// same one for an applied link); AUserID and BUserID are those
+	// profiles' shared user IDs, "" while anonymous.
+	AProfileID int64  `json:"aProfileId"`
+	BProfileID int64  `json:"bProfileId"`
+	AUserID    string `json:"aUserId"`
+	BUserID    string `json:"bUserId"`
 }
 
 // LinkLogEntry is one entry of the append-only link log.
@@ -211,7 +223,12 @@ type TraitInfo struct {
 }
 
 const linkColumns = `l.id, l.source, l.message_id, l.event_at, l.decision, l.reason, l.forced, l.withdrawn,
-	a.kind AS a_kind, a.value AS a_value, b.kind AS b_kind, b.value AS b_value`
+	a.kind AS a_kind, a.value AS a_value, b.kind AS b_kind, b.value AS b_value,
+	a.profile_id AS a_profile, b.profile_id AS b_profile, COALESCE(pa.user_id, '') AS a_user, COALESCE(pb.user_id, '') AS b_user`
+
+// linkJoins are the joins linkColumns reads: the link's two identifiers and their profiles.
+const linkJoins = `FROM links l JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
+	LEFT JOIN profiles pa ON pa.id = a.profile_id LEFT JOIN profiles pb ON pb.id = b.profile_id`
 
 type linkInfoRow struct {
 	ID        int64            `db:"id"`
@@ -226,12 +243,17 @@ type linkInfoRow struct {
 	AValue    string           `db:"a_value"`
 	BKind     mapping.Kind     `db:"b_kind"`
 	BValue    string           `db:"b_value"`
+	AProfile  int64            `db:"a_profile"`
+	BProfile  int64            `db:"b_profile"`
+	AUser     string           `db:"a_user"`
+	BUser     string           `db:"b_user"`
 }
 
 func (r linkInfoRow) info() LinkInfo {
 	return LinkInfo{ID: r.ID, A: mapping.Identifier{Kind: r.AKind, Value: r.AValue}, B: mapping.Identifier{Kind: r.BKind, Value: r.BValue},
 		Source: r.Source, MessageID: r.MessageID, EventAt: time.Unix(0, r.EventAt).UTC(), Decision: r.Decision, Reason: r.Reason,
-		Forced: r.Forced, Withdrawn: r.Withdrawn, Log: []LinkLogEntry{}}
+		Forced: r.Forced, Withdrawn: r.Withdrawn, Log: []LinkLogEntry{},
+		AProfileID: r.AProfile, BProfileID: r.BProfile, AUserID: r.AUser, BUserID: r.BUser}
 }
 
 // History returns the profile's history, newest first: up to 200 links, 50 messages and 50 jobs.
@@ -252,8 +274,7 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 	h := History{Links: []LinkInfo{}, Messages: []MessageInfo{}, Jobs: []JobInfo{}, Traits: []TraitInfo{}}
 
 	var links []linkInfoRow
-	if err := s.selectIn(ctx, &links, `SELECT `+linkColumns+` FROM links l
-		JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
+	if err := s.selectIn(ctx, &links, `SELECT `+linkColumns+` `+linkJoins+`
 		WHERE (l.a_id IN (?) OR l.b_id IN (?)) AND a.profile_id <> 0 AND b.profile_id <> 0 ORDER BY l.order_key DESC LIMIT 200`, ids, ids); err != nil {
 		return History{}, fmt.Errorf("history links: %w", err)
 	}
@@ -384,8 +405,7 @@ func (s *Store) Conflicts(ctx context.Context, limit int, afterID int64) ([]Link
 		limit = 50
 	}
 	var rows []linkInfoRow
-	if err := s.read.SelectContext(ctx, &rows, `SELECT `+linkColumns+` FROM links l
-		JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
+	if err := s.read.SelectContext(ctx, &rows, `SELECT `+linkColumns+` `+linkJoins+`
 		WHERE l.decision IN ('conflict', 'over_cap') AND l.withdrawn = 0 AND l.id > ? AND a.profile_id <> 0 AND b.profile_id <> 0
 		ORDER BY l.id LIMIT ?`, afterID, limit); err != nil {
 		return nil, fmt.Errorf("conflicts: %w", err)
@@ -483,4 +503,36 @@ func (s *Store) firstMessageSince(ctx context.Context, since int64) (int64, erro
 		}
 	}
 	return lo, nil
+}
+
+// ProfilesByKey returns the profile holding each outbox ordering key (a job's
+// user ID, Jimo token or anonymous ID: see JobInfo.OrderingKey), for pages
+// that link a job to its person. A value that is a user ID is looked up as
+// one first, then as a Jimo token, then as an anonymous ID; keys no profile
+// holds (deleted, or never stored) are absent from the map.
+func (s *Store) ProfilesByKey(ctx context.Context, keys []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	var rows []struct {
+		Kind      mapping.Kind `db:"kind"`
+		Value     string       `db:"value"`
+		ProfileID int64        `db:"profile_id"`
+	}
+	if err := s.selectIn(ctx, &rows, `SELECT kind, value, profile_id FROM identifiers
+		WHERE kind IN (?) AND value IN (?) AND profile_id <> 0`,
+		[]mapping.Kind{mapping.KindUserID, mapping.KindJimoToken, mapping.KindAnonymousID}, keys); err != nil {
+		return nil, fmt.Errorf("profiles of ordering keys: %w", err)
+	}
+	rank := map[mapping.Kind]int{mapping.KindUserID: 0, mapping.KindJimoToken: 1, mapping.KindAnonymousID: 2}
+	best := make(map[string]mapping.Kind, len(rows))
+	for _, r := range rows {
+		if k, ok := best[r.Value]; ok && rank[k] <= rank[r.Kind] {
+			continue
+		}
+		best[r.Value] = r.Kind
+		out[r.Value] = r.ProfileID
+	}
+	return out, nil
 }

@@ -204,7 +204,7 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []Prof
 	}
 	merged := traitDoc{}
 	var emails []ProfileIdentifier
-	seen := map[string]bool{}
+	seen := map[string]int{} // email → index in emails
 	for _, raw := range docs {
 		var d traitDoc
 		if err := json.Unmarshal([]byte(raw), &d); err != nil {
@@ -215,10 +215,17 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []Prof
 				merged[k] = e
 			}
 		}
+		// An email carried by several identifiers was first seen when the
+		// earliest of them got it (Search reports the same time).
 		if e, ok := d["email"]; ok {
-			if v, ok := e.Value.(string); ok && v != "" && !seen[v] {
-				seen[v] = true
-				emails = append(emails, ProfileIdentifier{Identifier: mapping.Identifier{Kind: mapping.KindEmail, Value: v}, FirstSeenAt: orderKeyTime(e.OrderKey), FirstSource: e.Source})
+			if v, ok := e.Value.(string); ok && v != "" {
+				at := orderKeyTime(e.OrderKey)
+				if i, dup := seen[v]; !dup {
+					seen[v] = len(emails)
+					emails = append(emails, ProfileIdentifier{Identifier: mapping.Identifier{Kind: mapping.KindEmail, Value: v}, FirstSeenAt: at, FirstSource: e.Source})
+				} else if at.Before(emails[i].FirstSeenAt) {
+					emails[i].FirstSeenAt, emails[i].FirstSource = at, e.Source
+				}
 			}
 		}
 	}
