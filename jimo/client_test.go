@@ -3,7 +3,6 @@ package jimo_test
 import (
 	"context"
 	"errors"
-	"github.com/bridgeworks/bridge/mapping/outbox"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/bridgeworks/bridge/jimo"
 	"github.com/bridgeworks/bridge/jimo/jimotest"
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 const apiKey = "jimo-secret-api-key"

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/outbox"
 	"io"
 	"net/http"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	analytics "github.com/segmentio/analytics-go/v3"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 // DefaultForwardTimeout bounds one request when ForwarderConfig.HTTPClient is nil.

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/outbox"
 	"net"
 	"net/http"
 	"reflect"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/bridgeworks/bridge/jimo"
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"github.com/bridgeworks/bridge/segment"
 	"github.com/bridgeworks/bridge/segment/segmenttest"
 )

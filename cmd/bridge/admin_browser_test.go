@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"github.com/bridgeworks/bridge/jimo/jimotest"
 	"github.com/bridgeworks/bridge/mapping"
 	"github.com/bridgeworks/bridge/mapping/admin"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // adminGet reads an admin API answer as the admin (Basic auth) into out.

@@ -1,12 +1,12 @@
 package main
 
 import (
-	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // profileResponse is the lookup API's body.

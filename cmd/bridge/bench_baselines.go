@@ -4,13 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/labstack/echo/v4"
+
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // The baselines bridge bench measures the bridge against, in the same run.

@@ -4,13 +4,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // config is the bridge's configuration: every field has a flag and a BRIDGE_*

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"database/sql"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"net/url"
@@ -13,6 +12,8 @@ import (
 	"testing"
 
 	analytics "github.com/segmentio/analytics-go/v3"
+
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // getAuthed GETs path with the admin password and returns the status and body.

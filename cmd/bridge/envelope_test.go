@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // TestLockedDatabaseAnswers503 holds the database's write lock from another

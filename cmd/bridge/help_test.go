@@ -5,13 +5,13 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 func TestHelp(t *testing.T) {

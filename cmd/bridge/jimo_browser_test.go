@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"html/template"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/bridgeworks/bridge/jimo"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // pageDir holds the browser test's page, its script and the stand-in for Jimo's SDK.

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"regexp"
@@ -19,6 +18,7 @@ import (
 	analytics "github.com/segmentio/analytics-go/v3"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // jimoPageOrigin is the page origin the Jimo end-to-end bridges allow.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/bridgeworks/bridge/mapping"
 	"github.com/bridgeworks/bridge/mapping/admin"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"github.com/bridgeworks/bridge/segment"
 )
 

@@ -5,12 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 const outboxUsage = `usage:

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"os"
@@ -20,6 +19,7 @@ import (
 	analytics "github.com/segmentio/analytics-go/v3"
 
 	"github.com/bridgeworks/bridge/jimo/jimotest"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // TestDeliveryAfterFaults: a transient failure is retried until delivered

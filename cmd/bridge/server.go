@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/outbox"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +18,8 @@ import (
 	"github.com/bridgeworks/bridge/jimo"
 	"github.com/bridgeworks/bridge/mapping"
 	"github.com/bridgeworks/bridge/mapping/admin"
+	"github.com/bridgeworks/bridge/mapping/outbox"
+	"github.com/bridgeworks/bridge/mapping/store"
 	"github.com/bridgeworks/bridge/segment"
 )
 

@@ -6,8 +6,6 @@
 package jimotest
 
 import (
-	"github.com/bridgeworks/bridge/segment/segmenttest"
-
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -16,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/segment/segmenttest"
 )
 
 // Path is where the fake takes server-side events.

@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 func TestNewRequiresStoreAndPassword(t *testing.T) {

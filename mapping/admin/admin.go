@@ -17,7 +17,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -29,6 +28,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 //go:embed templates/*.html

@@ -5,12 +5,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // What the profile page shows of each delivery, and its "Jimo's view".

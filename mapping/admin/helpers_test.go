@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/bridgeworks/bridge/mapping/outbox"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +18,8 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 const testPassword = "correct horse battery staple"

@@ -3,13 +3,13 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // deepArrays is JSON nested depth levels deep, 2 bytes a level.

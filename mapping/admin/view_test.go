@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/outbox"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"net/http"
 	"regexp"
 	"strings"
@@ -14,6 +12,8 @@ import (
 	"time"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // sendFunc is a sender that answers with its function.

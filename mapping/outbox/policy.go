@@ -8,11 +8,12 @@ package outbox
 import (
 	"context"
 	"errors"
-	"github.com/bridgeworks/bridge/mapping"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // Sender delivers outbox jobs of one destination. It must not retry: the

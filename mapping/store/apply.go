@@ -7,9 +7,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"slices"
 	"strings"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // Notes recorded on messages when a rule fires.

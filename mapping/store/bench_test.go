@@ -3,14 +3,15 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
-	"github.com/bridgeworks/bridge/mapping/outbox"
 	"os"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 // BenchmarkSubmitIdentify measures group-committed identifies (fresh user and

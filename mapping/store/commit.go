@@ -5,12 +5,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // submission is one caller's messages, or one function, waiting for a group commit.

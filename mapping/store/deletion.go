@@ -5,8 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // Deletion (privacy requests, DESIGN §3) is part of rule 6. A deletion with

@@ -3,11 +3,12 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // TestDeletionIsDecidedInEventOrder is the case the review found: a deletion

@@ -2,8 +2,9 @@ package store
 
 import (
 	"context"
-	"github.com/bridgeworks/bridge/mapping"
 	"testing"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // TestProfilesByKey: each outbox ordering key finds the profile holding it

@@ -3,10 +3,11 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"github.com/bridgeworks/bridge/mapping"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // TestTraitsKeepLargeIntegers: an integer beyond 2^53 keeps every digit

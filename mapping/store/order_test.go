@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"pgregory.net/rapid"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // genMessages draws a set of messages over a small universe of IDs, so that

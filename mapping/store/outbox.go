@@ -4,14 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
-	"github.com/bridgeworks/bridge/mapping/outbox"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 // Job states in the outbox.

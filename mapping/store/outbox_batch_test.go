@@ -3,9 +3,10 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // jobsInState writes n messages with one job each and puts every job in state.

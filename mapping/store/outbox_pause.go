@@ -2,11 +2,12 @@ package store
 
 import (
 	"errors"
-	"github.com/bridgeworks/bridge/mapping/outbox"
 	"log/slog"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 // DestinationStatus is how the outbox sees one destination right now.

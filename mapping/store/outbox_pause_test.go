@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
-	"github.com/bridgeworks/bridge/mapping/outbox"
 	"log/slog"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 // testClock is a clock that moves only when told.

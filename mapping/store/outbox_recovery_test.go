@@ -3,8 +3,6 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping/outbox"
-	"github.com/bridgeworks/bridge/mapping/store"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -13,6 +11,8 @@ import (
 	"github.com/bridgeworks/bridge/jimo"
 	"github.com/bridgeworks/bridge/jimo/jimotest"
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // frozenClock moves only when told, so no job becomes due by its own backoff.

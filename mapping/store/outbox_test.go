@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
-	"github.com/bridgeworks/bridge/mapping/outbox"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 func TestBackoff(t *testing.T) {

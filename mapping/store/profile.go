@@ -7,11 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"sort"
 	"time"
 
 	"github.com/jmoiron/sqlx"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // traitEntry is one trait value with what decides last-write-wins.

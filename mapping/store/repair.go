@@ -5,9 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"strings"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // Resolution actions for a conflict.

@@ -2,11 +2,12 @@ package store
 
 import (
 	"context"
-	"github.com/bridgeworks/bridge/mapping"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 func TestResolveConflictAndUnmerge(t *testing.T) {

@@ -3,10 +3,11 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"sort"
 
 	"github.com/jmoiron/sqlx"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 type linkRow struct {

@@ -3,9 +3,10 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // Payloads older than the retention period are emptied in batches, with

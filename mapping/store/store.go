@@ -13,7 +13,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"io/fs"
 	"log/slog"
 	"net/url"
@@ -30,6 +29,8 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/mattn/go-sqlite3"
 	"golang.org/x/time/rate"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // The driver names the store opens SQLite with: go-sqlite3 with automatic

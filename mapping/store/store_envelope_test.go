@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bridgeworks/bridge/mapping"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // fill submits batches of fresh identifies from several goroutines until
