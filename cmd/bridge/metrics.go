@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"github.com/bridgeworks/bridge/mapping/store"
 )
 
@@ -43,7 +44,7 @@ type metrics struct {
 	commitSeconds  prometheus.Histogram
 	commitErrors   prometheus.Counter
 
-	// Outbox deliveries (store.DeliveryObserver); the backlog gauges are outboxCollector's.
+	// Outbox deliveries (outbox.DeliveryObserver); the backlog gauges are outboxCollector's.
 	deliveries       *prometheus.CounterVec   // destination, result
 	deliveryAttempts *prometheus.HistogramVec // destination
 }
@@ -119,7 +120,7 @@ func (m *metrics) Committed(messages int, took time.Duration, err error) {
 	m.commitSeconds.Observe(took.Seconds())
 }
 
-// Delivered implements store.DeliveryObserver.
+// Delivered implements outbox.DeliveryObserver.
 func (m *metrics) Delivered(destination, result string, attempt int) {
 	m.deliveries.WithLabelValues(destination, result).Inc()
 	m.deliveryAttempts.WithLabelValues(destination).Observe(float64(attempt))
@@ -224,12 +225,12 @@ func (o *outboxCollector) Collect(ch chan<- prometheus.Metric) {
 // deliveries after repeated failures (it is being probed), else 0. The state
 // lives in the outbox of this process.
 type pausedCollector struct {
-	destinations func() []store.DestinationStatus
+	destinations func() []outbox.DestinationStatus
 	paused       *prometheus.Desc
 }
 
 // registerPaused adds bridge_outbox_paused, read from destinations at each scrape.
-func (m *metrics) registerPaused(destinations func() []store.DestinationStatus) {
+func (m *metrics) registerPaused(destinations func() []outbox.DestinationStatus) {
 	m.registry.MustRegister(&pausedCollector{destinations: destinations, paused: prometheus.NewDesc("bridge_outbox_paused",
 		"1 while a destination's deliveries are paused after repeated failures (it is being probed), by destination.", []string{"destination"}, nil)})
 }

@@ -31,7 +31,7 @@ type app struct {
 	echo    *echo.Echo
 	senders map[string]outbox.Sender
 	closers []func() error // senders to close after the outbox stops
-	outbox  *store.Outbox  // set by runOutbox, before the server starts
+	outbox  *outbox.Outbox // set by runOutbox, before the server starts
 }
 
 // buildSenders creates a sender per configured destination. The HTTP clients
@@ -82,7 +82,7 @@ func (a *app) userIDOfToken(ctx context.Context, token string) (string, error) {
 // ends; done is closed when both have stopped.
 func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan struct{}) {
 	done = make(chan struct{})
-	a.outbox = a.store.NewOutbox(store.OutboxOptions{
+	a.outbox = outbox.New(a.store, outbox.Options{
 		Senders:     a.senders,
 		MaxAttempts: a.cfg.MaxDeliveryAttempts,
 		Workers:     a.cfg.DeliveryWorkers,
@@ -273,7 +273,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 		UnsignedSessions: unsigned,
 		Forwarding:       adminForwarding(cfg),
 		// The outbox starts before the server serves; until then no state.
-		Destinations: func() []store.DestinationStatus {
+		Destinations: func() []outbox.DestinationStatus {
 			if a.outbox == nil {
 				return nil
 			}

@@ -28,6 +28,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"github.com/bridgeworks/bridge/mapping/store"
 )
 
@@ -85,7 +86,7 @@ type Config struct {
 	Forwarding *Forwarding
 	// Destinations reports the outbox's destinations with whether each is
 	// paused (mapping.Outbox.Destinations); nil: no paused state is shown.
-	Destinations func() []store.DestinationStatus
+	Destinations func() []outbox.DestinationStatus
 	// SessionIdle and SessionMax bound a login session: it ends after
 	// SessionIdle without a request or SessionMax after the login, whichever
 	// comes first. Defaults: 2 hours and 12 hours.
@@ -143,7 +144,7 @@ type Admin struct {
 	counters func() Counters
 	unsigned bool
 	fwd      *Forwarding
-	dests    func() []store.DestinationStatus
+	dests    func() []outbox.DestinationStatus
 
 	pages    map[string]*template.Template
 	static   fs.FS

@@ -169,7 +169,7 @@ func (e *env) killJobsWith(n int, why string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- e.store.RunOutbox(ctx, store.OutboxOptions{Senders: map[string]outbox.Sender{"jimo": permanentFailure(why)}, Poll: 10 * time.Millisecond})
+		done <- outbox.New(e.store, outbox.Options{Senders: map[string]outbox.Sender{"jimo": permanentFailure(why)}, Poll: 10 * time.Millisecond}).Run(ctx)
 	}()
 	defer func() { cancel(); <-done }()
 	deadline := time.Now().Add(20 * time.Second)

@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 	"github.com/bridgeworks/bridge/mapping/store"
 )
 
@@ -50,7 +51,7 @@ type backlogRow struct {
 	// jobs remain from an earlier configuration.
 	Configured bool
 	// Status is the outbox's view (paused or not); nil when unknown.
-	Status *store.DestinationStatus
+	Status *outbox.DestinationStatus
 }
 
 // settingRow is one line of the overview's configuration table.

@@ -27,7 +27,7 @@ func (e *env) deliver(senders map[string]outbox.Sender) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- e.store.RunOutbox(ctx, store.OutboxOptions{Senders: senders, Poll: 10 * time.Millisecond})
+		done <- outbox.New(e.store, outbox.Options{Senders: senders, Poll: 10 * time.Millisecond}).Run(ctx)
 	}()
 	defer func() { cancel(); <-done }()
 	deadline := time.Now().Add(20 * time.Second)
@@ -243,8 +243,8 @@ func TestOverviewShowsConfigurationAndEveryDestination(t *testing.T) {
 	}{
 		{"configured, outbox state known", func(c *Config) {
 			c.Forwarding = fwd
-			c.Destinations = func() []store.DestinationStatus {
-				return []store.DestinationStatus{
+			c.Destinations = func() []outbox.DestinationStatus {
+				return []outbox.DestinationStatus{
 					{Destination: "jimo"},
 					{Destination: "segment", Paused: true, PausedSince: since, Failures: 5, LastError: "segment answered 503"},
 				}

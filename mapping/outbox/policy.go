@@ -1,8 +1,11 @@
-// Package outbox is the delivery policy of the bridge's outbox: what a
-// destination's sender must do (Sender: deliver once, never retry), how a
-// failure is classified (DeliveryError, Retryable, ClassifyStatus for HTTP
-// answers, ParseRetryAfter), so that retries live in one place, the store's
-// outbox workers.
+// Package outbox delivers the jobs the store writes beside the changes that
+// cause them, and holds the whole delivery policy, so that retries live in
+// one place: what a destination's sender must do (Sender: deliver once,
+// never retry), how a failure is classified (DeliveryError, Retryable,
+// ClassifyStatus for HTTP answers, ParseRetryAfter), what an attempt leads to
+// (Decide, Backoff), and the worker (Outbox) that claims jobs from a Queue
+// (the store), sends them, records their outcomes in batches, and pauses and
+// probes a destination that keeps failing.
 package outbox
 
 import (

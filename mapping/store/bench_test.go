@@ -58,7 +58,7 @@ func BenchmarkOutboxDrain(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		s.RunOutbox(ctx, OutboxOptions{Senders: map[string]outbox.Sender{"fake": nopSender{}}, Workers: 128})
+		outbox.New(s, outbox.Options{Senders: map[string]outbox.Sender{"fake": nopSender{}}, Workers: 128}).Run(ctx)
 		close(done)
 	}()
 	for {

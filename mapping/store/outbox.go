@@ -2,13 +2,8 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
-	"math/rand/v2"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/bridgeworks/bridge/mapping"
@@ -23,116 +18,6 @@ const (
 	JobDead    = "dead"    // failed permanently or too often; an operator may retry it
 )
 
-// OutboxOptions configures the delivery worker. Zero values mean the defaults.
-type OutboxOptions struct {
-	// Senders deliver jobs, by destination. Jobs for a destination without a
-	// sender wait in the outbox until one is configured.
-	Senders map[string]outbox.Sender
-	// Workers is how many deliveries run at once; default 128.
-	Workers int
-	// Lease is how long a claim lasts before another worker may take the job
-	// again (after a crash); default 2 minutes. It bounds a job's send time.
-	Lease time.Duration
-	// MaxAttempts is how many deliveries a job gets before it is dead; default 12.
-	MaxAttempts int
-	// Poll is how often an idle worker looks for due jobs; default 500 ms
-	// (new jobs wake it at once).
-	Poll time.Duration
-	// ReleaseOnStart makes jobs left running by a previous process due again
-	// at once instead of after their lease: right when this process is the
-	// only one delivering from the database (SQLite).
-	ReleaseOnStart bool
-	// KeepDone is how long delivered jobs stay visible (on the profile page,
-	// in `bridge outbox list -state done`) before they are removed; default 7 days.
-	KeepDone time.Duration
-	// ShutdownGrace is how long Run waits for deliveries in flight when ctx ends; default 10 s.
-	ShutdownGrace time.Duration
-	// Jitter returns a number in [0, 1); default math/rand/v2.
-	Jitter func() float64
-	Logger *slog.Logger
-	// Observer is told about every delivery; nil means none.
-	Observer DeliveryObserver
-	// PauseAfter is how many consecutive transient failures (network, 408,
-	// 429, 5xx) pause a destination: its jobs are no longer claimed, and one
-	// job at a time probes it; default 5.
-	PauseAfter int
-	// ProbeInterval is the wait before the first probe of a paused
-	// destination; it doubles after each failed probe, up to MaxProbeInterval.
-	// Defaults 1 s and 30 s.
-	ProbeInterval, MaxProbeInterval time.Duration
-}
-
-// DeliveryObserver is told the result of every delivery attempt.
-type DeliveryObserver interface {
-	// Delivered reports one attempt: the destination, the result
-	// ("done", "retry", "dead", "released") and the attempt number.
-	Delivered(destination, result string, attempt int)
-}
-
-// Backoff is the retry policy: capped exponential backoff with jitter. It
-// returns how long to wait before attempt+1, given the attempt that just
-// failed (1-based), the destination's Retry-After (0 if none) and a jitter
-// value in [0, 1). The wait is at least half the exponential step, at most
-// 15 minutes, and never shorter than a Retry-After (itself capped at 1 hour).
-func Backoff(attempt int, retryAfter time.Duration, jitter float64) time.Duration {
-	const (
-		base     = time.Second
-		maxDelay = 15 * time.Minute
-	)
-	step := maxDelay
-	if attempt < 20 {
-		step = min(base<<(attempt-1), maxDelay)
-	}
-	d := step/2 + time.Duration(jitter*float64(step/2))
-	if retryAfter > 0 {
-		d = max(d, min(retryAfter, time.Hour))
-	}
-	return d
-}
-
-// outcome is what a delivery attempt leads to.
-type outcome struct {
-	state   string
-	runAt   time.Time
-	lastErr string
-	result  string
-}
-
-// decideDelivery turns a send's error into the job's next state.
-func decideDelivery(err error, attempt, maxAttempts int, now time.Time, jitter float64) outcome {
-	if err == nil {
-		return outcome{state: JobDone, result: "done"}
-	}
-	msg := err.Error()
-	if len(msg) > 500 {
-		msg = msg[:500]
-	}
-	if !outbox.Retryable(err) {
-		return outcome{state: JobDead, lastErr: "permanent: " + msg, result: "dead"}
-	}
-	if attempt >= maxAttempts {
-		return outcome{state: JobDead, lastErr: fmt.Sprintf("gave up after %d attempts: %s", attempt, msg), result: "dead"}
-	}
-	var retryAfter time.Duration
-	var d *outbox.DeliveryError
-	if errors.As(err, &d) {
-		retryAfter = d.RetryAfter
-	}
-	return outcome{state: JobPending, runAt: now.Add(Backoff(attempt, retryAfter, jitter)), lastErr: msg, result: "retry"}
-}
-
-// claimedJob is a job a worker holds.
-type claimedJob struct {
-	ID          int64  `db:"id"`
-	Destination string `db:"destination"`
-	OrderingKey string `db:"ordering_key"`
-	MessageID   string `db:"message_id"`
-	Payload     string `db:"payload"`
-	Attempts    int    `db:"attempts"`
-	// probe is set on the one job that probes a paused destination.
-	probe bool
-}
-
 // wakeOutbox tells an idle worker that new jobs were committed.
 func (s *Store) wakeOutbox() {
 	select {
@@ -141,225 +26,42 @@ func (s *Store) wakeOutbox() {
 	}
 }
 
-// Outbox is the delivery worker of a Store: it claims due jobs, sends them,
-// records their outcomes in batches, pauses destinations that keep failing
-// and probes them until they answer again. Create it with NewOutbox; its
-// Destinations method may be called at any time, also while Run runs.
-type Outbox struct {
-	s            *Store
-	opts         OutboxOptions
-	destinations []string
-	breaker      *breaker
-	// resumed carries destinations that answered again, for the
-	// housekeeper to make their backlog due.
-	resumed chan string
+// Wake is signalled when a commit wrote new jobs (or revived dead ones);
+// the outbox worker waits on it between claims. It is part of outbox.Queue.
+func (s *Store) Wake() <-chan struct{} { return s.outboxWake }
+
+// claimedRow is a claimed job as the claim query returns it.
+type claimedRow struct {
+	ID          int64  `db:"id"`
+	Destination string `db:"destination"`
+	OrderingKey string `db:"ordering_key"`
+	MessageID   string `db:"message_id"`
+	Payload     string `db:"payload"`
+	Attempts    int    `db:"attempts"`
 }
 
-// NewOutbox returns the delivery worker for opts, with defaults applied. It
-// does nothing until Run.
-func (s *Store) NewOutbox(opts OutboxOptions) *Outbox {
-	if opts.Workers <= 0 {
-		opts.Workers = 128
-	}
-	if opts.Lease <= 0 {
-		opts.Lease = 2 * time.Minute
-	}
-	if opts.MaxAttempts <= 0 {
-		opts.MaxAttempts = 12
-	}
-	if opts.Poll <= 0 {
-		opts.Poll = 500 * time.Millisecond
-	}
-	if opts.ShutdownGrace <= 0 {
-		opts.ShutdownGrace = 10 * time.Second
-	}
-	if opts.Jitter == nil {
-		opts.Jitter = rand.Float64
-	}
-	if opts.KeepDone <= 0 {
-		opts.KeepDone = 7 * 24 * time.Hour
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.PauseAfter <= 0 {
-		opts.PauseAfter = 5
-	}
-	if opts.ProbeInterval <= 0 {
-		opts.ProbeInterval = time.Second
-	}
-	if opts.MaxProbeInterval <= 0 {
-		opts.MaxProbeInterval = 30 * time.Second
-	}
-	opts.MaxProbeInterval = max(opts.MaxProbeInterval, opts.ProbeInterval)
-	var destinations []string
-	for d := range opts.Senders {
-		destinations = append(destinations, d)
-	}
-	sort.Strings(destinations)
-	return &Outbox{
-		s:            s,
-		opts:         opts,
-		destinations: destinations,
-		breaker:      newBreaker(destinations, opts, s.opts.Now),
-		resumed:      make(chan string, len(destinations)+1),
-	}
+func (r claimedRow) claimed(probe bool) outbox.Claimed {
+	return outbox.Claimed{ID: r.ID, Attempts: r.Attempts, Probe: probe,
+		Job: mapping.Job{Destination: r.Destination, OrderingKey: r.OrderingKey, MessageID: r.MessageID, Payload: []byte(r.Payload)}}
 }
 
-// RunOutbox runs NewOutbox(opts) until ctx ends; see Outbox.Run.
-func (s *Store) RunOutbox(ctx context.Context, opts OutboxOptions) error {
-	return s.NewOutbox(opts).Run(ctx)
+// ReleaseRunning makes every claimed job due again at once; see outbox.Queue.
+func (s *Store) ReleaseRunning(ctx context.Context) error {
+	return s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		_, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', locked_until = 0 WHERE state = 'running'`)
+		return err
+	})
 }
 
-// Run delivers outbox jobs until ctx ends, then waits up to ShutdownGrace
-// for deliveries in flight and releases the rest (they are claimed again
-// later, without counting the attempt). Jobs with the same destination and
-// ordering key are delivered one at a time, in the order they were written.
-// A job claimed by a worker that crashed is claimed again when its lease
-// expires. A destination that fails PauseAfter times in a row is paused:
-// none of its jobs is claimed but one probe at a time, at a capped
-// backoff; once a probe gets through, its waiting jobs are due at once.
-// Delivered jobs older than KeepDone are pruned every hour, in batches.
-func (o *Outbox) Run(ctx context.Context) error {
-	s, opts := o.s, o.opts
-	if len(o.destinations) == 0 {
-		<-ctx.Done()
-		return nil
-	}
-	if opts.ReleaseOnStart {
-		if err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
-			_, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', locked_until = 0 WHERE state = 'running'`)
-			return err
-		}); err != nil {
-			return fmt.Errorf("release jobs of a previous process: %w", err)
-		}
-	}
-	// Sends outlive ctx by the grace period, so a shutdown finishes them.
-	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelSends()
-	// Outcomes are recorded in batches by one goroutine: one transaction for
-	// many deliveries. A job stays claimed (running) until its outcome is
-	// committed, so neither it nor its user's next job is claimed meanwhile.
-	results := make(chan delivery, opts.Workers)
-	recorded := make(chan struct{})
-	go func() { s.recordLoop(results, opts); close(recorded) }()
-	// Pruning and draining a resumed destination's backlog run beside the
-	// claims, in batches of their own.
-	housekept := make(chan struct{})
-	go func() { o.housekeep(ctx); close(housekept) }()
-	slots := make(chan struct{}, opts.Workers)
-	var inflight sync.WaitGroup
-	for ctx.Err() == nil {
-		// Wait for at least one free slot.
-		select {
-		case slots <- struct{}{}:
-			<-slots
-		case <-ctx.Done():
-			continue
-		}
-		free := opts.Workers - len(slots)
-		active, probes := o.breaker.plan()
-		var jobs []claimedJob
-		var err error
-		if len(active) > 0 || len(probes) > 0 {
-			jobs, err = s.claimJobs(ctx, active, free, probes, opts.Lease)
-		}
-		if err != nil {
-			if ctx.Err() == nil {
-				opts.Logger.Error("claim outbox jobs", "err", err)
-				sleep(ctx, opts.Poll)
-			}
-			continue
-		}
-		if len(jobs) == 0 {
-			select {
-			case <-s.outboxWake:
-			case <-time.After(opts.Poll):
-			case <-ctx.Done():
-			}
-			continue
-		}
-		for _, j := range jobs {
-			if j.probe {
-				o.breaker.probing(j.Destination)
-			}
-			slots <- struct{}{}
-			inflight.Add(1)
-			go func() {
-				defer func() { <-slots; inflight.Done() }()
-				results <- o.deliver(sendCtx, j)
-			}()
-		}
-	}
-	done := make(chan struct{})
-	go func() { inflight.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(opts.ShutdownGrace):
-		cancelSends() // deliver releases what it could not finish
-		<-done
-	}
-	close(results)
-	<-recorded
-	<-housekept
-	return nil
-}
-
-// housekeep prunes delivered jobs every hour and, beside it, makes the
-// backlog of a destination that answered again due at once, until ctx ends.
-func (o *Outbox) housekeep(ctx context.Context) {
-	drained := make(chan struct{})
-	go func() {
-		defer close(drained)
-		for {
-			select {
-			case d := <-o.resumed:
-				n, err := o.s.makeDue(ctx, d, housekeepingBatch)
-				if err != nil && ctx.Err() == nil {
-					o.opts.Logger.Warn("make a resumed destination's jobs due", "destination", d, "err", err)
-				}
-				o.opts.Logger.Info("destination backlog due again", "destination", d, "jobs", n)
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	tick := time.NewTicker(time.Hour)
-	defer tick.Stop()
-	for {
-		if _, err := o.s.pruneDone(ctx, o.opts.KeepDone, housekeepingBatch, nil); err != nil && ctx.Err() == nil {
-			o.opts.Logger.Warn("prune delivered jobs", "err", err)
-		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			<-drained
-			return
-		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-time.After(d):
-	case <-ctx.Done():
-	}
-}
-
-// claim takes up to n due jobs of destinations; see claimJobs.
-func (s *Store) claim(ctx context.Context, destinations []string, n int, lease time.Duration) ([]claimedJob, error) {
-	return s.claimJobs(ctx, destinations, n, nil, lease)
-}
-
-// claimJobs takes up to n due jobs of the active destinations, at most one
+// Claim takes up to n due jobs of the active destinations, at most one
 // per (destination, ordering key): the oldest undelivered job of each key,
 // so per-user order holds. For each probe destination it takes one more job
 // to probe it with: the oldest due one, or else the oldest one waiting.
 // Jobs whose lease expired (their worker crashed) are made pending again
 // first. Due jobs are found walking the (state, id) index, so a claim costs
-// the same with a backlog of ten or of a million.
-func (s *Store) claimJobs(ctx context.Context, active []string, n int, probes []string, lease time.Duration) ([]claimedJob, error) {
-	var jobs []claimedJob
+// the same with a backlog of ten or of a million. It is part of outbox.Queue.
+func (s *Store) Claim(ctx context.Context, active []string, n int, probes []string, lease time.Duration) ([]outbox.Claimed, error) {
+	var jobs []outbox.Claimed
 	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
 		jobs = jobs[:0] // the function runs again if its group is retried
 		now := s.opts.Now().UnixNano()
@@ -373,7 +75,8 @@ func (s *Store) claimJobs(ctx context.Context, active []string, n int, probes []
 				args = append(args, d)
 			}
 			args = append(args, now, n)
-			if err := w.sel(ctx, &jobs, `UPDATE jobs SET state = ?, locked_until = ?, attempts = attempts + 1, updated_at = ?
+			var rows []claimedRow
+			if err := w.sel(ctx, &rows, `UPDATE jobs SET state = ?, locked_until = ?, attempts = attempts + 1, updated_at = ?
 				WHERE id IN (
 					SELECT j.id FROM jobs j
 					WHERE j.state = 'pending' AND j.destination IN (`+marks+`) AND j.run_at <= ?
@@ -383,9 +86,12 @@ func (s *Store) claimJobs(ctx context.Context, active []string, n int, probes []
 				RETURNING id, destination, ordering_key, message_id, payload, attempts`, args...); err != nil {
 				return err
 			}
+			for _, r := range rows {
+				jobs = append(jobs, r.claimed(false))
+			}
 		}
 		for _, d := range probes {
-			var probe []claimedJob
+			var probe []claimedRow
 			// The oldest due job first: a job that failed a probe waits its
 			// backoff, so the next probe tries another one.
 			for _, due := range []int64{now, 1<<63 - 1} {
@@ -403,9 +109,8 @@ func (s *Store) claimJobs(ctx context.Context, active []string, n int, probes []
 					break
 				}
 			}
-			for _, j := range probe {
-				j.probe = true
-				jobs = append(jobs, j)
+			for _, r := range probe {
+				jobs = append(jobs, r.claimed(true))
 			}
 		}
 		return nil
@@ -413,92 +118,42 @@ func (s *Store) claimJobs(ctx context.Context, active []string, n int, probes []
 	return jobs, err
 }
 
-// delivery is a job sent and what it led to, waiting to be recorded.
-type delivery struct {
-	job claimedJob
-	out outcome
+// stateOf is the job state an outcome leaves a job in.
+var stateOf = map[string]string{
+	outbox.ResultDone:     JobDone,
+	outbox.ResultDead:     JobDead,
+	outbox.ResultRetry:    JobPending,
+	outbox.ResultReleased: JobPending,
 }
 
-// deliver sends one job, tells the breaker how it went, and decides the
-// job's outcome. A probe that fails transiently costs its job no attempt:
-// the destination failed, not the job.
-func (o *Outbox) deliver(ctx context.Context, j claimedJob) delivery {
-	s, opts := o.s, o.opts
-	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease)
-	err := opts.Senders[j.Destination].Send(sendCtx, mapping.Job{Destination: j.Destination, OrderingKey: j.OrderingKey, MessageID: j.MessageID, Payload: []byte(j.Payload)})
-	cancel()
-	now := s.opts.Now()
-	if err != nil && ctx.Err() != nil {
-		// Shutting down: give the job back without counting the attempt.
-		j.Attempts--
-		return delivery{job: j, out: outcome{state: JobPending, runAt: now, lastErr: "released at shutdown", result: "released"}}
-	}
-	if o.breaker.result(j.Destination, err, j.probe) {
-		select {
-		case o.resumed <- j.Destination:
-		default: // already queued
+// Record commits delivery outcomes in one transaction; see outbox.Queue.
+func (s *Store) Record(ctx context.Context, deliveries []outbox.Delivery) error {
+	return s.inTx(ctx, func(ctx context.Context, w *writer) error {
+		now := s.opts.Now().UnixNano()
+		for _, d := range deliveries {
+			state, ok := stateOf[d.Outcome.Result]
+			if !ok {
+				return fmt.Errorf("record job %d: unknown result %q", d.ID, d.Outcome.Result)
+			}
+			// A delivered or dead job is due never: its run_at is 0, not
+			// the zero time (which UnixNano cannot represent).
+			var runAt int64
+			if !d.Outcome.RunAt.IsZero() {
+				runAt = d.Outcome.RunAt.UnixNano()
+			}
+			if _, err := w.exec(ctx, `UPDATE jobs SET state = ?, run_at = ?, attempts = ?, locked_until = 0, last_error = ?, updated_at = ? WHERE id = ?`,
+				state, runAt, d.Attempts, d.Outcome.LastError, now, d.ID); err != nil {
+				return err
+			}
 		}
-	}
-	if j.probe && err != nil && outbox.Retryable(err) {
-		j.Attempts--
-		// It waits its backoff (never dead: it did not use an attempt), so
-		// the next probe tries another job.
-		out := decideDelivery(err, max(j.Attempts, 1), opts.MaxAttempts+1, now, opts.Jitter())
-		out.lastErr = "probe: " + out.lastErr
-		return delivery{job: j, out: out}
-	}
-	return delivery{job: j, out: decideDelivery(err, j.Attempts, opts.MaxAttempts, now, opts.Jitter())}
+		return nil
+	})
 }
 
-// recordLoop commits delivery outcomes, as many as are waiting in one
-// transaction, until results is closed and drained. An outcome that cannot
-// be recorded leaves its job claimed until the lease ends; it is then sent
-// again, with the same message ID.
-func (s *Store) recordLoop(results <-chan delivery, opts OutboxOptions) {
-	for d := range results {
-		batch := []delivery{d}
-	gather:
-		for len(batch) < 512 {
-			select {
-			case d, ok := <-results:
-				if !ok {
-					break gather
-				}
-				batch = append(batch, d)
-			default:
-				break gather
-			}
-		}
-		err := s.inTx(context.Background(), func(ctx context.Context, w *writer) error {
-			now := s.opts.Now().UnixNano()
-			for _, d := range batch {
-				// A delivered or dead job is due never: its run_at is 0, not
-				// the zero time (which UnixNano cannot represent).
-				var runAt int64
-				if !d.out.runAt.IsZero() {
-					runAt = d.out.runAt.UnixNano()
-				}
-				if _, err := w.exec(ctx, `UPDATE jobs SET state = ?, run_at = ?, attempts = ?, locked_until = 0, last_error = ?, updated_at = ? WHERE id = ?`,
-					d.out.state, runAt, d.job.Attempts, d.out.lastErr, now, d.job.ID); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			opts.Logger.Error("record deliveries", "jobs", len(batch), "err", err)
-			continue
-		}
-		for _, d := range batch {
-			j, o := d.job, d.out
-			if o.state == JobDead {
-				opts.Logger.Warn("outbox job dead", "job_id", j.ID, "destination", j.Destination, "message_id", j.MessageID, "attempts", j.Attempts, "err", o.lastErr)
-			}
-			if opts.Observer != nil {
-				opts.Observer.Delivered(j.Destination, o.result, j.Attempts)
-			}
-		}
-	}
+// MakeDue makes every waiting job of destination due now, in transactions
+// of a few hundred jobs; see outbox.Queue.
+func (s *Store) MakeDue(ctx context.Context, destination string) (int, error) {
+	return s.makeDue(ctx, destination, housekeepingBatch)
 }
 
 // PruneDone removes delivered jobs last updated more than keep ago and

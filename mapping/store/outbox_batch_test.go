@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 // jobsInState writes n messages with one job each and puts every job in state.
@@ -104,16 +105,17 @@ func TestJobsRunAt(t *testing.T) {
 	now := t0
 	s := openTestStore(t, Options{Now: func() time.Time { return now }})
 	submit(t, s, withJobs("m1", "user-a", "a1"), withJobs("m2", "user-b", "b1"), withJobs("m3", "user-c", "c1"))
-	jobs, err := s.claim(context.Background(), []string{"fake"}, 10, time.Minute)
+	jobs, err := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute)
 	if err != nil || len(jobs) != 3 {
 		t.Fatalf("claim: %v %v", jobs, err)
 	}
-	results := make(chan delivery, 3)
-	results <- delivery{job: jobs[0], out: outcome{state: JobDone, result: "done"}}
-	results <- delivery{job: jobs[1], out: outcome{state: JobDead, lastErr: "permanent: 400", result: "dead"}}
-	results <- delivery{job: jobs[2], out: outcome{state: JobPending, runAt: t0.Add(time.Minute), lastErr: "503", result: "retry"}}
-	close(results)
-	s.recordLoop(results, OutboxOptions{Logger: s.log})
+	if err := s.Record(context.Background(), []outbox.Delivery{
+		{ID: jobs[0].ID, Attempts: jobs[0].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDone}},
+		{ID: jobs[1].ID, Attempts: jobs[1].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDead, LastError: "permanent: 400"}},
+		{ID: jobs[2].ID, Attempts: jobs[2].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultRetry, RunAt: t0.Add(time.Minute), LastError: "503"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
 	all, err := s.Jobs(context.Background(), "", 10)
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -62,13 +61,13 @@ func (s *switchSender) counts() (attempts, delivered int) {
 	return s.attempts, len(s.delivered)
 }
 
-func statusOf(o *Outbox, destination string) DestinationStatus {
+func statusOf(o *outbox.Outbox, destination string) outbox.DestinationStatus {
 	for _, d := range o.Destinations() {
 		if d.Destination == destination {
 			return d
 		}
 	}
-	return DestinationStatus{}
+	return outbox.DestinationStatus{}
 }
 
 // A destination that keeps failing is paused: its due jobs are no longer
@@ -94,7 +93,7 @@ func TestOutboxPausesFailingDestination(t *testing.T) {
 
 	// One worker: jobs are claimed one at a time in ID order, so every
 	// "down" job comes before the "up" ones unless "down" is paused.
-	ob := s.NewOutbox(OutboxOptions{Senders: map[string]outbox.Sender{"down": down, "up": up}, Workers: 1, Poll: 5 * time.Millisecond,
+	ob := outbox.New(s, outbox.Options{Senders: map[string]outbox.Sender{"down": down, "up": up}, Workers: 1, Poll: 5 * time.Millisecond, Now: clock.Now,
 		Jitter: func() float64 { return 0 }, PauseAfter: 3, ProbeInterval: time.Minute, MaxProbeInterval: 10 * time.Minute})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
@@ -139,30 +138,5 @@ func TestOutboxPausesFailingDestination(t *testing.T) {
 	})
 	if st := statusOf(ob, "down"); st.Paused || st.Failures != 0 {
 		t.Errorf("after recovery: got %+v, want not paused", st)
-	}
-}
-
-// A transient failure that does not repeat PauseAfter times in a row pauses nothing.
-func TestBreakerCountsConsecutiveFailures(t *testing.T) {
-	b := newBreaker([]string{"d"}, OutboxOptions{PauseAfter: 2, ProbeInterval: time.Second, MaxProbeInterval: time.Minute}, func() time.Time { return t0 })
-	b.log = slog.New(slog.DiscardHandler)
-	transient := errors.New("connection reset")
-	b.result("d", transient, false)
-	b.result("d", nil, false)
-	b.result("d", transient, false)
-	if active, _ := b.plan(); len(active) != 1 {
-		t.Fatalf("paused after failures that were not consecutive")
-	}
-	b.result("d", outbox.ClassifyStatus(400, 0, errors.New("400")), false)
-	b.result("d", transient, false)
-	if active, _ := b.plan(); len(active) != 1 {
-		t.Fatalf("a permanent refusal counted as a transient failure")
-	}
-	b.result("d", outbox.ClassifyStatus(429, 10*time.Second, errors.New("429")), false)
-	if active, probes := b.plan(); len(active) != 0 || len(probes) != 0 {
-		t.Fatalf("got active %v, probes %v; want paused, no probe before its time", active, probes)
-	}
-	if st := b.status()[0]; !st.NextProbe.Equal(t0.Add(10 * time.Second)) {
-		t.Errorf("next probe: got %v, want %v (the destination's Retry-After)", st.NextProbe, t0.Add(10*time.Second))
 	}
 }

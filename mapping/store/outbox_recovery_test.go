@@ -61,7 +61,7 @@ func TestOutboxDrainsBacklogWhenDestinationRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ob := s.NewOutbox(store.OutboxOptions{Senders: map[string]outbox.Sender{jimo.Destination: jimo.NewClient(fake.URL, apiKey, nil)},
+	ob := outbox.New(s, outbox.Options{Now: clock.Now, Senders: map[string]outbox.Sender{jimo.Destination: jimo.NewClient(fake.URL, apiKey, nil)},
 		Workers: 4, Poll: 5 * time.Millisecond, Jitter: func() float64 { return 0 },
 		PauseAfter: 3, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 100 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -12,59 +12,6 @@ import (
 	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
-func TestBackoff(t *testing.T) {
-	tests := []struct {
-		name       string
-		attempt    int
-		retryAfter time.Duration
-		jitter     float64
-		want       time.Duration
-	}{
-		{"first, no jitter", 1, 0, 0, 500 * time.Millisecond},
-		{"first, full jitter", 1, 0, 0.999999, time.Second - time.Microsecond},
-		{"grows", 4, 0, 0, 4 * time.Second},
-		{"capped", 30, 0, 1, 15 * time.Minute},
-		{"retry-after wins", 1, 30 * time.Second, 0, 30 * time.Second},
-		{"retry-after capped", 1, 5 * time.Hour, 0, time.Hour},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := Backoff(tt.attempt, tt.retryAfter, tt.jitter)
-			if got.Round(time.Millisecond) != tt.want.Round(time.Millisecond) {
-				t.Errorf("got %v, want %v", got, tt.want)
-			}
-		})
-	}
-}
-
-func TestDecideDelivery(t *testing.T) {
-	now := t0
-	tests := []struct {
-		name      string
-		err       error
-		attempt   int
-		wantState string
-	}{
-		{"delivered", nil, 1, JobDone},
-		{"network error retries", errors.New("connection refused"), 1, JobPending},
-		{"5xx retries", outbox.ClassifyStatus(503, 0, errors.New("503")), 3, JobPending},
-		{"4xx is dead", outbox.ClassifyStatus(400, 0, errors.New("400 bad request")), 1, JobDead},
-		{"429 retries", outbox.ClassifyStatus(429, time.Minute, errors.New("429")), 1, JobPending},
-		{"too many attempts", errors.New("timeout"), 5, JobDead},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := decideDelivery(tt.err, tt.attempt, 5, now, 0.5)
-			if got.state != tt.wantState {
-				t.Errorf("got state %s, want %s (%+v)", got.state, tt.wantState, got)
-			}
-			if got.state == JobPending && !got.runAt.After(now) {
-				t.Errorf("got run_at %v, want after %v", got.runAt, now)
-			}
-		})
-	}
-}
-
 // scriptedSender records deliveries and fails according to a script.
 type scriptedSender struct {
 	mu        sync.Mutex
@@ -118,8 +65,8 @@ func TestOutboxDeliversInOrderAndRetries(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() {
-		done <- s.RunOutbox(ctx, OutboxOptions{Senders: map[string]outbox.Sender{"fake": sender}, Poll: 10 * time.Millisecond,
-			Jitter: func() float64 { return 0 }, MaxAttempts: 3})
+		done <- outbox.New(s, outbox.Options{Senders: map[string]outbox.Sender{"fake": sender}, Poll: 10 * time.Millisecond,
+			Jitter: func() float64 { return 0 }, MaxAttempts: 3}).Run(ctx)
 	}()
 	// a1 fails once and waits out its backoff (0.5 s); a2 and a3 must wait for it.
 	waitFor(t, "user-a's jobs", func() bool { return len(sender.got()) >= 4 })
@@ -154,7 +101,7 @@ func TestOutboxDeliversInOrderAndRetries(t *testing.T) {
 	}
 	ctx, cancel = context.WithCancel(context.Background())
 	go func() {
-		done <- s.RunOutbox(ctx, OutboxOptions{Senders: map[string]outbox.Sender{"fake": sender}, Poll: 10 * time.Millisecond})
+		done <- outbox.New(s, outbox.Options{Senders: map[string]outbox.Sender{"fake": sender}, Poll: 10 * time.Millisecond}).Run(ctx)
 	}()
 	waitFor(t, "retried job", func() bool { return contains(sender.got(), "b1") })
 	cancel()
@@ -170,15 +117,15 @@ func TestOutboxReclaimsAfterCrash(t *testing.T) {
 	s := openTestStore(t, Options{Now: clock})
 	submit(t, s, withJobs("m1", "user-a", "a1"))
 	// A worker claims the job and dies without recording anything.
-	jobs, err := s.claim(context.Background(), []string{"fake"}, 10, time.Minute)
+	jobs, err := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute)
 	if err != nil || len(jobs) != 1 {
 		t.Fatalf("claim: got %v, %v", jobs, err)
 	}
-	if again, _ := s.claim(context.Background(), []string{"fake"}, 10, time.Minute); len(again) != 0 {
+	if again, _ := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute); len(again) != 0 {
 		t.Fatalf("claimed twice within the lease: %v", again)
 	}
 	now = now.Add(2 * time.Minute)
-	again, err := s.claim(context.Background(), []string{"fake"}, 10, time.Minute)
+	again, err := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute)
 	if err != nil || len(again) != 1 || again[0].Attempts != 2 {
 		t.Fatalf("after the lease: got %+v, %v; want the job again, attempt 2", again, err)
 	}
@@ -197,14 +144,13 @@ func TestPruneDone(t *testing.T) {
 	now := t0
 	s := openTestStore(t, Options{Now: func() time.Time { return now }})
 	submit(t, s, withJobs("m1", "user-a", "a1", "a2"))
-	jobs, err := s.claim(context.Background(), []string{"fake"}, 10, time.Minute)
+	jobs, err := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute)
 	if err != nil || len(jobs) != 1 {
 		t.Fatalf("claim: %v %v", jobs, err)
 	}
-	results := make(chan delivery, 1)
-	results <- delivery{job: jobs[0], out: outcome{state: JobDone, result: "done"}}
-	close(results)
-	s.recordLoop(results, OutboxOptions{})
+	if err := s.Record(context.Background(), []outbox.Delivery{{ID: jobs[0].ID, Attempts: jobs[0].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDone}}}); err != nil {
+		t.Fatal(err)
+	}
 
 	now = now.Add(8 * 24 * time.Hour)
 	n, err := s.PruneDone(context.Background(), 7*24*time.Hour)

@@ -3,8 +3,8 @@
 // clusters, the link log, tombstones), traits, secrets, and the outbox, so an
 // identity change and the deliveries it causes commit in one transaction. It
 // applies mapping's rules (Unify) in a single writer that commits concurrent
-// submissions in groups, runs the outbox's delivery workers, and answers the
-// admin page's and the API's reads.
+// submissions in groups, serves the outbox's worker as its Queue (claims,
+// outcomes), and answers the admin page's and the API's reads.
 package store
 
 import (

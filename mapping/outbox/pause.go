@@ -1,4 +1,4 @@
-package store
+package outbox
 
 import (
 	"errors"
@@ -6,8 +6,6 @@ import (
 	"sort"
 	"sync"
 	"time"
-
-	"github.com/bridgeworks/bridge/mapping/outbox"
 )
 
 // DestinationStatus is how the outbox sees one destination right now.
@@ -26,13 +24,6 @@ type DestinationStatus struct {
 	Probes int `json:"probes"`
 	// NextProbe is when the next probe may be sent; zero when not paused.
 	NextProbe time.Time `json:"nextProbe,omitzero"`
-}
-
-// Destinations reports every destination the outbox delivers to, in name
-// order, with whether it is paused. Its state lives in this process: each
-// replica pauses and probes on its own.
-func (o *Outbox) Destinations() []DestinationStatus {
-	return o.breaker.status()
 }
 
 // breaker pauses a destination after consecutive transient failures and
@@ -58,7 +49,7 @@ type destinationState struct {
 	probing     bool // a probe is in flight
 }
 
-func newBreaker(destinations []string, opts OutboxOptions, now func() time.Time) *breaker {
+func newBreaker(destinations []string, opts Options, now func() time.Time) *breaker {
 	b := &breaker{now: now, after: opts.PauseAfter, first: opts.ProbeInterval, cap: opts.MaxProbeInterval,
 		log: opts.Logger, dests: map[string]*destinationState{}}
 	for _, d := range destinations {
@@ -111,7 +102,7 @@ func (b *breaker) result(d string, err error, probe bool) (resumed bool) {
 	if probe {
 		st.probing = false
 	}
-	if err == nil || !outbox.Retryable(err) {
+	if err == nil || !Retryable(err) {
 		st.failures = 0
 		if st.pausedSince.IsZero() {
 			return false
@@ -129,7 +120,7 @@ func (b *breaker) result(d string, err error, probe bool) (resumed bool) {
 	// A destination that asked for a pause (429 or 503 with Retry-After,
 	// at most an hour) is not probed before it ends.
 	var asked time.Duration
-	var de *outbox.DeliveryError
+	var de *DeliveryError
 	if errors.As(err, &de) {
 		asked = min(de.RetryAfter, time.Hour)
 	}
