@@ -118,7 +118,7 @@ func TestForwarderDelivers(t *testing.T) {
 	srv := segmenttest.NewServer(t, writeKey)
 	f, rt := newForwarder(t, srv, nil)
 	identify := identifyJob(t)
-	track, ok := segment.TrackJob(webhookMessage(t, "jimo/webhook_tour_completed.json", jimo.ModeShared), "", nil)
+	track, ok := jimoTrack(webhookMessage(t, "jimo/webhook_tour_completed.json", jimo.ModeShared))
 	if !ok {
 		t.Fatal("no track job")
 	}
@@ -225,7 +225,7 @@ func TestForwarderEncodesAsAnalyticsGo(t *testing.T) {
 func TestForwarderResolvesJimoTokens(t *testing.T) {
 	srv := segmenttest.NewServer(t, writeKey)
 	f, _ := newForwarder(t, srv, nil)
-	j, ok := segment.TrackJob(webhookMessage(t, "jimo/webhook_survey_answered.json", jimo.ModeDerived), "", nil)
+	j, ok := jimoTrack(webhookMessage(t, "jimo/webhook_survey_answered.json", jimo.ModeDerived))
 	if !ok {
 		t.Fatal("no job")
 	}
@@ -240,7 +240,7 @@ func TestForwarderResolvesJimoTokens(t *testing.T) {
 		t.Errorf("the Jimo token reached Segment: %s", msgs[0].Raw)
 	}
 
-	unknown, _ := segment.TrackJob(mapping.Message{Source: mapping.SourceJimoWebhook, ID: "w2", Event: "tour.started", JimoToken: "not-linked-yet", Timestamp: t0}, "", nil)
+	unknown, _ := jimoTrack(mapping.Message{Source: mapping.SourceJimoWebhook, ID: "w2", Event: "tour.started", JimoToken: "not-linked-yet", Timestamp: t0})
 	err := f.Send(context.Background(), unknown)
 	if d := deliveryError(t, err); d.Permanent || !strings.Contains(err.Error(), "no user") {
 		t.Errorf("unresolved token: %v (permanent %v), want transient", err, d.Permanent)

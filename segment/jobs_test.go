@@ -141,7 +141,7 @@ func TestJobsGolden(t *testing.T) {
 		{
 			name: "forward_track_tour_completed.golden.json",
 			build: func(t *testing.T) (mapping.Job, bool) {
-				return segment.TrackJob(webhookMessage(t, "jimo/webhook_tour_completed.json", jimo.ModeShared), "", nil)
+				return jimoTrack(webhookMessage(t, "jimo/webhook_tour_completed.json", jimo.ModeShared))
 			},
 			// Shared mode: the identify token may be a legacy token; the forwarder resolves it.
 			token: "0f8fad5b-d9cb-469f-a165-70867728950e", key: "0f8fad5b-d9cb-469f-a165-70867728950e",
@@ -149,7 +149,7 @@ func TestJobsGolden(t *testing.T) {
 		{
 			name: "forward_track_survey_derived.golden.json",
 			build: func(t *testing.T) (mapping.Job, bool) {
-				return segment.TrackJob(webhookMessage(t, "jimo/webhook_survey_answered.json", jimo.ModeDerived), "", nil)
+				return jimoTrack(webhookMessage(t, "jimo/webhook_survey_answered.json", jimo.ModeDerived))
 			},
 			token: "7c9e6679-7425-40de-944b-e07fc1f90ae7", key: "7c9e6679-7425-40de-944b-e07fc1f90ae7",
 		},
@@ -254,10 +254,16 @@ func TestIdentifyJobRefuses(t *testing.T) {
 	}
 }
 
+// jimoTrack builds the Segment track of a Jimo webhook message as the
+// bridge's forwarding does: named and given properties by the jimo package.
+func jimoTrack(m mapping.Message) (mapping.Job, bool) {
+	return segment.TrackJob(m, jimo.TrackName(m.Event), jimo.WebhookProperties(m.Raw))
+}
+
 func TestTrackJob(t *testing.T) {
 	m := webhookMessage(t, "jimo/webhook_tour_completed.json", jimo.ModeShared)
 	t.Run("properties", func(t *testing.T) {
-		j, ok := segment.TrackJob(m, "", nil)
+		j, ok := jimoTrack(m)
 		if !ok {
 			t.Fatal("no job")
 		}
@@ -296,7 +302,7 @@ func TestTrackJob(t *testing.T) {
 		}
 	})
 	t.Run("identify and track of one message differ", func(t *testing.T) {
-		tr, _ := segment.TrackJob(m, "", nil)
+		tr, _ := jimoTrack(m)
 		m2 := m
 		m2.AnonymousID = "a-1"
 		id, _ := segment.IdentifyJob(m2)
@@ -315,43 +321,10 @@ func TestTrackJob(t *testing.T) {
 	}
 	for _, tt := range refusals {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, ok := segment.TrackJob(tt.m, "", nil); ok {
+			if _, ok := jimoTrack(tt.m); ok {
 				t.Error("ok = true, want no job")
 			}
 		})
-	}
-}
-
-func TestEventName(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"tour.completed", "Jimo Tour Completed"},
-		{"survey.answered", "Jimo Survey Answered"},
-		{"survey.completed", "Jimo Survey Completed"},
-		{"checklist_task.done", "Jimo Checklist Task Done"},
-		{"hintViewed", "Jimo Hint Viewed"},
-		{"banner.viewed.v2", "Jimo Banner Viewed V2"},
-		{"", "Jimo Event"},
-		{"..", "Jimo Event"},
-	}
-	for _, tt := range tests {
-		if got := segment.EventName(tt.in); got != tt.want {
-			t.Errorf("EventName(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
-func TestWebhookProperties(t *testing.T) {
-	props := segment.WebhookProperties(readFixture(t, "jimo/webhook_survey_answered.json"))
-	got, err := json.Marshal(props)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `{"data_answers":[{"question":"How likely…","value":9}],"event":"survey.completed","experience_id":4821,"experience_name":"NPS","version":"0"}`
-	if string(got) != want {
-		t.Errorf("got %s, want %s", got, want)
-	}
-	if p := segment.WebhookProperties([]byte(`[1]`)); p != nil {
-		t.Errorf("array body: got %v, want nil", p)
 	}
 }
 
