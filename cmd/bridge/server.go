@@ -100,7 +100,9 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 	}()
 	go func() {
 		defer close(done)
-		a.outbox.Run(ctx)
+		if err := a.outbox.Run(ctx); err != nil {
+			logger.Error("outbox stopped", "err", err)
+		}
 		for _, c := range a.closers {
 			if err := c(); err != nil {
 				logger.Warn("close sender", "err", err)

@@ -201,7 +201,9 @@ func (s *Store) probe() bool {
 	}
 	for _, q := range []string{`BEGIN IMMEDIATE`, fmt.Sprintf(`PRAGMA user_version = %d`, v), `COMMIT`} {
 		if _, err := s.committer.ExecContext(ctx, q); err != nil {
-			s.committer.ExecContext(ctx, `ROLLBACK`)
+			if _, rerr := s.committer.ExecContext(ctx, `ROLLBACK`); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
 			s.log.Debug("probe: still cannot store", "err", err)
 			return false
 		}
@@ -309,7 +311,10 @@ func (s *Store) commit(group []*submission) (err error) {
 		}
 		// Should an earlier rollback have failed, the connection would still
 		// be in that transaction, and every group after it would fail here.
-		w.exec(ctx, `ROLLBACK`)
+		// The second BEGIN says whether this rollback was needed and worked.
+		if _, rerr := w.exec(ctx, `ROLLBACK`); rerr != nil {
+			s.log.Debug("roll back before a second begin", "err", rerr)
+		}
 		if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
@@ -382,7 +387,9 @@ func (w *writer) savepoint(ctx context.Context, fn func(ctx context.Context, w *
 		if _, rerr := w.exec(ctx, `ROLLBACK TO SAVEPOINT fn`); rerr != nil {
 			return errors.Join(err, rerr)
 		}
-		w.exec(ctx, `RELEASE SAVEPOINT fn`)
+		if _, rerr := w.exec(ctx, `RELEASE SAVEPOINT fn`); rerr != nil {
+			return errors.Join(err, rerr)
+		}
 		return err
 	}
 	if _, err := w.exec(ctx, `RELEASE SAVEPOINT fn`); err != nil {

@@ -9,8 +9,10 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -380,6 +382,17 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
+	// Each applied migration's checksum is kept, so that one edited after it
+	// was applied is noticed instead of silently diverging from the schema.
+	var hasChecksum bool
+	if err := db.GetContext(ctx, &hasChecksum, `SELECT COUNT(*) > 0 FROM pragma_table_info('schema_migrations') WHERE name = 'checksum'`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if !hasChecksum {
+		if _, err := db.ExecContext(ctx, `ALTER TABLE schema_migrations ADD COLUMN checksum TEXT NOT NULL DEFAULT ''`); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+	}
 	names, err := fs.Glob(migrations, "migrations/*.sql")
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -391,16 +404,28 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 		if err != nil {
 			return fmt.Errorf("migration %s: name must start with a number", base)
 		}
-		var applied int
-		if err := db.GetContext(ctx, &applied, `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`, version); err != nil {
-			return fmt.Errorf("migrate: %w", err)
-		}
-		if applied > 0 {
-			continue
-		}
 		body, err := migrations.ReadFile(name)
 		if err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
+		}
+		sum := sha256.Sum256(body)
+		checksum := hex.EncodeToString(sum[:])
+		var applied []string
+		if err := db.SelectContext(ctx, &applied, `SELECT checksum FROM schema_migrations WHERE version = ?`, version); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if len(applied) > 0 {
+			switch applied[0] {
+			case checksum:
+			case "":
+				// Applied by a version that kept no checksums: adopt this one.
+				if _, err := db.ExecContext(ctx, `UPDATE schema_migrations SET checksum = ? WHERE version = ?`, checksum, version); err != nil {
+					return fmt.Errorf("migration %s: %w", base, err)
+				}
+			default:
+				return fmt.Errorf("migration %s differs from the one applied to this database (checksum %.12s, applied %.12s): a released migration must never change; run the release that applied it, and add a new migration for any change", base, checksum, applied[0])
+			}
+			continue
 		}
 		tx, err := db.BeginTxx(ctx, nil)
 		if err != nil {
@@ -410,7 +435,7 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, version, now().UnixNano()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at, checksum) VALUES (?, ?, ?)`, version, now().UnixNano(), checksum); err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
 		}
 		if err := tx.Commit(); err != nil {

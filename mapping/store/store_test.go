@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/jmoiron/sqlx"
 )
 
 // openTestStore opens a fresh SQLite store in a temporary directory.
@@ -400,5 +401,45 @@ func TestMergeOnEmailIsOptIn(t *testing.T) {
 				t.Errorf("lookup by email: got %+v, %v; want the first browser's profile", p, err)
 			}
 		})
+	}
+}
+
+// TestEditedMigrationIsRefused: a migration whose text differs from the one
+// applied to the database (its checksum) stops Open with a clear message,
+// and a database from before checksums adopts them.
+func TestEditedMigrationIsRefused(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "bridge.db")
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := sqlx.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var unset int
+	if err := db.Get(&unset, `SELECT COUNT(*) FROM schema_migrations WHERE checksum = ''`); err != nil || unset != 0 {
+		t.Fatalf("migrations without a checksum: got %d (%v), want 0", unset, err)
+	}
+
+	// A database from before checksums: they are adopted.
+	if _, err := db.Exec(`UPDATE schema_migrations SET checksum = ''`); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = Open(ctx, path, Options{}); err != nil {
+		t.Fatalf("open a database without checksums: %v", err)
+	}
+	s.Close()
+
+	// Migration 2 as applied differs from the one this build carries.
+	if _, err := db.Exec(`UPDATE schema_migrations SET checksum = 'edited' WHERE version = 2`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(ctx, path, Options{})
+	if err == nil || !strings.Contains(err.Error(), "migration 002_secrets.sql differs from the one applied") {
+		t.Fatalf("open with an edited migration: got %v, want it refused", err)
 	}
 }
