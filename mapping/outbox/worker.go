@@ -280,10 +280,12 @@ func (o *Outbox) Run(ctx context.Context) error {
 			jobs, err = o.q.Claim(ctx, active, free, probes, opts.Lease)
 		}
 		if err != nil {
-			if ctx.Err() == nil {
+			// A store that cannot store says so itself, once; its refusals
+			// are not logged again at every poll.
+			if ctx.Err() == nil && mapping.ErrorCode(err) != mapping.CodeUnavailable {
 				opts.Logger.Error("claim outbox jobs", "err", err)
-				sleep(ctx, opts.Poll)
 			}
+			sleep(ctx, opts.Poll)
 			continue
 		}
 		if len(jobs) == 0 {

@@ -334,17 +334,9 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 	if err := s.selectIn(ctx, &docs, `SELECT doc FROM traits WHERE identifier_id IN (?)`, ids); err != nil {
 		return History{}, fmt.Errorf("history traits: %w", err)
 	}
-	merged := traitDoc{}
-	for _, raw := range docs {
-		var d traitDoc
-		if err := json.Unmarshal([]byte(raw), &d); err != nil {
-			return History{}, fmt.Errorf("decode traits: %w", err)
-		}
-		for k, e := range d {
-			if old, ok := merged[k]; !ok || e.OrderKey > old.OrderKey {
-				merged[k] = e
-			}
-		}
+	merged, err := mergeTraitDocs(docs, nil)
+	if err != nil {
+		return History{}, err
 	}
 	for k, e := range merged {
 		h.Traits = append(h.Traits, TraitInfo{Key: k, Value: e.Value, Source: e.Source, At: orderKeyTime(e.OrderKey)})

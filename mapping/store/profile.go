@@ -203,19 +203,9 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []Prof
 	if err := s.read.SelectContext(ctx, &docs, s.read.Rebind(q), args...); err != nil {
 		return nil, nil, fmt.Errorf("read traits: %w", err)
 	}
-	merged := traitDoc{}
 	var emails []ProfileIdentifier
 	seen := map[string]int{} // email → index in emails
-	for _, raw := range docs {
-		var d traitDoc
-		if err := json.Unmarshal([]byte(raw), &d); err != nil {
-			return nil, nil, fmt.Errorf("decode traits: %w", err)
-		}
-		for k, e := range d {
-			if old, ok := merged[k]; !ok || e.OrderKey > old.OrderKey {
-				merged[k] = e
-			}
-		}
+	merged, err := mergeTraitDocs(docs, func(d traitDoc) {
 		// An email carried by several identifiers was first seen when the
 		// earliest of them got it (Search reports the same time).
 		if e, ok := d["email"]; ok {
@@ -229,6 +219,9 @@ func (s *Store) traits(ctx context.Context, ids []int64) (map[string]any, []Prof
 				}
 			}
 		}
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	sort.Slice(emails, func(i, j int) bool { return emails[i].Value < emails[j].Value })
 	out := make(map[string]any, len(merged))
@@ -263,4 +256,27 @@ func (s *Store) Warnings(ctx context.Context, limit int) ([]Warning, error) {
 		out[i] = Warning{Identifier: mapping.Identifier{Kind: r.Kind, Value: r.Value}, ProfileID: r.ProfileID, Reason: r.Warning}
 	}
 	return out, nil
+}
+
+// mergeTraitDocs decodes the trait documents of a profile's identifiers and
+// merges them last-write-wins by event order: the profile's traits. each, if
+// not nil, sees every document as decoded. The profile page, the lookup API
+// and the history all merge through it.
+func mergeTraitDocs(docs []string, each func(traitDoc)) (traitDoc, error) {
+	merged := traitDoc{}
+	for _, raw := range docs {
+		var d traitDoc
+		if err := json.Unmarshal([]byte(raw), &d); err != nil {
+			return nil, fmt.Errorf("decode traits: %w", err)
+		}
+		for k, e := range d {
+			if old, ok := merged[k]; !ok || e.OrderKey > old.OrderKey {
+				merged[k] = e
+			}
+		}
+		if each != nil {
+			each(d)
+		}
+	}
+	return merged, nil
 }
