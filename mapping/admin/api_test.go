@@ -214,3 +214,40 @@ func wantRetried(n int) func(t *testing.T, body map[string]any) {
 		}
 	}
 }
+
+// TestAPIPasswordLockout: behind RequireAPI, wrong passwords lock the client
+// out with 429 rate_limited and a Retry-After in whole seconds, the header
+// set by the server's error handler from the error's RetryAfter.
+func TestAPIPasswordLockout(t *testing.T) {
+	e := newEnv(t, nil)
+	e.admin.RegisterAPI(e.echo.Group("/locked/api/v1", e.admin.RequireAPI()))
+	call := func(password string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, "/locked/api/v1/warnings", nil)
+		req.RemoteAddr = "198.51.100.9:40000"
+		req.Header.Set("Authorization", "Bearer "+password)
+		rec := httptest.NewRecorder()
+		e.echo.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := call(testPassword); rec.Code != http.StatusOK {
+		t.Fatalf("right password: got %d, want 200: %s", rec.Code, rec.Body)
+	}
+	for i := 1; i < freeFailures; i++ {
+		if rec := call("guess"); rec.Code != http.StatusUnauthorized {
+			t.Fatalf("wrong password %d: got %d, want 401: %s", i, rec.Code, rec.Body)
+		}
+	}
+	rec := call("guess")
+	var body map[string]string
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatalf("answer %s: %v", rec.Body, err)
+	}
+	if rec.Code != http.StatusTooManyRequests || body["code"] != "rate_limited" || rec.Header().Get("Retry-After") != "30" ||
+		!strings.Contains(body["message"], "retry after 30 s") {
+		t.Errorf("wrong password %d: got %d %v with Retry-After %q, want 429 rate_limited with Retry-After 30",
+			freeFailures, rec.Code, body, rec.Header().Get("Retry-After"))
+	}
+	if rec := call(testPassword); rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") != "30" {
+		t.Errorf("right password while locked: got %d with Retry-After %q, want 429 with 30", rec.Code, rec.Header().Get("Retry-After"))
+	}
+}
