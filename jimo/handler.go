@@ -107,7 +107,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 // Session handles POST /jimo/session: a session reset or identify reported
 // by the page (see Sessions.Report). It answers 200 {"userId","jimoToken"}
 // once the message is stored; 400 for a malformed body, 401 for a missing or
-// wrong signature where one is required, 413 over MaxSessionBody, 422 for a
+// wrong signature where one is required, 400 (too_large) over MaxSessionBody, 422 for a
 // guessable token (the warning is stored all the same), 429 with Retry-After
 // when the client IP is over its rate. Errors are *mapping.Error.
 func (h *Handler) Session(c echo.Context) error {
@@ -157,7 +157,8 @@ func (h *Handler) Session(c echo.Context) error {
 // 401 without it, and always while none is configured). It answers 200
 // {"success":true} once the message is stored, also for a webhook stored as
 // Rejected (Jimo retries every status ≥ 400); 400 for a body that is not a
-// JSON object, 413 over MaxWebhookBody. Errors are *mapping.Error.
+// JSON object, 400 (too_large) over MaxWebhookBody. Errors are *mapping.Error,
+// answered with the status of mapping/httperror's table.
 func (h *Handler) Webhook(c echo.Context) error {
 	r := c.Request()
 	if err := CheckWebhookSecret(h.webhookSecret, r.URL.Query().Get("secret"), r.Header.Get(echo.HeaderAuthorization)); err != nil {
@@ -187,8 +188,9 @@ func (h *Handler) Webhook(c echo.Context) error {
 // origins only, compared exactly. For an allowed Origin, a preflight (OPTIONS)
 // gets 204 with Access-Control-Allow-Origin echoing it, Allow-Methods POST and
 // Allow-Headers Content-Type, and other requests get Allow-Origin; a
-// disallowed origin gets no CORS headers, and its preflight gets 403. Every
-// answer carries Vary: Origin.
+// disallowed origin gets no CORS headers, and its preflight, like any request
+// it sends, is refused with a *mapping.Error of code forbidden (403 through
+// the server's error handler). Every answer carries Vary: Origin.
 func (h *Handler) CORS() echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
@@ -201,10 +203,7 @@ func (h *Handler) CORS() echo.MiddlewareFunc {
 			// too, not only left without CORS headers. Requests without an
 			// Origin (servers, same-origin navigations) pass.
 			if !allowed && (origin != "" || c.Request().Method == http.MethodOptions) {
-				return c.JSON(http.StatusForbidden, map[string]string{
-					"code":    string(mapping.CodeUnauthorized),
-					"message": fmt.Sprintf("origin %q may not call the bridge; add it to BRIDGE_ALLOWED_ORIGINS", origin),
-				})
+				return mapping.Errorf(mapping.CodeForbidden, "origin %q may not call the bridge; add it to BRIDGE_ALLOWED_ORIGINS", origin)
 			}
 			if c.Request().Method == http.MethodOptions {
 				header.Set(echo.HeaderAccessControlAllowOrigin, origin)

@@ -16,6 +16,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/httperror"
 )
 
 // recordingStore is a fake Store that keeps what it is given and
@@ -52,33 +53,6 @@ func (s *recordingStore) messages() []mapping.Message {
 	return append([]mapping.Message(nil), s.msgs...)
 }
 
-// testStatus stands in for cmd/bridge's code → status table.
-var testStatus = map[mapping.Code]int{
-	mapping.CodeInvalid:       http.StatusBadRequest,
-	mapping.CodeUnauthorized:  http.StatusUnauthorized,
-	mapping.CodeNotFound:      http.StatusNotFound,
-	mapping.CodeConflict:      http.StatusConflict,
-	mapping.CodeTooLarge:      http.StatusRequestEntityTooLarge,
-	mapping.CodeUnprocessable: http.StatusUnprocessableEntity,
-	mapping.CodeRateLimited:   http.StatusTooManyRequests,
-	mapping.CodeUnavailable:   http.StatusServiceUnavailable,
-	mapping.CodeInternal:      http.StatusInternalServerError,
-}
-
-func testErrorHandler(err error, c echo.Context) {
-	var me *mapping.Error
-	if errors.As(err, &me) {
-		_ = c.JSON(testStatus[me.Code], map[string]string{"code": string(me.Code), "message": me.Message})
-		return
-	}
-	var he *echo.HTTPError
-	if errors.As(err, &he) {
-		_ = c.JSON(he.Code, map[string]string{"code": "http", "message": http.StatusText(he.Code)})
-		return
-	}
-	_ = c.JSON(http.StatusInternalServerError, map[string]string{"code": "internal", "message": "internal"})
-}
-
 type testServer struct {
 	e     *echo.Echo
 	store *recordingStore
@@ -107,7 +81,7 @@ func newTestServer(t *testing.T, mutate func(*Config)) *testServer {
 		t.Fatalf("NewHandler: %v", err)
 	}
 	e := echo.New()
-	e.HTTPErrorHandler = testErrorHandler
+	e.HTTPErrorHandler = httperror.Handler(cfg.Logger) // the server's own
 	e.GET("/jimo/bridge.js", h.Script)
 	e.HEAD("/jimo/bridge.js", h.Script)
 	e.Match([]string{http.MethodPost, http.MethodOptions}, "/jimo/session", h.Session, h.CORS())
@@ -182,7 +156,7 @@ func TestSessionHandler(t *testing.T) {
 		},
 		{name: "wrong type", body: `{"token":42}`, wantStatus: 400, wantCode: "invalid"},
 		{name: "malformed", body: `{"token":`, wantStatus: 400, wantCode: "invalid"},
-		{name: "oversize", body: `{"token":"` + goodUserID + `","name":"` + strings.Repeat("x", MaxSessionBody) + `"}`, wantStatus: 413, wantCode: "too_large"},
+		{name: "oversize", body: `{"token":"` + goodUserID + `","name":"` + strings.Repeat("x", MaxSessionBody) + `"}`, wantStatus: 400, wantCode: "too_large"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -281,7 +255,7 @@ func TestWebhookHandler(t *testing.T) {
 		{name: "not configured", cfg: func(c *Config) { c.WebhookSecret = "" }, target: "/jimo/webhook?secret=", body: tour, wantStatus: 401},
 		{name: "missing token stored", target: "/jimo/webhook?secret=" + testWebhookSecret, body: string(readFixture(t, "webhook_missing_token.json")), wantStatus: 200, wantStored: 1},
 		{name: "malformed", target: "/jimo/webhook?secret=" + testWebhookSecret, body: `{"event":`, wantStatus: 400},
-		{name: "oversize", target: "/jimo/webhook?secret=" + testWebhookSecret, body: `{"event":"e","pad":"` + strings.Repeat("x", MaxWebhookBody) + `"}`, wantStatus: 413},
+		{name: "oversize", target: "/jimo/webhook?secret=" + testWebhookSecret, body: `{"event":"e","pad":"` + strings.Repeat("x", MaxWebhookBody) + `"}`, wantStatus: 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -356,6 +330,12 @@ func TestCORS(t *testing.T) {
 			rec := ts.do(tt.method, "/jimo/session", body, header)
 			if rec.Code != tt.wantStatus {
 				t.Fatalf("status: got %d, want %d", rec.Code, tt.wantStatus)
+			}
+			if tt.wantStatus == http.StatusForbidden {
+				var body httperror.Body
+				if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Code != mapping.CodeForbidden || !strings.Contains(body.Message, "BRIDGE_ALLOWED_ORIGINS") {
+					t.Errorf("refusal body: got %s (%v), want code forbidden and a message naming BRIDGE_ALLOWED_ORIGINS", rec.Body, err)
+				}
 			}
 			h := rec.Header()
 			if got := h.Get("Access-Control-Allow-Origin"); got != tt.wantAllow {

@@ -5,13 +5,14 @@ import (
 	"time"
 )
 
-// Code classifies an error for the client; cmd/bridge maps each code to one HTTP status.
+// Code classifies an error for the client; mapping/httperror maps each code to one HTTP status.
 type Code string
 
 // The error codes the bridge answers with.
 const (
 	CodeInvalid       Code = "invalid"       // the request cannot be understood; do not retry as is
 	CodeUnauthorized  Code = "unauthorized"  // missing or wrong credentials
+	CodeForbidden     Code = "forbidden"     // refused whoever asks (an origin not allowed by CORS); credentials do not help
 	CodeNotFound      Code = "not_found"     // nothing by that identifier
 	CodeConflict      Code = "conflict"      // the request contradicts the current state
 	CodeTooLarge      Code = "too_large"     // body, event or batch over a limit

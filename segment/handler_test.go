@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/httperror"
 )
 
 // recordingStore is a Store that keeps what it is given.
@@ -58,17 +60,6 @@ func (m *recordingMetrics) Rejected(_ mapping.Source, reason string) {
 	m.rejected[reason]++
 }
 
-// statusOf mirrors the server's table from error code to HTTP status.
-var statusOf = map[mapping.Code]int{
-	mapping.CodeInvalid:      http.StatusBadRequest,
-	mapping.CodeUnauthorized: http.StatusUnauthorized,
-	mapping.CodeNotFound:     http.StatusNotFound,
-	mapping.CodeTooLarge:     http.StatusBadRequest,
-	mapping.CodeRateLimited:  http.StatusTooManyRequests,
-	mapping.CodeUnavailable:  http.StatusServiceUnavailable,
-	mapping.CodeInternal:     http.StatusInternalServerError,
-}
-
 // testServer wires a Handler into Echo the way cmd/bridge does.
 type testServer struct {
 	echo    *echo.Echo
@@ -93,18 +84,7 @@ func newTestServer(t *testing.T, cfg Config) *testServer {
 		t.Fatal(err)
 	}
 	e := echo.New()
-	e.HTTPErrorHandler = func(err error, c echo.Context) {
-		var me *mapping.Error
-		var he *echo.HTTPError
-		switch {
-		case errors.As(err, &me):
-			c.JSON(statusOf[me.Code], map[string]string{"code": string(me.Code), "message": me.Message})
-		case errors.As(err, &he):
-			c.JSON(he.Code, map[string]string{"code": "http", "message": "echo"})
-		default:
-			c.JSON(http.StatusInternalServerError, map[string]string{"code": "internal"})
-		}
-	}
+	e.HTTPErrorHandler = httperror.Handler(slog.New(slog.DiscardHandler)) // the server's own
 	v1 := e.Group("/v1", CORS())
 	v1.POST("/:call", h.TrackingAPI)
 	v1.OPTIONS("/:call", Preflight)

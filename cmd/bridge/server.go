@@ -18,6 +18,7 @@ import (
 	"github.com/bridgeworks/bridge/jimo"
 	"github.com/bridgeworks/bridge/mapping"
 	"github.com/bridgeworks/bridge/mapping/admin"
+	"github.com/bridgeworks/bridge/mapping/httperror"
 	"github.com/bridgeworks/bridge/mapping/outbox"
 	"github.com/bridgeworks/bridge/mapping/store"
 	"github.com/bridgeworks/bridge/segment"
@@ -241,7 +242,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.HTTPErrorHandler = errorHandler(logger)
+	e.HTTPErrorHandler = httperror.Handler(logger)
 	e.IPExtractor = ipExtractor(cfg.TrustedProxies)
 	refused := newRefusals(a.metrics, logger, time.Now, time.Second, cfg.SegmentSharedSecret != "")
 	e.Use(observeRequests(a.metrics, refused, logger))
@@ -287,10 +288,7 @@ func (a *app) routes(logger *slog.Logger, tokenSecret string) (*echo.Echo, error
 	}
 	adm.Register(e.Group("/admin"))
 	e.GET("/favicon.ico", adm.Favicon)
-	api := e.Group("/api/v1", adm.RequireAPI())
-	api.GET("/profiles", getProfile(a.store))
-	api.GET("/warnings", listWarnings(a.store))
-	adm.RegisterAPI(api)
+	adm.RegisterAPI(e.Group("/api/v1", adm.RequireAPI()))
 
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	// Not ready while the store cannot store: a full disk, a write lock

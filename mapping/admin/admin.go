@@ -28,6 +28,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/httperror"
 	"github.com/bridgeworks/bridge/mapping/outbox"
 	"github.com/bridgeworks/bridge/mapping/store"
 )
@@ -302,14 +303,15 @@ func (a *Admin) page(h pageHandler) echo.HandlerFunc {
 		if s == nil {
 			to := a.base + "/login"
 			if c.Request().Method == http.MethodGet && c.Request().URL.Path != a.base+"/" {
-				to += "?next=" + urlQueryEscape(c.Request().URL.RequestURI())
+				to += "?next=" + url.QueryEscape(c.Request().URL.RequestURI())
 			}
 			return c.Redirect(http.StatusSeeOther, to)
 		}
 		if c.Request().Method == http.MethodPost && !validToken(formToken(c), s.csrf) {
-			return a.render(c, http.StatusForbidden, "error", errorView{
+			status := httperror.Status(mapping.CodeForbidden)
+			return a.render(c, status, "error", errorView{
 				frame:   a.frame(c, s, "Forbidden", ""),
-				Status:  http.StatusForbidden,
+				Status:  status,
 				Heading: "This form has expired",
 				Message: "The form was missing its security token or carried a wrong one, so nothing was changed. Go back, reload the page and submit the form again.",
 			})
@@ -328,19 +330,6 @@ func formToken(c echo.Context) string {
 	return c.Request().PostFormValue(csrfField)
 }
 
-// pageStatus maps error codes to HTTP statuses for the HTML pages.
-var pageStatus = map[mapping.Code]int{
-	mapping.CodeInvalid:       http.StatusBadRequest,
-	mapping.CodeUnauthorized:  http.StatusUnauthorized,
-	mapping.CodeNotFound:      http.StatusNotFound,
-	mapping.CodeConflict:      http.StatusConflict,
-	mapping.CodeTooLarge:      http.StatusBadRequest,
-	mapping.CodeUnprocessable: http.StatusUnprocessableEntity,
-	mapping.CodeRateLimited:   http.StatusTooManyRequests,
-	mapping.CodeUnavailable:   http.StatusServiceUnavailable,
-	mapping.CodeInternal:      http.StatusInternalServerError,
-}
-
 var headingOf = map[int]string{
 	http.StatusBadRequest:          "That request cannot be understood",
 	http.StatusNotFound:            "Not found",
@@ -357,9 +346,8 @@ func (a *Admin) fail(c echo.Context, s *session, err error) error {
 	status, msg := http.StatusInternalServerError, "The bridge logged the details. Try again; if it keeps failing, look at the log."
 	switch {
 	case errors.As(err, &me):
-		status, msg = pageStatus[me.Code], me.Message
-		if status == 0 || me.Code == mapping.CodeInternal {
-			status = http.StatusInternalServerError
+		status, msg = httperror.Status(me.Code), me.Message
+		if status == http.StatusInternalServerError { // internal, or a code the table does not know
 			a.log.Error("admin page failed", "method", c.Request().Method, "path", c.Path(), "err", err)
 			msg = "The bridge logged the details. Try again; if it keeps failing, look at the log."
 		}

@@ -24,6 +24,8 @@ const maxAPIBody = 64 << 10
 // fields replaced by Redacted (see RedactJSON). POST bodies must be JSON (Content-Type: application/json), which a
 // cross-site HTML form cannot send.
 //
+//	GET  /profiles?identifier=KIND:VALUE                                {"profile":{...}}, 404 if none
+//	GET  /warnings                           {"warnings":[...]} (at most 500)
 //	GET  /search?q=KIND:VALUE|VALUE[&kind=K][&prefix=1][&after=CURSOR][&limit=N]  {"hits":[...],"next":"..."}
 //	GET  /profiles/:id                       {"profile":{...}}
 //	GET  /profiles/:id/history               {"history":{"links","messages","jobs","traits"}}
@@ -34,6 +36,8 @@ const maxAPIBody = 64 << 10
 //	POST /jobs/retry            {"ids":[...]} or {"all":true}           {"retried":N}
 //	GET  /jobs[?state=dead|pending|running|done|all][&limit=N]          {"jobs":[...]}
 func (a *Admin) RegisterAPI(g *echo.Group) {
+	g.GET("/profiles", a.apiLookup)
+	g.GET("/warnings", a.apiWarnings)
 	g.GET("/search", a.apiSearch)
 	g.GET("/profiles/:id", a.apiProfile)
 	g.GET("/profiles/:id/history", a.apiHistory)
@@ -92,6 +96,37 @@ func profileID(c echo.Context) (int64, error) {
 	return id, nil
 }
 
+// profileAnswer is the body of a profile read: by identifier or by ID.
+type profileAnswer struct {
+	Profile store.Profile `json:"profile"`
+}
+
+// apiLookup answers GET /profiles?identifier=KIND:VALUE.
+func (a *Admin) apiLookup(c echo.Context) error {
+	raw := c.QueryParam("identifier")
+	if raw == "" {
+		return mapping.Errorf(mapping.CodeInvalid, "add ?identifier=KIND:VALUE, for example ?identifier=user_id:u_123")
+	}
+	id, err := mapping.ParseIdentifier(raw)
+	if err != nil {
+		return err
+	}
+	p, err := a.store.ProfileOf(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, profileAnswer{Profile: p})
+}
+
+// apiWarnings answers GET /warnings: identifiers an operator should look at.
+func (a *Admin) apiWarnings(c echo.Context) error {
+	ws, err := a.store.Warnings(c.Request().Context(), 500)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"warnings": ws})
+}
+
 func (a *Admin) apiSearch(c echo.Context) error {
 	if c.QueryParam("q") == "" {
 		return mapping.Errorf(mapping.CodeInvalid, "add ?q=KIND:VALUE or ?q=VALUE (every kind), and &prefix=1 for a prefix search")
@@ -125,7 +160,7 @@ func (a *Admin) apiProfile(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, map[string]any{"profile": p})
+	return c.JSON(http.StatusOK, profileAnswer{Profile: p})
 }
 
 func (a *Admin) apiHistory(c echo.Context) error {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bridgeworks/bridge/mapping"
 	"github.com/bridgeworks/bridge/mapping/store"
@@ -34,6 +36,9 @@ const jsonType = "application/json"
 func TestAPIReads(t *testing.T) {
 	e := newEnv(t, nil)
 	e.seed()
+	warned := message("m5", 4*time.Minute, "1234567", "anon-w-0b1e", "", nil)
+	warned.UserIDWarning = "guessable user ID"
+	e.submit(warned)
 	pa := e.mustProfile("user_id:" + alice)
 	tests := []struct {
 		name       string
@@ -60,6 +65,25 @@ func TestAPIReads(t *testing.T) {
 		{"search nothing found", "/api/v1/search?q=user_id:nobody", 200, func(t *testing.T, body map[string]any) {
 			if hits := body["hits"].([]any); len(hits) != 0 {
 				t.Errorf("got %d hits, want 0", len(hits))
+			}
+		}},
+		{"lookup", "/api/v1/profiles?identifier=" + url.QueryEscape("anonymous_id:"+anonA2), 200, func(t *testing.T, body map[string]any) {
+			p := body["profile"].(map[string]any)
+			if p["userId"] != alice || p["id"] != float64(pa.ID) {
+				t.Errorf("got profile %v, want alice's (ID %d)", p, pa.ID)
+			}
+		}},
+		{"lookup unknown", "/api/v1/profiles?identifier=user_id:nobody-4a1c", 404, wantCode("not_found")},
+		{"lookup without identifier", "/api/v1/profiles", 400, wantCode("invalid")},
+		{"lookup malformed identifier", "/api/v1/profiles?identifier=" + alice, 400, wantCode("invalid")},
+		{"warnings", "/api/v1/warnings", 200, func(t *testing.T, body map[string]any) {
+			ws := body["warnings"].([]any)
+			if len(ws) != 1 {
+				t.Fatalf("got warnings %v, want the one guessable user ID", ws)
+			}
+			w := ws[0].(map[string]any)
+			if w["kind"] != "user_id" || w["value"] != "1234567" || w["reason"] != "guessable user ID" {
+				t.Errorf("got warning %v, want user_id:1234567 with its reason", w)
 			}
 		}},
 		{"search without q", "/api/v1/search", 400, wantCode("invalid")},
@@ -188,5 +212,42 @@ func wantRetried(n int) func(t *testing.T, body map[string]any) {
 		if body["retried"] != float64(n) {
 			t.Errorf("got %v, want retried %d", body, n)
 		}
+	}
+}
+
+// TestAPIPasswordLockout: behind RequireAPI, wrong passwords lock the client
+// out with 429 rate_limited and a Retry-After in whole seconds, the header
+// set by the server's error handler from the error's RetryAfter.
+func TestAPIPasswordLockout(t *testing.T) {
+	e := newEnv(t, nil)
+	e.admin.RegisterAPI(e.echo.Group("/locked/api/v1", e.admin.RequireAPI()))
+	call := func(password string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, "/locked/api/v1/warnings", nil)
+		req.RemoteAddr = "198.51.100.9:40000"
+		req.Header.Set("Authorization", "Bearer "+password)
+		rec := httptest.NewRecorder()
+		e.echo.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := call(testPassword); rec.Code != http.StatusOK {
+		t.Fatalf("right password: got %d, want 200: %s", rec.Code, rec.Body)
+	}
+	for i := 1; i < freeFailures; i++ {
+		if rec := call("guess"); rec.Code != http.StatusUnauthorized {
+			t.Fatalf("wrong password %d: got %d, want 401: %s", i, rec.Code, rec.Body)
+		}
+	}
+	rec := call("guess")
+	var body map[string]string
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatalf("answer %s: %v", rec.Body, err)
+	}
+	if rec.Code != http.StatusTooManyRequests || body["code"] != "rate_limited" || rec.Header().Get("Retry-After") != "30" ||
+		!strings.Contains(body["message"], "retry after 30 s") {
+		t.Errorf("wrong password %d: got %d %v with Retry-After %q, want 429 rate_limited with Retry-After 30",
+			freeFailures, rec.Code, body, rec.Header().Get("Retry-After"))
+	}
+	if rec := call(testPassword); rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") != "30" {
+		t.Errorf("right password while locked: got %d with Retry-After %q, want 429 with 30", rec.Code, rec.Header().Get("Retry-After"))
 	}
 }

@@ -5,8 +5,8 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"math"
-	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -29,7 +29,7 @@ func (a *Admin) RequireAPI() echo.MiddlewareFunc {
 			h.Set(echo.HeaderXContentTypeOptions, "nosniff")
 			ip, now := clientIP(c), a.now()
 			if wait := a.throttle.locked(ip, now); wait > 0 {
-				return apiLockedOut(c, wait.Seconds())
+				return apiLockedOut(wait)
 			}
 			var got []byte
 			req := c.Request()
@@ -42,7 +42,7 @@ func (a *Admin) RequireAPI() echo.MiddlewareFunc {
 			if len(got) == 0 || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
 				if len(got) > 0 {
 					if wait := a.throttle.fail(ip, now); wait > 0 {
-						return apiLockedOut(c, wait.Seconds())
+						return apiLockedOut(wait)
 					}
 				}
 				c.Response().Header().Set("WWW-Authenticate", `Basic realm="bridge admin", charset="UTF-8"`)
@@ -54,8 +54,10 @@ func (a *Admin) RequireAPI() echo.MiddlewareFunc {
 	}
 }
 
-func apiLockedOut(c echo.Context, seconds float64) error {
-	secs := int(math.Ceil(seconds))
-	c.Response().Header().Set(echo.HeaderRetryAfter, strconv.Itoa(secs))
-	return mapping.Errorf(mapping.CodeRateLimited, "too many wrong passwords from this address; retry after %s", fmt.Sprint(secs, " s"))
+// apiLockedOut is the refusal of a locked-out client: rate_limited, with
+// Retry-After (whole seconds, rounded up) set by the error handler from RetryAfter.
+func apiLockedOut(wait time.Duration) error {
+	secs := int(math.Ceil(wait.Seconds()))
+	return &mapping.Error{Code: mapping.CodeRateLimited, RetryAfter: wait,
+		Message: fmt.Sprintf("too many wrong passwords from this address; retry after %d s", secs)}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -18,6 +19,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/httperror"
 	"github.com/bridgeworks/bridge/mapping/outbox"
 	"github.com/bridgeworks/bridge/mapping/store"
 )
@@ -84,24 +86,10 @@ func newEnvWith(t *testing.T, wrap func(*store.Store) Store, mutate func(*Config
 		t.Fatalf("New: %v", err)
 	}
 	e := echo.New()
-	e.HTTPErrorHandler = jsonErrors
+	e.HTTPErrorHandler = httperror.Handler(slog.New(slog.DiscardHandler))
 	a.Register(e.Group("/admin"))
 	a.RegisterAPI(e.Group("/api/v1"))
 	return &env{t: t, store: store, admin: a, echo: e, clock: clk}
-}
-
-// jsonErrors renders errors the way cmd/bridge does: *mapping.Error as JSON with its status.
-func jsonErrors(err error, c echo.Context) {
-	var me *mapping.Error
-	var he *echo.HTTPError
-	status, body := http.StatusInternalServerError, map[string]string{"code": "internal", "message": "internal error"}
-	switch {
-	case errors.As(err, &me):
-		status, body = pageStatus[me.Code], map[string]string{"code": string(me.Code), "message": me.Message}
-	case errors.As(err, &he):
-		status = he.Code
-	}
-	c.JSON(status, body)
 }
 
 // submit stores messages in the store.

@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/httperror"
 	"github.com/bridgeworks/bridge/mapping/outbox"
 	"github.com/bridgeworks/bridge/mapping/store"
 )
@@ -243,7 +244,7 @@ func (a *Admin) search(c echo.Context, s *session) error {
 	kind, value, err := parseSearch(v.Q, v.Kind)
 	if err != nil {
 		v.Error = messageOf(err)
-		return a.render(c, http.StatusBadRequest, "search", v)
+		return a.render(c, httperror.Status(mapping.ErrorCode(err)), "search", v)
 	}
 	res, err := a.store.Search(c.Request().Context(), store.SearchQuery{Kind: kind, Value: value, Prefix: v.Prefix, Limit: searchPageSize, After: v.After})
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -16,6 +15,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"golang.org/x/time/rate"
+
+	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/httperror"
 )
 
 // Cookie and form field names.
@@ -340,9 +342,10 @@ func (a *Admin) login(c echo.Context) error {
 	now := a.now()
 	ck, err := c.Cookie(loginCookie)
 	if err != nil || !validToken(formToken(c), ck.Value) {
-		return a.render(c, http.StatusForbidden, "error", errorView{
+		status := httperror.Status(mapping.CodeForbidden)
+		return a.render(c, status, "error", errorView{
 			frame:   a.frame(c, nil, "Forbidden", ""),
-			Status:  http.StatusForbidden,
+			Status:  status,
 			Heading: "The sign-in form has expired",
 			Message: "The form's security token was missing or wrong (or cookies are disabled). Open the sign-in page again and retry.",
 		})
@@ -357,7 +360,7 @@ func (a *Admin) login(c echo.Context) error {
 		if wait := a.throttle.fail(ip, now); wait > 0 {
 			return a.lockedOut(c, wait)
 		}
-		return a.renderLogin(c, http.StatusUnauthorized, "Wrong password. After 5 wrong attempts, sign-in is locked for a while.", "")
+		return a.renderLogin(c, httperror.Status(mapping.CodeUnauthorized), "Wrong password. After 5 wrong attempts, sign-in is locked for a while.", "")
 	}
 	a.throttle.succeed(ip)
 	if old := a.sessionID(c); old != "" {
@@ -375,9 +378,10 @@ func (a *Admin) lockedOut(c echo.Context, wait time.Duration) error {
 		secs = 1
 	}
 	c.Response().Header().Set("Retry-After", fmt.Sprint(secs))
-	return a.render(c, http.StatusTooManyRequests, "error", errorView{
+	status := httperror.Status(mapping.CodeRateLimited)
+	return a.render(c, status, "error", errorView{
 		frame:   a.frame(c, nil, "Too many attempts", ""),
-		Status:  http.StatusTooManyRequests,
+		Status:  status,
 		Heading: "Too many wrong passwords",
 		Message: fmt.Sprintf("Sign-in from your address is locked for %s after repeated wrong passwords. Wait, then try again with the password from BRIDGE_ADMIN_PASSWORD.", humanDuration(time.Duration(secs)*time.Second)),
 	})
@@ -389,8 +393,6 @@ func (a *Admin) logout(c echo.Context, s *session) error {
 	c.SetCookie(a.cookie(c, sessionCookie, "", -1))
 	return c.Redirect(http.StatusSeeOther, a.base+"/login?bye=1")
 }
-
-func urlQueryEscape(s string) string { return url.QueryEscape(s) }
 
 // sortedKeys returns m's keys in order.
 func sortedKeys[V any](m map[string]V) []string {
