@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bridgeworks/bridge/segment/segmenttest"
+	"github.com/bridgeworks/bridge/mapping/outbox/outboxtest"
 )
 
 // Path is where the fake takes server-side events.
@@ -48,7 +48,7 @@ type Event struct {
 // Server is the fake Jimo API. Its failure controls (FailWith, RetryAfter,
 // Hang, Refuse, Recover) can be used while clients send.
 type Server struct {
-	*segmenttest.Faults
+	*outboxtest.Faults
 	// URL is the base URL to configure as the Jimo endpoint.
 	URL    string
 	apiKey string
@@ -63,7 +63,7 @@ type Server struct {
 // when the test ends.
 func NewServer(tb testing.TB, apiKey string) *Server {
 	s := &Server{apiKey: apiKey, changed: make(chan struct{})}
-	s.Faults = segmenttest.NewFaults(http.HandlerFunc(s.serve))
+	s.Faults = outboxtest.NewFaults(http.HandlerFunc(s.serve))
 	s.URL = s.Faults.URL()
 	tb.Cleanup(s.Close)
 	return s

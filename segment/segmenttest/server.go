@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping/outbox/outboxtest"
 )
 
 // Message is one message the fake accepted, as received.
@@ -62,7 +64,7 @@ type Batch struct {
 // Server is the fake Segment API. Its failure controls (FailWith,
 // RetryAfter, Hang, Refuse, Recover) can be used while clients send.
 type Server struct {
-	*Faults
+	*outboxtest.Faults
 	// URL is the endpoint to configure (analytics.Config.Endpoint).
 	URL      string
 	writeKey string
@@ -78,7 +80,7 @@ type Server struct {
 // empty password, as Segment's libraries send it); it is closed when the test ends.
 func NewServer(tb testing.TB, writeKey string) *Server {
 	s := &Server{writeKey: writeKey, changed: make(chan struct{})}
-	s.Faults = NewFaults(http.HandlerFunc(s.serve))
+	s.Faults = outboxtest.NewFaults(http.HandlerFunc(s.serve))
 	s.URL = s.Faults.URL()
 	tb.Cleanup(s.Close)
 	return s

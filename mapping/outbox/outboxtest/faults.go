@@ -1,4 +1,7 @@
-package segmenttest
+// Package outboxtest holds what the fake destinations of tests share: the
+// failures a destination can show the outbox (status answers, Retry-After,
+// hangs, refused connections), settable while a test runs.
+package outboxtest
 
 import (
 	"net"
@@ -11,7 +14,7 @@ import (
 
 // Faults is the failure behaviour a fake server applies, settable at run
 // time. It owns the httptest.Server so that it can stop and resume
-// listening. The fake Segment and Jimo servers (jimotest) share it.
+// listening. The fake Segment (segmenttest) and Jimo (jimotest) servers share it.
 type Faults struct {
 	ts   *httptest.Server
 	gate *gate
