@@ -351,15 +351,26 @@ func TestJimoBrowser(t *testing.T) {
 					}
 				}
 				// One report per reset: Jimo's replay of the buffer is not reported
-				// again. The profile above may be complete before the second report
-				// is stored: wait for both, then a little longer for any third.
+				// again. Once both reports are stored, a logout the page reports
+				// comes after any such replay: once it is stored, exactly three
+				// reports must be.
 				stored := func() float64 { return tt.bridge.metric(t, storedSeries) - storedBefore }
 				for deadline := time.Now().Add(5 * time.Second); stored() < 2 && time.Now().Before(deadline); {
 					time.Sleep(20 * time.Millisecond)
 				}
-				time.Sleep(300 * time.Millisecond)
-				if got := stored(); got != 2 {
-					t.Errorf("session reports stored: got %v, want 2 (the reset and the identify)", got)
+				if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.jimoBridge.reset(), true`)); err != nil {
+					t.Fatalf("jimoBridge.reset(): %v", err)
+				}
+				if !waitForLogout(t, tt.bridge, p.ID, 5*time.Second) {
+					t.Fatalf("the page's logout was not stored")
+				}
+				// The counter moves once the commit is acknowledged, a moment after
+				// the history shows it.
+				for deadline := time.Now().Add(5 * time.Second); stored() < 3 && time.Now().Before(deadline); {
+					time.Sleep(20 * time.Millisecond)
+				}
+				if got := stored(); got != 3 {
+					t.Errorf("session reports stored: got %v, want 3 (the reset, the identify and the logout)", got)
 				}
 				rec.check(t, false, "")
 			case tt.copyScript:
@@ -409,4 +420,28 @@ func screenshot(t *testing.T, ctx context.Context) {
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Logf("screenshot: %v", err)
 	}
+}
+
+// waitForLogout waits until the history of profile id holds a logout
+// reported by the page, and says whether it does.
+func waitForLogout(t *testing.T, b *testBridge, id int64, within time.Duration) bool {
+	t.Helper()
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		r := b.do(t, http.MethodGet, fmt.Sprintf("/api/v1/profiles/%d/history", id), nil, map[string]string{"Authorization": "Bearer " + testAdminPassword})
+		var out struct {
+			History struct {
+				Messages []struct {
+					Type string `json:"type"`
+				} `json:"messages"`
+			} `json:"history"`
+		}
+		if r.status == http.StatusOK && json.Unmarshal(r.body, &out) == nil {
+			for _, m := range out.History.Messages {
+				if m.Type == "logout" {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
