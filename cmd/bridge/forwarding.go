@@ -54,7 +54,9 @@ var jobKinds = []jobKind{
 		return jimo.TrackJob(m, f.mode, f.tokenSecret)
 	}},
 	{segment.Destination, kindIdentify, func(_ forwarding, m mapping.Message) (mapping.Job, bool) { return segment.IdentifyJob(m) }},
-	{segment.Destination, kindTrack, func(_ forwarding, m mapping.Message) (mapping.Job, bool) { return segment.TrackJob(m, jimo.TrackName(m.Event), jimo.WebhookProperties(m.Raw)) }},
+	{segment.Destination, kindTrack, func(_ forwarding, m mapping.Message) (mapping.Job, bool) {
+		return segment.TrackJob(m, jimo.TrackName(m.Event), jimo.WebhookProperties(m.Raw))
+	}},
 	{segment.Destination, kindRelay, func(_ forwarding, m mapping.Message) (mapping.Job, bool) { return segment.RelayJob(m.Raw) }},
 }
 
