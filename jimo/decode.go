@@ -11,7 +11,7 @@ import (
 
 // MaxDepth is the deepest JSON nesting accepted in a session report or a
 // webhook (objects and arrays, counted from the body's root), as on /v1.
-const MaxDepth = 64
+const MaxDepth = mapping.MaxJSONDepth
 
 // decodeObject reads body as one JSON object whose values are left raw.
 // Anything else (bytes that are not UTF-8, nesting deeper than MaxDepth,
@@ -43,28 +43,8 @@ func checkShape(b []byte, what string) error {
 	if !utf8.Valid(b) {
 		return mapping.Errorf(mapping.CodeInvalid, "%s body is not valid UTF-8; encode the JSON as UTF-8", what)
 	}
-	depth, inString := 0, false
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if inString {
-			switch c {
-			case '\\':
-				i++
-			case '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			if depth++; depth > MaxDepth {
-				return mapping.Errorf(mapping.CodeInvalid, "%s body is nested deeper than %d levels; flatten the attributes", what, MaxDepth)
-			}
-		case '}', ']':
-			depth--
-		}
+	if mapping.JSONDepth(b, MaxDepth) > MaxDepth {
+		return mapping.Errorf(mapping.CodeInvalid, "%s body is nested deeper than %d levels; flatten the attributes", what, MaxDepth)
 	}
 	return nil
 }

@@ -8,6 +8,8 @@
 // Handler keeps echo.Context at the edge.
 package segment
 
+import "github.com/bridgeworks/bridge/mapping"
+
 // Limits of the Tracking API (Segment's own) and of webhook deliveries.
 const (
 	// MaxEventBytes is the largest single call, and the largest event inside a batch, in bytes.
@@ -22,5 +24,5 @@ const (
 	DefaultMaxWebhookBytes = 16 << 20
 	// MaxDepth is the deepest JSON nesting accepted (objects and arrays, counted from the body's root).
 	// Deeper bodies are refused before encoding/json sees them.
-	MaxDepth = 64
+	MaxDepth = mapping.MaxJSONDepth
 )

@@ -30,28 +30,8 @@ func checkJSON(b []byte) error {
 	if !utf8.Valid(b) {
 		return mapping.Errorf(mapping.CodeInvalid, "the body is not valid UTF-8; encode the JSON as UTF-8")
 	}
-	depth, inString := 0, false
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if inString {
-			switch c {
-			case '\\':
-				i++
-			case '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			if depth++; depth > MaxDepth {
-				return mapping.Errorf(mapping.CodeInvalid, "the JSON is nested deeper than %d levels; flatten the properties", MaxDepth)
-			}
-		case '}', ']':
-			depth--
-		}
+	if mapping.JSONDepth(b, MaxDepth) > MaxDepth {
+		return mapping.Errorf(mapping.CodeInvalid, "the JSON is nested deeper than %d levels; flatten the properties", MaxDepth)
 	}
 	if !json.Valid(b) {
 		// Only on failure: let encoding/json say where the syntax breaks.

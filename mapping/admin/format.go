@@ -9,6 +9,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 // funcs are the template functions; they read the Admin's clock.
@@ -199,7 +201,7 @@ func showRaw(raw string) shown {
 		redact(v)
 		if compact, err := encodeRaw(v, ""); err == nil {
 			text = compact
-			if len(compact) <= maxShownBytes && depth(compact) <= maxPrettyDepth {
+			if len(compact) <= maxShownBytes && mapping.JSONDepth([]byte(compact), maxPrettyDepth) <= maxPrettyDepth {
 				if pretty, err := encodeRaw(v, "  "); err == nil && len(pretty) <= maxPrettyBytes {
 					text = pretty
 				}
@@ -214,31 +216,4 @@ func showRaw(raw string) shown {
 		cut--
 	}
 	return shown{Text: text[:cut] + "…", Note: fmt.Sprintf("truncated, %d bytes in all", len(raw))}
-}
-
-// depth is the deepest nesting of objects and arrays in the JSON text s.
-func depth(s string) int {
-	d, deepest, inString := 0, 0, false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if inString {
-			switch c {
-			case '\\':
-				i++
-			case '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			d++
-			deepest = max(deepest, d)
-		case '}', ']':
-			d--
-		}
-	}
-	return deepest
 }
