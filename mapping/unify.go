@@ -121,7 +121,8 @@ type Outcome struct {
 // the rest and the deletions in OrderKey order. A link is applied unless it
 // breaks rule 3 or 4, or one of its identifiers was deleted before it
 // (DecisionDeleted); a deletion takes the whole profile holding its node at
-// that point of the order. The outcome depends only on the set of nodes and
+// that point of the order, and the Jimo token of the value of any user ID it
+// took. The outcome depends only on the set of nodes and
 // edges, never on their order in the slices, which is what makes the store's
 // result independent of arrival order and duplication (rule 6), deletions
 // included. Withdrawn edges keep a zero Decision.
@@ -207,10 +208,18 @@ func Unify(nodes []Node, edges []Edge, caps Caps) Outcome {
 		parent[rb] = ra
 		state[ra] = merged
 	}
-	for i := range nodes {
+	// A Jimo token of the value of a user ID a deletion took is that
+	// person's token (in shared mode the token is the user ID): taken too.
+	deletedUsers := map[string]bool{}
+	for i, n := range nodes {
+		if n.Kind == KindUserID && deleted[find(i)] {
+			deletedUsers[n.Value] = true
+		}
+	}
+	for i, n := range nodes {
 		r := find(i)
-		out.Component[i], out.Deleted[i] = r, deleted[r]
-		if deleted[r] {
+		out.Component[i], out.Deleted[i] = r, deleted[r] || (n.Kind == KindJimoToken && deletedUsers[n.Value])
+		if out.Deleted[i] {
 			out.Component[i] = i
 		}
 	}

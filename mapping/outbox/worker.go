@@ -89,6 +89,7 @@ type Delivery struct {
 	Destination string
 	MessageID   string
 	Attempts    int // attempts to record (a probe that failed transiently does not count its own)
+	Claimed     int // attempts when claimed: the claim the outcome belongs to
 	Outcome     Outcome
 }
 
@@ -368,7 +369,7 @@ func sleep(ctx context.Context, d time.Duration) {
 // the destination failed, not the job.
 func (o *Outbox) deliver(ctx context.Context, j Claimed) Delivery {
 	opts := o.opts
-	d := Delivery{ID: j.ID, Destination: j.Job.Destination, MessageID: j.Job.MessageID, Attempts: j.Attempts}
+	d := Delivery{ID: j.ID, Destination: j.Job.Destination, MessageID: j.Job.MessageID, Attempts: j.Attempts, Claimed: j.Attempts}
 	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease)
 	err := opts.Senders[j.Job.Destination].Send(sendCtx, j.Job)
 	cancel()

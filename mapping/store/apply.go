@@ -60,9 +60,14 @@ func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt,
 	for _, c := range dead {
 		notes = append(notes, fmt.Sprintf("%s: %s", c.field, NoteDeletedID))
 	}
+	// A message naming someone a deletion took keeps no payload and sends
+	// nothing; its traits stay only if they are about another person (its
+	// most specific identifier is not the deleted one). The same holds when
+	// the deletion comes later (holdBack), so arrival order does not matter.
 	aboutDeleted := len(dead) > 0 && m.Type != "delete"
+	firstDeleted := aboutDeleted && len(ids) > 0 && dead[0] == ids[0]
 	if aboutDeleted {
-		m.Raw, m.Jobs, m.Traits, m.Email, m.UserIDWarning = json.RawMessage(`{}`), nil, nil, "", ""
+		m.Raw = json.RawMessage(`{}`)
 		if len(live) == 0 && m.Rejected == "" {
 			m.Rejected = "deleted_identity"
 		}
@@ -82,6 +87,9 @@ func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt,
 	}
 	if m.Rejected != "" {
 		if err := w.warnRefused(ctx, m); err != nil {
+			return mapping.Receipt{}, err
+		}
+		if err := w.blankIfNamesHeldBack(ctx, messageRow, live); err != nil {
 			return mapping.Receipt{}, err
 		}
 		// A refused message is found (and deleted) by the values it names (refusedMessagesNaming).
@@ -161,37 +169,57 @@ func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt,
 	if err := w.refer(ctx, messageRow, rows); err != nil {
 		return mapping.Receipt{}, err
 	}
-	held, err := w.namesHeldBack(ctx, rows)
+	heldRows, err := w.heldAmong(ctx, rows)
 	if err != nil {
 		return mapping.Receipt{}, err
 	}
-	if aboutDeleted {
-		return mapping.Receipt{Notes: notes}, nil
+	// The Jimo token of a user ID a deletion took is taken too (Unify), also
+	// when it is linked after the deletion, which decides nothing on the spot.
+	for _, t := range rows {
+		if t.Kind != mapping.KindJimoToken || t.ID == 0 || heldRows[t.ID] {
+			continue
+		}
+		for _, u := range rows {
+			if u.Kind == mapping.KindUserID && u.Value == t.Value && heldRows[u.ID] {
+				now, err := w.reload(ctx, t.ID)
+				if err != nil {
+					return mapping.Receipt{}, err
+				}
+				if err := w.replay(ctx, now.ClusterID, "rules", "a deletion (privacy request)"); err != nil {
+					return mapping.Receipt{}, err
+				}
+				heldRows[t.ID] = true
+				break
+			}
+		}
 	}
-	if held {
-		// It names someone a deletion took: like a message naming an erased
-		// identifier, it keeps no payload and sends nothing.
+	if len(heldRows) > 0 {
 		if _, err := w.exec(ctx, `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow); err != nil {
 			return mapping.Receipt{}, fmt.Errorf("blank message: %w", err)
 		}
-		return mapping.Receipt{Notes: append(notes, NoteHeldBack)}, nil
+		notes = append(notes, NoteHeldBack)
 	}
-	if len(rows) > 0 && !m.Impersonating {
+	// Traits go to the message's most specific identifier unless it was
+	// erased; held back, it keeps them hidden, as if the deletion came later.
+	if len(rows) > 0 && !m.Impersonating && !firstDeleted {
 		if err := w.mergeTraits(ctx, rows[0].ID, m, fresh == len(rows)); err != nil {
 			return mapping.Receipt{}, err
 		}
 	}
 	if m.UserIDWarning != "" {
 		for _, r := range rows {
-			if r.Kind == mapping.KindUserID {
+			if r.Kind == mapping.KindUserID && !heldRows[r.ID] {
 				if _, err := w.exec(ctx, `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, r.ID); err != nil {
 					return mapping.Receipt{}, fmt.Errorf("record warning: %w", err)
 				}
 			}
 		}
 	}
+	if aboutDeleted {
+		return mapping.Receipt{Notes: notes}, nil
+	}
 	for _, j := range m.Jobs {
-		if err := w.enqueue(ctx, j, m); err != nil {
+		if err := w.enqueue(ctx, j, m, len(heldRows) > 0); err != nil {
 			return mapping.Receipt{}, err
 		}
 	}
@@ -251,8 +279,10 @@ func (w *writer) previousIDKind(ctx context.Context, ids []candidate) ([]candida
 		if c.field != "previousId" {
 			continue
 		}
+		// Known: stored, held back by a deletion, or erased (a tombstone).
 		var known bool
-		if err := w.get(ctx, &known, `SELECT EXISTS (SELECT 1 FROM identifiers WHERE kind = ? AND value = ? AND profile_id <> 0)`, mapping.KindUserID, c.value); err != nil {
+		if err := w.get(ctx, &known, `SELECT EXISTS (SELECT 1 FROM identifiers WHERE kind = ? AND value = ?)
+			OR EXISTS (SELECT 1 FROM tombstones WHERE kind = ? AND value_hash = ?)`, mapping.KindUserID, c.value, mapping.KindUserID, valueHash(c.value)); err != nil {
 			return nil, fmt.Errorf("read previousId: %w", err)
 		}
 		if !known {
@@ -553,31 +583,61 @@ func (w *writer) reload(ctx context.Context, id int64) (identity, error) {
 
 // enqueue writes an outbox job. It runs only for a message stored for the
 // first time, so a job is never written twice.
-func (w *writer) enqueue(ctx context.Context, j mapping.Job, m mapping.Message) error {
+// A held job waits for a deletion to be final or undone (see holdBack).
+func (w *writer) enqueue(ctx context.Context, j mapping.Job, m mapping.Message, held bool) error {
 	if _, err := w.exec(ctx, `INSERT INTO jobs
-		(destination, ordering_key, message_id, payload, state, attempts, run_at, source_message, created_at, updated_at)
-		VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)`,
-		j.Destination, j.OrderingKey, j.MessageID, string(j.Payload), w.now, string(m.Source)+":"+m.ID, w.now, w.now); err != nil {
+		(destination, ordering_key, message_id, payload, state, attempts, run_at, source_message, created_at, updated_at, held)
+		VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)`,
+		j.Destination, j.OrderingKey, j.MessageID, string(j.Payload), w.now, string(m.Source)+":"+m.ID, w.now, w.now, held); err != nil {
 		return fmt.Errorf("enqueue %s job: %w", j.Destination, err)
 	}
 	return nil
 }
 
-// namesHeldBack tells whether any of rows is held back by a deletion (after
+// heldAmong returns the row IDs among rows that a deletion holds back (after
 // the message's links were decided). It reads nothing when no identifier was
 // ever named by a deletion.
-func (w *writer) namesHeldBack(ctx context.Context, rows []identity) (bool, error) {
+func (w *writer) heldAmong(ctx context.Context, rows []identity) (map[int64]bool, error) {
 	if any, err := w.deletions(ctx); err != nil || !any {
-		return false, err
+		return nil, err
 	}
+	var held map[int64]bool
 	for _, r := range rows {
 		if r.ID == 0 {
 			continue
 		}
-		held, err := w.heldBack(ctx, r.ID)
-		if err != nil || held {
-			return held, err
+		h, err := w.heldBack(ctx, r.ID)
+		if err != nil {
+			return nil, err
+		}
+		if h {
+			if held == nil {
+				held = map[int64]bool{}
+			}
+			held[r.ID] = true
 		}
 	}
-	return false, nil
+	return held, nil
+}
+
+// blankIfNamesHeldBack blanks the payload of the refused message in row
+// messageRow when one of the identifiers it names is held back by a
+// deletion (as holdBack does when the deletion comes later).
+func (w *writer) blankIfNamesHeldBack(ctx context.Context, messageRow int64, cands []candidate) error {
+	if any, err := w.deletions(ctx); err != nil || !any || len(cands) == 0 {
+		return err
+	}
+	rows, _, err := w.lookup(ctx, cands)
+	if err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if r.ID != 0 && r.ProfileID == 0 {
+			if _, err := w.exec(ctx, `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow); err != nil {
+				return fmt.Errorf("blank message: %w", err)
+			}
+			return nil
+		}
+	}
+	return nil
 }

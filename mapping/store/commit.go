@@ -101,6 +101,13 @@ func (s *Store) enqueue(ctx context.Context, sub *submission) error {
 	if sub.state.CompareAndSwap(subWaiting, subAbandoned) {
 		return s.gaveUp(ctx, false, timedOut)
 	}
+	if sub.fn != nil {
+		// The committer runs fn now; fn writes its results into its
+		// caller's variables, so the caller waits for it to finish (an
+		// internal operation: a claim, a repair, a batch of housekeeping).
+		<-sub.done
+		return nil
+	}
 	select {
 	case <-sub.done:
 		return nil

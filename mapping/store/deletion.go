@@ -16,16 +16,23 @@ import (
 // function of the set of messages, whatever the arrival order:
 //
 //   - An identifier a deletion took is held back at once: it leaves its
-//     profile (profile_id 0), its pending deliveries are dropped, the raw
-//     payloads of the messages naming it are blanked, and no page, lookup or
-//     delivery shows it. Its graph stays, so that a message older than the
-//     deletion that arrives after it is decided as if it had come first.
-//   - Once Options.DeletionGrace has passed, a held-back identifier is erased:
-//     its row, links, traits and messages go, and a tombstone (a hash) keeps
-//     it from ever coming back. A message naming an erased identifier keeps
-//     its other identifiers (they are other people); only the erased one is
-//     dropped. Past the grace period a late message can no longer change who
-//     the deletion took.
+//     profile (profile_id 0) and no page, lookup or listing shows it; the
+//     raw payloads of the messages naming it are blanked; the deliveries
+//     those messages caused, and those about it, are held (not claimed, not
+//     listed). Its graph and traits stay, hidden, so that a message older
+//     than the deletion that arrives after it is decided as if it had come
+//     first (and an identifier such a message shows the deletion never took
+//     comes back, with its held deliveries).
+//   - A message naming a deleted identifier keeps its other identifiers
+//     (they are other people) and its traits when its most specific
+//     identifier is not the deleted one (they are about that other person);
+//     it keeps no payload and sends nothing, whichever arrives first.
+//   - The Jimo token of the value of a deleted user ID is deleted with it.
+//   - Once Options.DeletionGrace has passed for every identifier held back
+//     in a cluster, they are erased together: their rows, links, traits,
+//     messages and deliveries go, and a tombstone (a hash) keeps each from
+//     ever coming back. Past the grace period a late message can no longer
+//     change who the deletion took.
 
 // NoteHeldBack is recorded on a message that names an identifier a deletion took.
 const NoteHeldBack = "names an identifier deleted by a privacy request: payload not kept, nothing forwarded"
@@ -67,8 +74,14 @@ func (w *writer) withoutTombstoned(ctx context.Context, ids []candidate) (live, 
 		return ids, nil, err
 	}
 	for _, c := range ids {
+		// A Jimo token of the value of an erased user ID is that person's
+		// token (shared mode): erased with them.
+		also := c.kind
+		if c.kind == mapping.KindJimoToken {
+			also = mapping.KindUserID
+		}
 		var n int
-		if err := w.get(ctx, &n, `SELECT COUNT(*) FROM tombstones WHERE kind = ? AND value_hash = ?`, c.kind, valueHash(c.value)); err != nil {
+		if err := w.get(ctx, &n, `SELECT COUNT(*) FROM tombstones WHERE kind IN (?, ?) AND value_hash = ?`, c.kind, also, valueHash(c.value)); err != nil {
 			return nil, nil, fmt.Errorf("check tombstone: %w", err)
 		}
 		if n > 0 {
@@ -141,9 +154,12 @@ func (w *writer) holdBack(ctx context.Context, rows []identity) error {
 		args  []any
 	}{
 		{`UPDATE identifiers SET profile_id = 0, deleted_at = ?, warning = '' WHERE id IN (?)`, []any{w.now, ids}},
+		// What the messages naming them caused, and what is about them, is
+		// held: not sent nor listed until the deletion is final or undone.
+		{`UPDATE jobs SET held = 1 WHERE source_message IN (SELECT source || ':' || message_id FROM messages WHERE ` + messagesReferencing + `)`, []any{ids}},
+		{`UPDATE jobs SET held = 1 WHERE ordering_key IN (?)`, []any{values}},
 		{`UPDATE messages SET raw = '{}' WHERE ` + messagesReferencing, []any{ids}},
 		{`UPDATE messages SET raw = '{}' WHERE ` + refusedMessagesNaming, []any{values, values, values}},
-		{`DELETE FROM jobs WHERE ordering_key IN (?) AND state <> 'done'`, []any{values}},
 	} {
 		if err := w.execIn(ctx, q.query, q.args...); err != nil {
 			return fmt.Errorf("hold back deleted identifiers: %w", err)
@@ -152,16 +168,46 @@ func (w *writer) holdBack(ctx context.Context, rows []identity) error {
 	return nil
 }
 
-// eraseHeldBack erases up to limit identifiers (0: all) held back since
-// before cutoff (unix nanoseconds): tombstones, then the rows, links, traits,
-// messages and deliveries. It returns how many it erased.
+// release makes due again the held deliveries of identifiers that came back
+// (a message older than the deletion showed it never took them): those of
+// the messages naming them and those about them, unless something else they
+// name or are about is still held back.
+func (w *writer) release(ctx context.Context, rows []identity) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(rows))
+	values := make([]string, len(rows))
+	for i, r := range rows {
+		ids[i], values[i] = r.ID, r.Value
+	}
+	err := w.execIn(ctx, `UPDATE jobs SET held = 0 WHERE held = 1
+		AND (source_message IN (SELECT source || ':' || message_id FROM messages WHERE `+messagesReferencing+`) OR ordering_key IN (?))
+		AND NOT EXISTS (SELECT 1 FROM messages m JOIN message_refs r ON r.message_id = m.id JOIN identifiers i ON i.id = r.identifier_id
+		                WHERE m.source || ':' || m.message_id = jobs.source_message AND i.profile_id = 0)
+		AND NOT EXISTS (SELECT 1 FROM identifiers i WHERE i.kind IN ('user_id', 'anonymous_id', 'jimo_token', 'email')
+		                AND i.value = jobs.ordering_key AND i.profile_id = 0)`, ids, values)
+	if err != nil {
+		return fmt.Errorf("release held deliveries: %w", err)
+	}
+	return nil
+}
+
+// eraseHeldBack erases the identifiers held back in up to limit clusters
+// (0: all) whose every held-back identifier was held back before cutoff
+// (unix nanoseconds): tombstones, then the rows, links, traits, messages and
+// deliveries. A cluster's held-back identifiers go together, so those a
+// deletion took stay decided by it until all of them are erased. It returns
+// how many identifiers it erased.
 func (w *writer) eraseHeldBack(ctx context.Context, cutoff int64, limit int) (int, error) {
-	query := `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE deleted_at > 0 AND deleted_at <= ? ORDER BY deleted_at, id`
+	query := `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE deleted_at > 0 AND cluster_id IN (
+		SELECT cluster_id FROM identifiers WHERE deleted_at > 0 GROUP BY cluster_id HAVING MAX(deleted_at) <= ? ORDER BY cluster_id`
 	args := []any{cutoff}
 	if limit > 0 {
 		query += ` LIMIT ?`
 		args = append(args, limit)
 	}
+	query += `)`
 	var rows []identity
 	if err := w.sel(ctx, &rows, query, args...); err != nil {
 		return 0, fmt.Errorf("find deleted identifiers: %w", err)
@@ -185,6 +231,7 @@ func (w *writer) eraseHeldBack(ctx context.Context, cutoff int64, limit int) (in
 		{`DELETE FROM link_log WHERE link_id IN (SELECT id FROM links WHERE a_id IN (?) OR b_id IN (?))`, []any{ids, ids}},
 		{`DELETE FROM links WHERE a_id IN (?) OR b_id IN (?)`, []any{ids, ids}},
 		{`DELETE FROM traits WHERE identifier_id IN (?)`, []any{ids}},
+		{`DELETE FROM jobs WHERE source_message IN (SELECT source || ':' || message_id FROM messages WHERE ` + messagesReferencing + `)`, []any{ids}},
 		// The messages naming them go, with all their references (to other
 		// identifiers too: message row IDs can be reused), and so do the
 		// refused ones naming their values.
@@ -212,9 +259,9 @@ func (w *writer) tombstone(ctx context.Context, kind mapping.Kind, value string)
 	return nil
 }
 
-// eraseBatch bounds how many identifiers one transaction erases, so that a
-// large deletion does not stall ingestion.
-const eraseBatch = 500
+// eraseBatch bounds how many clusters one transaction erases, so that many
+// deletions do not stall ingestion.
+const eraseBatch = 100
 
 // eraseLoop erases held-back identifiers once their grace period is over, in
 // small transactions between the committer's groups.
@@ -238,8 +285,8 @@ func (s *Store) eraseLoop() {
 }
 
 // EraseDeleted erases every identifier whose deletion grace period is over,
-// in transactions of at most a few hundred identifiers, and returns how many
-// it erased. The store runs it by itself; it is exported for tools and tests.
+// in transactions of at most eraseBatch clusters, and returns how many
+// identifiers it erased. The store runs it by itself; it is exported for tools and tests.
 func (s *Store) EraseDeleted(ctx context.Context) (int, error) {
 	total := 0
 	for {
@@ -250,7 +297,7 @@ func (s *Store) EraseDeleted(ctx context.Context) (int, error) {
 			return err
 		})
 		total += n
-		if err != nil || n < eraseBatch {
+		if err != nil || n == 0 {
 			return total, err
 		}
 	}

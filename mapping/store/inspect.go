@@ -323,7 +323,7 @@ func (s *Store) History(ctx context.Context, profileID int64) (History, error) {
 
 	var jobs []jobRow
 	if err := s.selectIn(ctx, &jobs, `SELECT id, destination, ordering_key, message_id, state, attempts, last_error, source_message, payload, created_at, updated_at, run_at
-		FROM jobs WHERE ordering_key IN (?) ORDER BY id DESC LIMIT 50`, values); err != nil {
+		FROM jobs WHERE ordering_key IN (?) AND held = 0 ORDER BY id DESC LIMIT 50`, values); err != nil {
 		return History{}, fmt.Errorf("history jobs: %w", err)
 	}
 	for _, j := range jobs {
@@ -432,9 +432,9 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 		{&o.Messages, `SELECT COUNT(*) FROM messages`, nil},
 		{&o.Conflicts, `SELECT COUNT(*) FROM links l JOIN identifiers a ON a.id = l.a_id JOIN identifiers b ON b.id = l.b_id
 			WHERE l.decision IN ('conflict', 'over_cap') AND l.withdrawn = 0 AND a.profile_id <> 0 AND b.profile_id <> 0`, nil},
-		{&o.DeadJobs, `SELECT COUNT(*) FROM jobs WHERE state = 'dead'`, nil},
+		{&o.DeadJobs, `SELECT COUNT(*) FROM jobs WHERE state = 'dead' AND held = 0`, nil},
 		{&o.Warnings, `SELECT COUNT(*) FROM identifiers WHERE warning <> ''`, nil},
-		{&o.DeliveredLastHour, `SELECT COUNT(*) FROM jobs WHERE state = 'done' AND updated_at >= ?`, []any{hourAgo}},
+		{&o.DeliveredLastHour, `SELECT COUNT(*) FROM jobs WHERE state = 'done' AND held = 0 AND updated_at >= ?`, []any{hourAgo}},
 	} {
 		if err := s.read.GetContext(ctx, c.dest, c.query, c.args...); err != nil {
 			return o, fmt.Errorf("overview: %w", err)

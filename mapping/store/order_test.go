@@ -25,7 +25,7 @@ func genMessages(t *rapid.T) []mapping.Message {
 		m := mapping.Message{
 			Source:      mapping.SourceSegmentAPI,
 			ID:          fmt.Sprintf("m%02d", i),
-			Type:        rapid.SampledFrom([]string{"identify", "alias", "track"}).Draw(t, "type"),
+			Type:        rapid.SampledFrom([]string{"identify", "alias", "track", "session", "webhook", "delete"}).Draw(t, "type"),
 			UserID:      rapid.SampledFrom(userIDs).Draw(t, "userId"),
 			AnonymousID: rapid.SampledFrom(anonIDs).Draw(t, "anonymousId"),
 			// Few distinct times, so ties on time are decided by message ID.
@@ -39,16 +39,31 @@ func genMessages(t *rapid.T) []mapping.Message {
 			// A Jimo session report in derived mode or with a legacy token: user, token and browser.
 			m.Source = mapping.SourceJimoSession
 			m.JimoToken = rapid.SampledFrom([]string{"", "token-x", "token-y"}).Draw(t, "jimoToken")
+		case "delete":
+			// A privacy deletion names one identifier.
+			m.Source = mapping.SourceSegmentWebhook
+			if m.UserID != "" {
+				m.AnonymousID = ""
+			}
 		case "webhook":
 			// A Jimo webhook in shared mode: a token that is a user ID or a legacy token.
 			m.Source, m.UserID, m.AnonymousID = mapping.SourceJimoWebhook, "", ""
 			m.JimoTokenOrUserID = rapid.SampledFrom([]string{"user-a", "user-b", "token-x", "token-y"}).Draw(t, "identifyToken")
 		}
-		if rapid.IntRange(0, 9).Draw(t, "impersonating") == 0 {
+		if m.Type != "delete" && rapid.IntRange(0, 9).Draw(t, "impersonating") == 0 {
 			m.Impersonating = true
 		}
 		if m.UserID == "" && m.AnonymousID == "" && m.PreviousID == "" && m.JimoToken == "" && m.JimoTokenOrUserID == "" {
 			m.AnonymousID = "anon-1"
+		}
+		if m.Type != "delete" {
+			// What a message carries beside identifiers: traits, and a delivery.
+			m.Traits = map[string]any{"last": m.ID}
+			key := m.UserID
+			if key == "" {
+				key = m.AnonymousID + m.JimoToken + m.JimoTokenOrUserID
+			}
+			m.Jobs = []mapping.Job{{Destination: "fake", OrderingKey: key, MessageID: "job-" + m.ID, Payload: []byte(`{}`)}}
 		}
 		m.ReceivedAt = m.Timestamp
 		msgs[i] = m
@@ -64,7 +79,9 @@ func TestOrderIndependence(t *testing.T) {
 	run := 0
 	open := func(t *rapid.T) *Store {
 		run++
-		s, err := Open(context.Background(), filepath.Join(dir, fmt.Sprintf("run-%d.db", run)), Options{Caps: mapping.Caps{AnonymousIDs: 2, Links: 3}})
+		// Deletions are held back (not erased) for the whole run: within the
+		// grace period they are decided in event-time order like links.
+		s, err := Open(context.Background(), filepath.Join(dir, fmt.Sprintf("run-%d.db", run)), Options{Caps: mapping.Caps{AnonymousIDs: 2, Links: 3}, DeletionGrace: time.Hour})
 		if err != nil {
 			t.Fatalf("open: %v", err)
 		}

@@ -79,9 +79,9 @@ func (s *Store) Claim(ctx context.Context, active []string, n int, probes []stri
 			if err := w.sel(ctx, &rows, `UPDATE jobs SET state = ?, locked_until = ?, attempts = attempts + 1, updated_at = ?
 				WHERE id IN (
 					SELECT j.id FROM jobs j
-					WHERE j.state = 'pending' AND j.destination IN (`+marks+`) AND j.run_at <= ?
+					WHERE j.state = 'pending' AND j.held = 0 AND j.destination IN (`+marks+`) AND j.run_at <= ?
 					  AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.destination = j.destination AND e.ordering_key = j.ordering_key
-					                  AND e.id < j.id AND e.state IN ('pending', 'running'))
+					                  AND e.id < j.id AND e.state IN ('pending', 'running') AND e.held = 0)
 					ORDER BY j.id LIMIT ?)
 				RETURNING id, destination, ordering_key, message_id, payload, attempts`, args...); err != nil {
 				return err
@@ -98,9 +98,9 @@ func (s *Store) Claim(ctx context.Context, active []string, n int, probes []stri
 				if err := w.sel(ctx, &probe, `UPDATE jobs SET state = ?, locked_until = ?, attempts = attempts + 1, updated_at = ?
 					WHERE id IN (
 						SELECT j.id FROM jobs j
-						WHERE j.state = 'pending' AND j.destination = ? AND j.run_at <= ?
+						WHERE j.state = 'pending' AND j.held = 0 AND j.destination = ? AND j.run_at <= ?
 						  AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.destination = j.destination AND e.ordering_key = j.ordering_key
-						                  AND e.id < j.id AND e.state IN ('pending', 'running'))
+						                  AND e.id < j.id AND e.state IN ('pending', 'running') AND e.held = 0)
 						ORDER BY j.id LIMIT 1)
 					RETURNING id, destination, ordering_key, message_id, payload, attempts`, JobRunning, now+lease.Nanoseconds(), now, d, due); err != nil {
 					return err
@@ -141,8 +141,12 @@ func (s *Store) Record(ctx context.Context, deliveries []outbox.Delivery) error 
 			if !d.Outcome.RunAt.IsZero() {
 				runAt = d.Outcome.RunAt.UnixNano()
 			}
-			if _, err := w.exec(ctx, `UPDATE jobs SET state = ?, run_at = ?, attempts = ?, locked_until = 0, last_error = ?, updated_at = ? WHERE id = ?`,
-				state, runAt, d.Attempts, d.Outcome.LastError, now, d.ID); err != nil {
+			// Only the claim this outcome belongs to: not a job that was
+			// claimed again after the lease ended, nor a new job that took
+			// the ID of one deleted meanwhile.
+			if _, err := w.exec(ctx, `UPDATE jobs SET state = ?, run_at = ?, attempts = ?, locked_until = 0, last_error = ?, updated_at = ?
+				WHERE id = ? AND state = 'running' AND attempts = ?`,
+				state, runAt, d.Attempts, d.Outcome.LastError, now, d.ID, d.Claimed); err != nil {
 				return err
 			}
 		}
@@ -192,10 +196,10 @@ type jobRow struct {
 // Jobs lists up to limit jobs in state (all states if empty), newest first.
 func (s *Store) Jobs(ctx context.Context, state string, limit int) ([]JobInfo, error) {
 	var rows []jobRow
-	q := `SELECT id, destination, ordering_key, message_id, state, attempts, last_error, source_message, payload, created_at, updated_at, run_at FROM jobs`
+	q := `SELECT id, destination, ordering_key, message_id, state, attempts, last_error, source_message, payload, created_at, updated_at, run_at FROM jobs WHERE held = 0`
 	args := []any{}
 	if state != "" {
-		q += ` WHERE state = ?`
+		q += ` AND state = ?`
 		args = append(args, state)
 	}
 	q += ` ORDER BY id DESC LIMIT ?`
@@ -237,7 +241,7 @@ func (s *Store) RetryJobs(ctx context.Context, ids []int64) (int, error) {
 		n = 0 // the function runs again if its group is retried
 		now := s.opts.Now().UnixNano()
 		for _, id := range ids {
-			res, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ? WHERE id = ? AND state = 'dead'`, now, now, id)
+			res, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ? WHERE id = ? AND state = 'dead' AND held = 0`, now, now, id)
 			if err != nil {
 				return err
 			}
@@ -275,7 +279,7 @@ func (s *Store) Backlogs(ctx context.Context) ([]Backlog, error) {
 		Oldest      int64  `db:"oldest"`
 	}
 	if err := s.read.SelectContext(ctx, &rows, `SELECT destination, state, COUNT(*) AS n, MIN(created_at) AS oldest
-		FROM jobs WHERE state IN ('pending', 'running', 'dead') GROUP BY destination, state ORDER BY destination`); err != nil {
+		FROM jobs WHERE state IN ('pending', 'running', 'dead') AND held = 0 GROUP BY destination, state ORDER BY destination`); err != nil {
 		return nil, fmt.Errorf("outbox backlog: %w", err)
 	}
 	var out []Backlog

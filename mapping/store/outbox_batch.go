@@ -50,7 +50,7 @@ func (s *Store) retryAll(ctx context.Context, batch int, between func()) (int, e
 			ids = ids[:0]
 			now := s.opts.Now().UnixNano()
 			return w.sel(ctx, &ids, `UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ?
-				WHERE id IN (SELECT id FROM jobs WHERE state = 'dead' AND id > ? ORDER BY id LIMIT ?)
+				WHERE id IN (SELECT id FROM jobs WHERE state = 'dead' AND held = 0 AND id > ? ORDER BY id LIMIT ?)
 				RETURNING id`, now, now, after, batch)
 		})
 		if err != nil {

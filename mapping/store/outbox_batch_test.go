@@ -110,9 +110,9 @@ func TestJobsRunAt(t *testing.T) {
 		t.Fatalf("claim: %v %v", jobs, err)
 	}
 	if err := s.Record(context.Background(), []outbox.Delivery{
-		{ID: jobs[0].ID, Attempts: jobs[0].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDone}},
-		{ID: jobs[1].ID, Attempts: jobs[1].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDead, LastError: "permanent: 400"}},
-		{ID: jobs[2].ID, Attempts: jobs[2].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultRetry, RunAt: t0.Add(time.Minute), LastError: "503"}},
+		{ID: jobs[0].ID, Attempts: jobs[0].Attempts, Claimed: jobs[0].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDone}},
+		{ID: jobs[1].ID, Attempts: jobs[1].Attempts, Claimed: jobs[1].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDead, LastError: "permanent: 400"}},
+		{ID: jobs[2].ID, Attempts: jobs[2].Attempts, Claimed: jobs[2].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultRetry, RunAt: t0.Add(time.Minute), LastError: "503"}},
 	}); err != nil {
 		t.Fatal(err)
 	}

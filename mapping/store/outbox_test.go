@@ -148,7 +148,7 @@ func TestPruneDone(t *testing.T) {
 	if err != nil || len(jobs) != 1 {
 		t.Fatalf("claim: %v %v", jobs, err)
 	}
-	if err := s.Record(context.Background(), []outbox.Delivery{{ID: jobs[0].ID, Attempts: jobs[0].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDone}}}); err != nil {
+	if err := s.Record(context.Background(), []outbox.Delivery{{ID: jobs[0].ID, Attempts: jobs[0].Attempts, Claimed: jobs[0].Attempts, Outcome: outbox.Outcome{Result: outbox.ResultDone}}}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -38,6 +38,15 @@ func (w *writer) loadLink(ctx context.Context, id int64) (linkRow, int64, error)
 	if err := w.get(ctx, &cluster, `SELECT cluster_id FROM identifiers WHERE id = ?`, l.AID); err != nil {
 		return l, 0, fmt.Errorf("read link %d: %w", id, err)
 	}
+	// A link of an identifier a deletion holds back is not shown, and not
+	// repaired: forcing it would bring the deleted person back.
+	var held bool
+	if err := w.get(ctx, &held, `SELECT EXISTS (SELECT 1 FROM identifiers WHERE id IN (?, ?) AND profile_id = 0)`, l.AID, l.BID); err != nil {
+		return l, 0, fmt.Errorf("read link %d: %w", id, err)
+	}
+	if held {
+		return l, 0, mapping.Errorf(mapping.CodeNotFound, "link %d does not exist (its profile may have been deleted)", id)
+	}
 	return l, cluster, nil
 }
 

@@ -127,6 +127,7 @@ func (w *writer) replayHolding(ctx context.Context, cluster int64, actor, cause 
 	sort.Ints(comps)
 	taken := map[int64]bool{}
 	old := map[int64]bool{}
+	var back []identity // held back before, live again
 	for _, id := range idents {
 		if id.ProfileID != 0 {
 			old[id.ProfileID] = true
@@ -166,7 +167,13 @@ func (w *writer) replayHolding(ctx context.Context, cluster int64, actor, cause 
 			if _, err := w.exec(ctx, `UPDATE identifiers SET profile_id = ?, deleted_at = 0 WHERE id = ?`, profileID, idents[i].ID); err != nil {
 				return nil, fmt.Errorf("replay: move identifier: %w", err)
 			}
+			if idents[i].ProfileID == 0 {
+				back = append(back, idents[i].identity)
+			}
 		}
+	}
+	if err := w.release(ctx, back); err != nil {
+		return nil, err
 	}
 	for p := range old {
 		if !taken[p] {

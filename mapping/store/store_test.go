@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"reflect"
@@ -48,6 +49,10 @@ type snapshot struct {
 	Profiles  []string
 	Deleted   []string
 	Decisions map[string]mapping.Decision
+	// Traits are each profile's merged traits, by the profile's identifiers.
+	Traits map[string]string
+	// Jobs are the deliveries waiting to be sent, by the message that caused them.
+	Jobs []string
 }
 
 // fataler is what takeSnapshot needs of a *testing.T or a *rapid.T.
@@ -83,6 +88,30 @@ func takeSnapshot(t fataler, s *Store) snapshot {
 		snap.Profiles = append(snap.Profiles, strings.Join(g, " "))
 	}
 	sort.Strings(snap.Profiles)
+	snap.Traits = map[string]string{}
+	for p, ids := range groups {
+		var docs []string
+		if err := s.read.Select(&docs, `SELECT t.doc FROM traits t JOIN identifiers i ON i.id = t.identifier_id WHERE i.profile_id = ?`, p); err != nil {
+			t.Fatal(err)
+		}
+		merged, err := mergeTraitDocs(docs, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(merged) > 0 {
+			vals := map[string]any{}
+			for k, e := range merged {
+				vals[k] = e.Value
+			}
+			b, _ := json.Marshal(vals)
+			sorted := slices.Clone(ids)
+			sort.Strings(sorted)
+			snap.Traits[strings.Join(sorted, " ")] = string(b)
+		}
+	}
+	if err := s.read.Select(&snap.Jobs, `SELECT source_message FROM jobs WHERE state = 'pending' ORDER BY source_message`); err != nil {
+		t.Fatal(err)
+	}
 	var links []linkRow
 	if err := s.read.Select(&links, `SELECT id, a_id, b_id, order_key, forced, withdrawn, decision, reason FROM links`); err != nil {
 		t.Fatal(err)
