@@ -83,11 +83,19 @@ func DecodeDelivery(body []byte, receivedAt time.Time, covered Coverage) ([]Even
 			// Segment's signature covers element 0 only: a deletion
 			// appended to a captured delivery must not delete anyone.
 			ev.Message.Rejected = ReasonUnsignedDelete
+			// Stored under an ID of its own, so that the same deletion,
+			// delivered again where a signature covers it, is not taken
+			// for a duplicate of this refusal.
+			ev.Message.ID = unsignedDeletePrefix + ev.Message.ID
 		}
 		events = append(events, ev)
 	}
 	return events, nil
 }
+
+// unsignedDeletePrefix marks the message ID of a delete stored as refused
+// because no signature covered it.
+const unsignedDeletePrefix = "unsigned:"
 
 // VerifySignature returns what signature (an X-Signature header: hex
 // HMAC-SHA1 keyed with secret) authenticates of body: SignedAll when it is

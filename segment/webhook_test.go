@@ -372,3 +372,26 @@ func TestDecodeOptionalFieldShapes(t *testing.T) {
 		}
 	}
 }
+
+// TestUnsignedDeleteKeepsItsIDFree: a delete refused because no signature
+// covered it is stored under an ID of its own, so the same deletion
+// delivered again, signed, is not a duplicate of the refusal.
+func TestUnsignedDeleteKeepsItsIDFree(t *testing.T) {
+	del := `{"type":"delete","userId":"u-1","messageId":"del-1"}`
+	body := []byte(`[{"type":"track","event":"x","userId":"u-2","messageId":"t-1"},` + del + `]`)
+	evs, err := DecodeDelivery(body, time.Now(), SignedFirst)
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("decode: %v (%d events)", err, len(evs))
+	}
+	refused := evs[1].Message
+	signed, err := DecodeDelivery([]byte(del), time.Now(), SignedFirst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if refused.Rejected != ReasonUnsignedDelete || signed[0].Message.Rejected != "" {
+		t.Fatalf("got rejected %q and %q, want unsigned_delete then accepted", refused.Rejected, signed[0].Message.Rejected)
+	}
+	if refused.ID == signed[0].Message.ID {
+		t.Errorf("the refused and the signed delete share message ID %q: the signed one would be dropped as a duplicate", refused.ID)
+	}
+}
