@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/bridgeworks/bridge/mapping"
@@ -86,15 +87,15 @@ func TestJimoBodiesBoundedBeforeAuthentication(t *testing.T) {
 	if status, body := post("/jimo/session", io.LimitReader(counted, offered)); status != http.StatusBadRequest || !strings.Contains(body, `"too_large"`) {
 		t.Errorf("oversized session report: got %d %s, want 400 too_large", status, body)
 	}
-	if counted.n >= offered/4 {
-		t.Errorf("the client sent %d bytes of a session report before the answer, want the answer after about 16 KiB", counted.n)
+	if counted.n.Load() >= offered/4 {
+		t.Errorf("the client sent %d bytes of a session report before the answer, want the answer after about 16 KiB", counted.n.Load())
 	}
 	counted = &countingReader{r: neverEnding(' ')}
 	if status, _ := post("/jimo/webhook?secret=wrong", io.LimitReader(counted, offered)); status != http.StatusUnauthorized {
 		t.Errorf("webhook with a wrong secret: got %d, want 401", status)
 	}
-	if counted.n >= offered/4 {
-		t.Errorf("the client sent %d bytes of an unauthenticated webhook before the answer, want the answer before its body is read", counted.n)
+	if counted.n.Load() >= offered/4 {
+		t.Errorf("the client sent %d bytes of an unauthenticated webhook before the answer, want the answer before its body is read", counted.n.Load())
 	}
 }
 
@@ -108,15 +109,16 @@ func (b neverEnding) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// countingReader counts the bytes read through it.
+// countingReader counts the bytes read through it (the client's transport
+// may go on reading while the test looks).
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 

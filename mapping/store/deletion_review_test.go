@@ -156,12 +156,12 @@ func TestErasureLeavesOnlyTombstones(t *testing.T) {
 		"conflict": {identify("m1", "user-a", "anon-2", 0), identify("m2", "user-b", "anon-2", time.Minute), del("d1", mapping.KindUserID, "user-a", 2*time.Minute)},
 	}
 	for name, msgs := range cases {
-		s := openTestStore(t, Options{DeletionGrace: time.Hour})
+		clock := &testClock{now: t0}
+		s := openTestStore(t, Options{DeletionGrace: time.Hour, Now: clock.Now})
 		for _, m := range msgs {
 			submit(t, s, m)
 		}
-		s.opts.DeletionGrace = time.Nanosecond
-		time.Sleep(time.Millisecond)
+		clock.Advance(2 * time.Hour)
 		if _, err := s.EraseDeleted(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -291,7 +291,8 @@ func TestRecordOnlyItsOwnClaim(t *testing.T) {
 // a member arriving between two erasures cannot bring it back.
 func TestErasureKeepsClustersWhole(t *testing.T) {
 	ctx := context.Background()
-	s := openTestStore(t, Options{DeletionGrace: time.Hour})
+	clock := &testClock{now: t0}
+	s := openTestStore(t, Options{DeletionGrace: time.Hour, Now: clock.Now})
 	submit(t, s, identify("m1", "user-a", "anon-a", 0))
 	submit(t, s, del("d1", mapping.KindUserID, "user-a", time.Minute))
 	// First batch erases one identifier (the named user ID: lower row ID).
@@ -303,8 +304,7 @@ func TestErasureKeepsClustersWhole(t *testing.T) {
 	}
 	// Between batches, the same browser comes back.
 	submit(t, s, identify("m2", "user-z", "anon-a", 30*time.Second))
-	s.opts.DeletionGrace = time.Nanosecond
-	time.Sleep(time.Millisecond)
+	clock.Advance(2 * time.Hour)
 	if _, err := s.EraseDeleted(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -317,21 +317,21 @@ func TestErasureKeepsClustersWhole(t *testing.T) {
 // joined them) are erased with it, once all of them are past the grace.
 func TestLaterHeldMemberStaysDeleted(t *testing.T) {
 	ctx := context.Background()
-	now := t0.Add(time.Hour)
-	s := openTestStore(t, Options{DeletionGrace: time.Hour, Now: func() time.Time { return now }})
+	clock := &testClock{now: t0.Add(time.Hour)}
+	s := openTestStore(t, Options{DeletionGrace: time.Hour, Now: clock.Now})
 	submit(t, s, identify("m1", "user-a", "anon-a", 0))
 	submit(t, s, del("d1", mapping.KindUserID, "user-a", 2*time.Minute))
-	now = now.Add(30 * time.Minute)
+	clock.Advance(30 * time.Minute)
 	m := identify("m2", "", "anon-a", time.Minute)
 	m.AnonymousID = "anon-b"
 	m.UserID = ""
 	// anon-b with anon-a at 1 min: anon-b joins the profile the deletion takes.
 	submit(t, s, mapping.Message{Source: mapping.SourceSegmentAPI, ID: "m2", Type: "alias", AnonymousID: "anon-b", PreviousID: "anon-a", Timestamp: t0.Add(time.Minute), ReceivedAt: t0.Add(time.Minute), Raw: []byte(`{}`)})
-	now = now.Add(40 * time.Minute) // first hold is past the grace, the second is not
+	clock.Advance(40 * time.Minute) // first hold is past the grace, the second is not
 	if n, err := s.EraseDeleted(ctx); err != nil || n != 0 {
 		t.Fatalf("erase with one hold still in its grace: got %d %v, want 0 (a cluster's held identifiers go together)", n, err)
 	}
-	now = now.Add(time.Hour)
+	clock.Advance(time.Hour)
 	if n, err := s.EraseDeleted(ctx); err != nil || n != 3 {
 		t.Fatalf("erase: got %d %v, want user-a, anon-a and anon-b", n, err)
 	}

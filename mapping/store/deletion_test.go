@@ -123,15 +123,15 @@ func TestTombstonesAreReadFromTheDatabase(t *testing.T) {
 
 // TestEraseDeletedWorksInBatches: a large deletion is erased completely.
 func TestEraseDeletedWorksInBatches(t *testing.T) {
-	now := t0
-	s := openTestStore(t, Options{DeletionGrace: time.Minute, Now: func() time.Time { return now }, Caps: mapping.Caps{AnonymousIDs: 2000, Links: 5000}})
+	clock := &testClock{now: t0}
+	s := openTestStore(t, Options{DeletionGrace: time.Minute, Now: clock.Now, Caps: mapping.Caps{AnonymousIDs: 2000, Links: 5000}})
 	var msgs []mapping.Message
 	for i := range eraseBatch + 20 {
 		msgs = append(msgs, identify(fmt.Sprintf("m%d", i), "user-1", fmt.Sprintf("anon-%d", i), time.Duration(i)*time.Millisecond))
 	}
 	submit(t, s, msgs...)
 	submit(t, s, mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Hour), ReceivedAt: t0})
-	now = now.Add(time.Hour)
+	clock.Advance(time.Hour)
 	n, err := s.EraseDeleted(context.Background())
 	if err != nil || n != eraseBatch+21 {
 		t.Fatalf("erase: got %d, %v; want %d", n, err, eraseBatch+21)

@@ -39,10 +39,10 @@ func countJobs(t *testing.T, s *Store, state string) int {
 // transactions, and a message submitted between two of them is stored
 // while the pruning is still under way.
 func TestPruneDoneInBatches(t *testing.T) {
-	now := t0
-	s := openTestStore(t, Options{Now: func() time.Time { return now }})
+	clock := &testClock{now: t0}
+	s := openTestStore(t, Options{Now: clock.Now})
 	jobsInState(t, s, 250, JobDone)
-	now = now.Add(8 * 24 * time.Hour)
+	clock.Advance(8 * 24 * time.Hour)
 	batches := 0
 	n, err := s.pruneDone(context.Background(), 7*24*time.Hour, 100, func() {
 		batches++
@@ -102,8 +102,8 @@ func TestRetryAllInBatches(t *testing.T) {
 
 // Done and dead jobs report no runAt; a pending one its due time.
 func TestJobsRunAt(t *testing.T) {
-	now := t0
-	s := openTestStore(t, Options{Now: func() time.Time { return now }})
+	clock := &testClock{now: t0}
+	s := openTestStore(t, Options{Now: clock.Now})
 	submit(t, s, withJobs("m1", "user-a", "a1"), withJobs("m2", "user-b", "b1"), withJobs("m3", "user-c", "c1"))
 	jobs, err := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute)
 	if err != nil || len(jobs) != 3 {

@@ -112,9 +112,8 @@ func TestOutboxDeliversInOrderAndRetries(t *testing.T) {
 }
 
 func TestOutboxReclaimsAfterCrash(t *testing.T) {
-	now := t0
-	clock := func() time.Time { return now }
-	s := openTestStore(t, Options{Now: clock})
+	clock := &testClock{now: t0}
+	s := openTestStore(t, Options{Now: clock.Now})
 	submit(t, s, withJobs("m1", "user-a", "a1"))
 	// A worker claims the job and dies without recording anything.
 	jobs, err := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute)
@@ -124,7 +123,7 @@ func TestOutboxReclaimsAfterCrash(t *testing.T) {
 	if again, _ := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute); len(again) != 0 {
 		t.Fatalf("claimed twice within the lease: %v", again)
 	}
-	now = now.Add(2 * time.Minute)
+	clock.Advance(2 * time.Minute)
 	again, err := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute)
 	if err != nil || len(again) != 1 || again[0].Attempts != 2 {
 		t.Fatalf("after the lease: got %+v, %v; want the job again, attempt 2", again, err)
@@ -141,8 +140,8 @@ func contains(xs []string, x string) bool {
 }
 
 func TestPruneDone(t *testing.T) {
-	now := t0
-	s := openTestStore(t, Options{Now: func() time.Time { return now }})
+	clock := &testClock{now: t0}
+	s := openTestStore(t, Options{Now: clock.Now})
 	submit(t, s, withJobs("m1", "user-a", "a1", "a2"))
 	jobs, err := s.Claim(context.Background(), []string{"fake"}, 10, nil, time.Minute)
 	if err != nil || len(jobs) != 1 {
@@ -152,7 +151,7 @@ func TestPruneDone(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	now = now.Add(8 * 24 * time.Hour)
+	clock.Advance(8 * 24 * time.Hour)
 	n, err := s.PruneDone(context.Background(), 7*24*time.Hour)
 	if err != nil || n != 1 {
 		t.Fatalf("prune: got %d, %v; want the one delivered job", n, err)

@@ -369,12 +369,12 @@ func TestDeletionIsFinalWhateverTheGrouping(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			// Within the grace period a deletion is decided in event-time
 			// order whatever the arrival order; then it is erased.
-			now := t0
-			s := openTestStore(t, Options{DeletionGrace: time.Hour, Now: func() time.Time { return now }})
+			clock := &testClock{now: t0}
+			s := openTestStore(t, Options{DeletionGrace: time.Hour, Now: clock.Now})
 			for _, g := range tt.groups {
 				submit(t, s, g...)
 			}
-			now = now.Add(2 * time.Hour)
+			clock.Advance(2 * time.Hour)
 			if n, err := s.EraseDeleted(context.Background()); err != nil || n != 2 {
 				t.Fatalf("erase: got %d, %v; want 2 identifiers (user-1, anon-0) erased", n, err)
 			}
