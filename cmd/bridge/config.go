@@ -338,6 +338,7 @@ usage:
   bridge outbox retry [flags] (-all | JOB_ID...)
                                make dead jobs due again (bridge outbox -help)
   bridge bench [flags]         measure ingest against baselines (bridge bench -help)
+  bridge soak [flags]          run under steady load and report what stays bounded (bridge soak -help)
   bridge help                  this text
 
 Every flag can be given instead as the BRIDGE_* variable shown under it; a

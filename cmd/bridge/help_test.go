@@ -26,7 +26,7 @@ func TestHelp(t *testing.T) {
 				t.Errorf("exit code %d, want 0", code)
 			}
 			help := out.String()
-			for _, want := range []string{"bridge outbox list", "bridge outbox retry", "bridge bench", "bridge help",
+			for _, want := range []string{"bridge outbox list", "bridge outbox retry", "bridge bench", "bridge soak", "bridge help",
 				// DESIGN.md §5's variables that this bridge has.
 				"BRIDGE_ADDR", "BRIDGE_DB", "BRIDGE_SEGMENT_WRITE_KEYS", "BRIDGE_SEGMENT_SHARED_SECRET", "BRIDGE_SEGMENT_FORWARD_WRITE_KEY",
 				"BRIDGE_SEGMENT_ENDPOINT", "BRIDGE_JIMO_API_KEY", "BRIDGE_JIMO_ENDPOINT", "BRIDGE_JIMO_TOKEN_MODE", "BRIDGE_JIMO_SIGNING_SECRET",
