@@ -149,6 +149,11 @@ func (h *Handler) Session(c echo.Context) error {
 	}
 	h.log.Debug("jimo session stored", "message_id", msg.ID, "type", msg.Type,
 		"mode", h.sessions.Mode(), "impersonating", msg.Impersonating, "duplicate", receipt.Duplicate)
+	if receipt.NamesDeleted() {
+		// A person a privacy deletion took is not identified to Jimo again
+		// (in derived mode the page pushes Jimo's identify only with a token).
+		resp.JimoToken = ""
+	}
 	return c.JSON(http.StatusOK, resp)
 }
 

@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 )
 
@@ -100,4 +101,24 @@ type Receipt struct {
 	// the rules that fired (refused values, impersonation, conflicts), for
 	// the client and the admin page.
 	Notes []string
+}
+
+// Notes the store records on messages (and returns in receipts) when a rule fires.
+const (
+	NoteImpersonating = "impersonating: stored, links nothing"
+	// NoteDeletedID follows the field that named an identifier a privacy deletion erased.
+	NoteDeletedID = "identifier was deleted (privacy request); not linked"
+	// NoteHeldBack marks a message that names an identifier a privacy deletion holds back.
+	NoteHeldBack = "names an identifier deleted by a privacy request: payload not kept, nothing forwarded"
+)
+
+// NamesDeleted reports whether the message the receipt is for names someone
+// a privacy deletion took: nothing about them may be handed on.
+func (r Receipt) NamesDeleted() bool {
+	for _, n := range r.Notes {
+		if n == NoteHeldBack || strings.HasSuffix(n, NoteDeletedID) {
+			return true
+		}
+	}
+	return false
 }

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"testing"
+	"time"
 
+	"github.com/bridgeworks/bridge/segment"
 	"github.com/segmentio/analytics-go/v3"
 )
 
@@ -64,4 +66,30 @@ func TestSessionTokenIsFoundAsJimoToken(t *testing.T) {
 		t.Errorf("jimo_token:%s: got the profile of user %q, want %q", u, p.UserID, u)
 	}
 	wantIdentifiers(t, p, "user_id:"+u, "jimo_token:"+u, "anonymous_id:"+anon)
+}
+
+// TestSessionOfDeletedPersonGetsNoToken: after a signed deletion, a session
+// report for the same user is stored as a trace but gets no Jimo token, so
+// the page does not identify the deleted person to Jimo again.
+func TestSessionOfDeletedPersonGetsNoToken(t *testing.T) {
+	const secret = "shared-secret-for-deletion"
+	b := startBridge(t, "", "-allowed-origins", jimoPageOrigin, "-segment-shared-secret", secret, "-jimo-token-mode", "derived")
+	u := newUUID(t)
+	report := func(id string) map[string]any {
+		return map[string]any{"userId": u, "anonymousId": newUUID(t), "signature": signUserID(testSigningSecret, u), "messageId": id}
+	}
+	if _, token := sessionAnswer(t, b.session(t, jimoPageOrigin, report("s-1"))); token == "" {
+		t.Fatal("before the deletion: got no Jimo token, want one")
+	}
+	del := []byte(`{"type":"delete","userId":"` + u + `","messageId":"del-1","timestamp":"` + time.Now().UTC().Format(time.RFC3339) + `"}`)
+	if status, resp := b.post(t, "/segment/webhook", del, map[string]string{"Content-Type": "application/json", "X-Signature": segment.Sign([]byte(secret), del)}); status != http.StatusOK {
+		t.Fatalf("delete: got %d %s", status, resp)
+	}
+	later := report("s-2")
+	if _, token := sessionAnswer(t, b.session(t, jimoPageOrigin, later)); token != "" {
+		t.Errorf("after the deletion: got Jimo token %q, want none", token)
+	}
+	if _, ok := b.profile(t, "user_id:"+u); ok {
+		t.Errorf("user_id:%s is back after its deletion", u)
+	}
 }

@@ -13,12 +13,6 @@ import (
 	"github.com/bridgeworks/bridge/mapping"
 )
 
-// Notes recorded on messages when a rule fires.
-const (
-	NoteImpersonating = "impersonating: stored, links nothing"
-	NoteDeletedID     = "identifier was deleted (privacy request); not linked"
-)
-
 // identity is an identifier row as the writer needs it.
 type identity struct {
 	ID        int64        `db:"id"`
@@ -58,7 +52,7 @@ func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt,
 		return mapping.Receipt{}, err
 	}
 	for _, c := range dead {
-		notes = append(notes, fmt.Sprintf("%s: %s", c.field, NoteDeletedID))
+		notes = append(notes, fmt.Sprintf("%s: %s", c.field, mapping.NoteDeletedID))
 	}
 	// A message naming someone a deletion took keeps no payload and sends
 	// nothing; its traits stay only if they are about another person (its
@@ -111,7 +105,7 @@ func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt,
 	}
 	switch {
 	case m.Impersonating:
-		notes = append(notes, NoteImpersonating)
+		notes = append(notes, mapping.NoteImpersonating)
 		for i := range rows {
 			if rows[i].ID == 0 {
 				if rows[i], err = w.createIdentifier(ctx, live[i], m); err != nil {
@@ -197,7 +191,7 @@ func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt,
 		if _, err := w.exec(ctx, `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow); err != nil {
 			return mapping.Receipt{}, fmt.Errorf("blank message: %w", err)
 		}
-		notes = append(notes, NoteHeldBack)
+		notes = append(notes, mapping.NoteHeldBack)
 	}
 	// Traits go to the message's most specific identifier unless it was
 	// erased; held back, it keeps them hidden, as if the deletion came later.

@@ -34,8 +34,6 @@ import (
 //     ever coming back. Past the grace period a late message can no longer
 //     change who the deletion took.
 
-// NoteHeldBack is recorded on a message that names an identifier a deletion took.
-const NoteHeldBack = "names an identifier deleted by a privacy request: payload not kept, nothing forwarded"
 
 // tombstoned reads, once per transaction and from the database (another
 // process may have written one), whether any tombstone exists.

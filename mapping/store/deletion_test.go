@@ -113,7 +113,7 @@ func TestTombstonesAreReadFromTheDatabase(t *testing.T) {
 	defer b.Close()
 	submit(t, b, mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0, ReceivedAt: t0})
 	r := submit(t, a, identify("m1", "user-1", "anon-1", time.Minute))
-	if want := "userId: " + NoteDeletedID; !slices.Contains(r[0].Notes, want) {
+	if want := "userId: " + mapping.NoteDeletedID; !slices.Contains(r[0].Notes, want) {
 		t.Errorf("got notes %v, want %q", r[0].Notes, want)
 	}
 	if _, err := a.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"}); mapping.ErrorCode(err) != mapping.CodeNotFound {

@@ -327,7 +327,7 @@ func TestTombstonesOutliveARestart(t *testing.T) {
 	}
 	defer s.Close()
 	r := submit(t, s, identify("m2", "user-1", "anon-2", time.Hour))
-	if want := "userId: " + NoteDeletedID; !slices.Contains(r[0].Notes, want) {
+	if want := "userId: " + mapping.NoteDeletedID; !slices.Contains(r[0].Notes, want) {
 		t.Errorf("after a restart: got notes %v, want %q", r[0].Notes, want)
 	}
 	if _, err := s.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: "user-1"}); mapping.ErrorCode(err) != mapping.CodeNotFound {
