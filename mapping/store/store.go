@@ -739,8 +739,10 @@ func (s *Store) Ready(ctx context.Context) error {
 
 // Stats are the store's figures for metrics.
 type Stats struct {
-	// WALBytes is the write-ahead log's size at the last sample (after each
-	// group), WALPeak the largest sampled since Open, WALLimit its bound.
+	// WALBytes is the size of the write-ahead log in use at the last sample
+	// (after each group; 0 right after a complete checkpoint), WALPeak the
+	// largest sampled since Open, WALLimit its bound. The log's file, written
+	// over in place after each checkpoint, stays as large as WALPeak.
 	WALBytes, WALPeak, WALLimit int64
 	// Checkpoints counts the checkpoints the committer ran to bound the log.
 	Checkpoints int64
