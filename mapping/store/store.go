@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"embed"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -73,8 +74,10 @@ type Options struct {
 	MaxGroup int
 	// WALLimit bounds the write-ahead log, in bytes: whenever the log has
 	// passed half of it after a group, the committer checkpoints it to
-	// completion and truncates it before the next group. A single group
-	// larger than the other half can still overshoot it. Default 64 MiB.
+	// completion, and the next group writes the log over from its start
+	// (the file keeps its size, so that syncs need not record a new one).
+	// A single group larger than the other half can still overshoot it.
+	// Default 64 MiB.
 	WALLimit int64
 	// CommitTimeout bounds how long Submit waits for its messages to be
 	// queued and committed when the caller's context sets no earlier
@@ -90,7 +93,9 @@ type Options struct {
 	// message older than the deletion arriving after it is still decided in
 	// order (rule 6). 0 erases them in the deletion's own transaction.
 	DeletionGrace time.Duration
-	// SyncFile makes the write-ahead log durable; nil means (*os.File).Sync.
+	// SyncFile makes the write-ahead log durable; nil means fdatasync(2)
+	// where the system has it (the log's contents and size, not its times),
+	// else (*os.File).Sync.
 	// It exists for tests to inject failures: an error from it is fatal.
 	SyncFile func(*os.File) error
 }
@@ -133,6 +138,11 @@ type Store struct {
 	// walFile is the write-ahead log, opened once: every sync goes through
 	// it, so an error the kernel reports for the file is seen here.
 	walFile *os.File
+	// shmFile is the log's index (-shm), read for how much of the log is in
+	// use (see logInUse); nil if it could not be opened. pageSize is the
+	// database's page size, which sizes the log's frames.
+	shmFile  *os.File
+	pageSize int64
 	// dbInfo and walInfo identify the files opened, to notice when the
 	// path names another file (or none) later.
 	dbInfo, walInfo os.FileInfo
@@ -183,7 +193,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		opts.CommitTimeout = 10 * time.Second
 	}
 	if opts.SyncFile == nil {
-		opts.SyncFile = (*os.File).Sync
+		opts.SyncFile = syncData
 	}
 	opts.Caps = opts.Caps.WithDefaults()
 
@@ -231,6 +241,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		if s.walFile != nil {
 			s.walFile.Close()
 		}
+		if s.shmFile != nil {
+			s.shmFile.Close()
+		}
 	}
 	if err := s.checkContract(ctx); err != nil {
 		closeAll()
@@ -245,6 +258,14 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if s.walFile, err = os.OpenFile(path+"-wal", os.O_RDWR, 0); err != nil {
 		closeAll()
 		return nil, fmt.Errorf("open %s: its write-ahead log: %w", path, err)
+	}
+	if err := committer.GetContext(ctx, &s.pageSize, `PRAGMA page_size`); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if s.shmFile, err = os.Open(path + "-shm"); err != nil {
+		s.log.Warn("the log's index cannot be read; the log's size is taken as its file's", "err", err)
+		s.shmFile = nil
 	}
 	if s.walInfo, err = s.walFile.Stat(); err == nil {
 		s.dbInfo, err = os.Stat(path)
@@ -511,13 +532,10 @@ func (s *Store) syncLoop() {
 	}
 }
 
-// sampleLog records the log's size; only the committer calls it (and Open).
+// sampleLog records the size of the log in use (see logInUse); only the
+// committer calls it (and Open).
 func (s *Store) sampleLog() int64 {
-	fi, err := s.walFile.Stat()
-	if err != nil {
-		return 0
-	}
-	n := fi.Size()
+	n := s.logInUse()
 	s.walBytes.Store(n)
 	for {
 		peak := s.walPeak.Load()
@@ -527,11 +545,38 @@ func (s *Store) sampleLog() int64 {
 	}
 }
 
+// logInUse is how many bytes of the write-ahead log hold frames of the
+// current log: after a checkpoint that restarted the log, the file keeps
+// its size while the next commits write it over from its start. SQLite
+// keeps the number of valid frames (mxFrame) at byte 16 of the log's index,
+// in the machine's byte order (https://www.sqlite.org/walformat.html); a
+// log in use is its 32-byte header and that many frames of a page and a
+// 24-byte header each. Without the index, it is the file's size, which is
+// never less.
+func (s *Store) logInUse() int64 {
+	fi, err := s.walFile.Stat()
+	if err != nil {
+		return 0
+	}
+	n := fi.Size()
+	if s.shmFile == nil {
+		return n
+	}
+	var b [4]byte
+	if _, err := s.shmFile.ReadAt(b[:], 16); err != nil {
+		return n
+	}
+	frames := int64(binary.NativeEndian.Uint32(b[:]))
+	return min(n, 32+frames*(24+s.pageSize))
+}
+
 // boundLog keeps the write-ahead log under WALLimit: between groups, once
 // the log has passed half of the limit (or would pass the limit should the
 // next group grow it twice as much as the last did), the committer checkpoints it to
-// completion and truncates it, so the next group starts it over. The
-// checkpoint syncs the log and then the database file. The groups waiting
+// completion (RESTART), so the next group starts it over. The file is not
+// truncated: the next groups write over it, and a sync of a file whose size
+// did not change records no new size (see syncData); the file stays as large
+// as the log in use ever was. The checkpoint syncs the log and then the database file. The groups waiting
 // meanwhile pay for it, inside any measurement of the store's throughput.
 func (s *Store) boundLog() {
 	n := s.sampleLog()
@@ -562,7 +607,7 @@ func (s *Store) boundLog() {
 		return // the passive checkpoint is copying the log meanwhile
 	}
 	s.committer.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, wait))
-	err := s.committer.GetContext(ctx, &res, `PRAGMA wal_checkpoint(TRUNCATE)`)
+	err := s.committer.GetContext(ctx, &res, `PRAGMA wal_checkpoint(RESTART)`)
 	s.committer.ExecContext(ctx, `PRAGMA busy_timeout = 10000`)
 	s.ckptMu.Unlock()
 	s.ckpts.Add(1)
@@ -575,7 +620,14 @@ func (s *Store) boundLog() {
 		// A reader still uses the log's end; the next group tries again.
 		s.log.Debug("checkpoint incomplete: a reader uses the log", "log_frames", res.Log, "checkpointed_frames", res.Checkpointed)
 	}
-	s.walLast = s.sampleLog()
+	if err == nil && res.Busy == 0 {
+		// All of the log is in the database: the next group starts it over
+		// (its index counts the old frames until then).
+		s.walLast = 0
+		s.walBytes.Store(0)
+	} else {
+		s.walLast = s.sampleLog()
+	}
 }
 
 // checkpointLoop copies the write-ahead log into the database file every
@@ -687,8 +739,10 @@ func (s *Store) Ready(ctx context.Context) error {
 
 // Stats are the store's figures for metrics.
 type Stats struct {
-	// WALBytes is the write-ahead log's size at the last sample (after each
-	// group), WALPeak the largest sampled since Open, WALLimit its bound.
+	// WALBytes is the size of the write-ahead log in use at the last sample
+	// (after each group; 0 right after a complete checkpoint), WALPeak the
+	// largest sampled since Open, WALLimit its bound. The log's file, written
+	// over in place after each checkpoint, stays as large as WALPeak.
 	WALBytes, WALPeak, WALLimit int64
 	// Checkpoints counts the checkpoints the committer ran to bound the log.
 	Checkpoints int64
@@ -754,7 +808,11 @@ func (s *Store) Close() error {
 		st.Close()
 	}
 	s.stmts = nil
-	return errors.Join(s.committer.Close(), s.read.Close(), s.write.Close(), s.walFile.Close())
+	var shmErr error
+	if s.shmFile != nil {
+		shmErr = s.shmFile.Close()
+	}
+	return errors.Join(s.committer.Close(), s.read.Close(), s.write.Close(), s.walFile.Close(), shmErr)
 }
 
 // Why the store cannot store, as Stats.Unavailable and metrics report it.

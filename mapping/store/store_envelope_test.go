@@ -459,3 +459,48 @@ func TestUnavailabilityLogIsRateLimited(t *testing.T) {
 		t.Errorf("refused: got %d, want 3000 (every refusal counted, logged or not)", got)
 	}
 }
+
+// TestLogRestartsInPlace: the checkpoint that bounds the log leaves its file
+// as it is, and the next groups write it over from its start, so that a
+// sync need not record a new size. The log's size in use, read from its
+// index, equals the file's size until the first checkpoint (which checks
+// that the index is read rightly), and is smaller than the file afterwards;
+// the file never passes the limit.
+func TestLogRestartsInPlace(t *testing.T) {
+	const limit = 1 << 20
+	s := openTestStore(t, Options{WALLimit: limit})
+	fileSize := func() int64 {
+		t.Helper()
+		fi, err := os.Stat(s.path + "-wal")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	restarted := false
+	for i := 0; i < 500 && !restarted; i++ {
+		msgs := make([]mapping.Message, 20)
+		for j := range msgs {
+			n := fmt.Sprintf("%d-%d", i, j)
+			msgs[j] = identify("m-"+n, "user-"+n, "anon-"+n, time.Duration(i)*time.Millisecond)
+		}
+		if _, err := s.Submit(context.Background(), msgs); err != nil {
+			t.Fatal(err)
+		}
+		// A checkpoint running meanwhile changes neither the file's size nor the frames in use.
+		inUse, file := s.logInUse(), fileSize()
+		if file > limit {
+			t.Fatalf("the log's file has %d bytes; want at most %d", file, limit)
+		}
+		if s.Stats().Checkpoints == 0 {
+			if inUse != file {
+				t.Fatalf("before any checkpoint, %d bytes of the log are in use and its file has %d; want the same", inUse, file)
+			}
+			continue
+		}
+		restarted = inUse < file
+	}
+	if !restarted {
+		t.Fatalf("after %d checkpoints the log was never written over in place (file %d bytes)", s.Stats().Checkpoints, fileSize())
+	}
+}
