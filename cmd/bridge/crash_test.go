@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/bridgeworks/bridge/jimo/jimotest"
+	"github.com/bridgeworks/bridge/mapping/testenv"
 )
 
 // process is the real bridge binary running as a child process.
@@ -78,7 +79,7 @@ func randomHex(n int) string {
 // and that no unacknowledged message is half-applied.
 func TestCrashLosesNothingAcknowledged(t *testing.T) {
 	if testing.Short() {
-		requireAll(t, "-short: the crash test builds and runs the binary")
+		testenv.Lacks(t, "a full run: it builds and runs the binary", "run go test without -short")
 	}
 	bin := buildBridge(t)
 	fakeJimo := jimotest.NewServer(t, "jimo-key")

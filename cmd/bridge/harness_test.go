@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -166,17 +165,6 @@ func identifierSet(p store.Profile) map[string]bool {
 		set[id.Identifier.String()] = true
 	}
 	return set
-}
-
-// requireAll skips a test that needs something this machine lacks, unless
-// BRIDGE_TEST_REQUIRE_ALL=1 (set by CI), where it fails instead.
-func requireAll(t testing.TB, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("BRIDGE_TEST_REQUIRE_ALL") == "1" {
-		t.Fatalf("%s (BRIDGE_TEST_REQUIRE_ALL=1: nothing may skip)", msg)
-	}
-	t.Skip(msg)
 }
 
 // chromiumPath finds Chromium, or skips (fails under BRIDGE_TEST_REQUIRE_ALL=1).

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bridgeworks/bridge/mapping/testenv"
 )
 
 // TestUnauthenticatedFloodMemory runs the bridge as its own process and floods
@@ -29,7 +31,7 @@ import (
 // credentials until the body is read. It logs the peaks.
 func TestUnauthenticatedFloodMemory(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		requireAll(t, "the memory test reads /proc/PID/status (Linux only)")
+		testenv.Lacks(t, "Linux's /proc/PID/status", "run it on Linux")
 	}
 	const (
 		clients  = 60

@@ -34,7 +34,6 @@ import (
 //     ever coming back. Past the grace period a late message can no longer
 //     change who the deletion took.
 
-
 // tombstoned reads, once per transaction and from the database (another
 // process may have written one), whether any tombstone exists.
 func (w *writer) tombstoned(ctx context.Context) (bool, error) {

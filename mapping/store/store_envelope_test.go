@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bridgeworks/bridge/mapping"
+	"github.com/bridgeworks/bridge/mapping/testenv"
 )
 
 // fill submits batches of fresh identifies from several goroutines until
@@ -169,11 +170,7 @@ func smallDisk(t *testing.T, size int) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		msg := fmt.Sprintf("mount a small tmpfs (needs root or CAP_SYS_ADMIN): %v", err)
-		if os.Getenv("BRIDGE_TEST_REQUIRE_ALL") == "1" {
-			t.Fatalf("%s (BRIDGE_TEST_REQUIRE_ALL=1: nothing may skip)", msg)
-		}
-		t.Skip(msg)
+		testenv.Lacks(t, fmt.Sprintf("to mount a small tmpfs (%v)", err), "run it as root or with CAP_SYS_ADMIN")
 	}
 	t.Cleanup(func() {
 		if err := syscall.Unmount(dir, 0); err != nil {

@@ -23,8 +23,7 @@ const RequireAll = "BRIDGE_TEST_REQUIRE_ALL"
 // skip is one test skipped for a missing tool.
 type skip struct {
 	test string // the top-level test's name
-	what string // the missing tool
-	how  string // how to get it
+	why  string // what is missing and how to get it
 }
 
 var (
@@ -41,17 +40,31 @@ var (
 // without -count=1.
 func Missing(t testing.TB, what, how string) {
 	t.Helper()
-	msg := fmt.Sprintf("%s is not installed: this test needs it (install it with %s)", what, how)
+	end(t, fmt.Sprintf("%s is not installed (install it with %s)", what, how))
+}
+
+// Lacks is Missing for something other than a tool that this machine or
+// run lacks: a privilege ("root, to mount a small file system"), a system
+// ("Linux's /proc"), a full run (not -short); how says how to get it.
+func Lacks(t testing.TB, what, how string) {
+	t.Helper()
+	end(t, fmt.Sprintf("they need %s (%s)", what, how))
+}
+
+// end fails t under RequireAll, else records the skip (why: what is
+// missing and how to get it) and skips t.
+func end(t testing.TB, why string) {
+	t.Helper()
 	if os.Getenv(RequireAll) == "1" {
-		t.Fatalf("%s; %s=1: nothing may skip", msg, RequireAll)
+		t.Fatalf("%s; %s=1: nothing may skip", why, RequireAll)
 		return
 	}
 	name, _, _ := strings.Cut(t.Name(), "/")
 	mu.Lock()
-	skipped = append(skipped, skip{test: name, what: what, how: how})
+	skipped = append(skipped, skip{test: name, why: why})
 	mu.Unlock()
 	markUncacheable()
-	t.Skip(msg)
+	t.Skip(why)
 }
 
 // Main runs the package's tests and returns the exit code; call it from the
@@ -78,32 +91,30 @@ func Main(m *testing.M) int {
 	return code
 }
 
-// summary says which tests were skipped for which missing tool, and the
-// command that runs them once it is installed; "" when none were. dir is
+// summary says which tests were skipped for want of what, and the command
+// that runs them once it is there; "" when none were. dir is
 // the package's directory relative to the module root ("./jimo").
 func summary(dir string, skips []skip) string {
-	byTool := map[string][]string{}
-	how := map[string]string{}
+	byWhy := map[string][]string{}
 	for _, s := range skips {
-		if !contains(byTool[s.what], s.test) {
-			byTool[s.what] = append(byTool[s.what], s.test)
+		if !contains(byWhy[s.why], s.test) {
+			byWhy[s.why] = append(byWhy[s.why], s.test)
 		}
-		how[s.what] = s.how
 	}
-	tools := make([]string, 0, len(byTool))
-	for t := range byTool {
-		tools = append(tools, t)
+	whys := make([]string, 0, len(byWhy))
+	for w := range byWhy {
+		whys = append(whys, w)
 	}
-	sort.Strings(tools)
+	sort.Strings(whys)
 	var b strings.Builder
-	for _, tool := range tools {
-		tests := byTool[tool]
+	for _, why := range whys {
+		tests := byWhy[why]
 		sort.Strings(tests)
 		plural := "s were"
 		if len(tests) == 1 {
 			plural = " was"
 		}
-		fmt.Fprintf(&b, "%s: %d test%s skipped: %s is not installed (install it with %s): %s\n", dir, len(tests), plural, tool, how[tool], strings.Join(tests, ", "))
+		fmt.Fprintf(&b, "%s: %d test%s skipped: %s: %s\n", dir, len(tests), plural, why, strings.Join(tests, ", "))
 		fmt.Fprintf(&b, "    run them once it is: %s=1 go test %s -run '^(%s)$'\n", RequireAll, dir, strings.Join(tests, "|"))
 	}
 	return b.String()

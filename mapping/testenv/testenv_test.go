@@ -40,7 +40,7 @@ func TestMissingSkipsAndRecords(t *testing.T) {
 	mu.Lock()
 	got := skipped
 	mu.Unlock()
-	if len(got) != 1 || got[0] != (skip{test: "TestBrowser", what: "chromium", how: "apt-get install -y chromium"}) {
+	if len(got) != 1 || got[0] != (skip{test: "TestBrowser", why: "chromium is not installed (install it with apt-get install -y chromium)"}) {
 		t.Errorf("recorded %+v, want the top-level test with the tool", got)
 	}
 	// The run is kept out of go test's cache: a file in the module, just written.
@@ -68,10 +68,10 @@ func TestSummary(t *testing.T) {
 		t.Errorf("no skips: got %q, want nothing", got)
 	}
 	got := summary("./cmd/bridge", []skip{
-		{"TestJimoBrowser", "chromium", "apt-get install -y chromium"},
-		{"TestAdminBrowser", "chromium", "apt-get install -y chromium"},
-		{"TestAdminBrowser", "chromium", "apt-get install -y chromium"},
-		{"TestScript", "node", "apt-get install -y nodejs"},
+		{"TestJimoBrowser", "chromium is not installed (install it with apt-get install -y chromium)"},
+		{"TestAdminBrowser", "chromium is not installed (install it with apt-get install -y chromium)"},
+		{"TestAdminBrowser", "chromium is not installed (install it with apt-get install -y chromium)"},
+		{"TestScript", "node is not installed (install it with apt-get install -y nodejs)"},
 	})
 	want := "./cmd/bridge: 2 tests were skipped: chromium is not installed (install it with apt-get install -y chromium): TestAdminBrowser, TestJimoBrowser\n" +
 		"    run them once it is: BRIDGE_TEST_REQUIRE_ALL=1 go test ./cmd/bridge -run '^(TestAdminBrowser|TestJimoBrowser)$'\n" +
