@@ -78,22 +78,14 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if *dir == "" {
-		d, err := os.MkdirTemp("", "bridge-bench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		*dir = d
+	d, removeDir, err := scratchDir(*dir, "bridge-bench-")
+	if err != nil {
+		return err
 	}
-
-	// A stand-in for Jimo's API that answers at once: the outbox's figure is the bridge's own.
-	fakeJimo := echo.New()
-	fakeJimo.POST("/sse/webhook", func(c echo.Context) error {
-		io.Copy(io.Discard, c.Request().Body)
-		return c.NoContent(http.StatusOK)
-	})
-	jimoURL, stopJimo, err := listen(fakeJimo)
+	defer removeDir()
+	*dir = d
+	// The outbox's figure is the bridge's own: Jimo's stand-in answers at once.
+	jimoURL, stopJimo, err := instantJimo()
 	if err != nil {
 		return err
 	}
@@ -429,4 +421,28 @@ func drive(ctx context.Context, client *http.Client, name, url, auth string, bod
 	wg.Wait()
 	res.elapsed = time.Since(start)
 	return res
+}
+
+// scratchDir returns dir, or, when it is empty, a new temporary directory
+// named with prefix; remove deletes what scratchDir created (nothing for dir).
+func scratchDir(dir, prefix string) (path string, remove func(), err error) {
+	if dir != "" {
+		return dir, func() {}, nil
+	}
+	d, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	return d, func() { os.RemoveAll(d) }, nil
+}
+
+// instantJimo starts a stand-in for Jimo's server-side API that answers 200
+// at once, for bench and soak; it returns its URL and what stops it.
+func instantJimo() (url string, stop func(), err error) {
+	fake := echo.New()
+	fake.POST("/sse/webhook", func(c echo.Context) error {
+		io.Copy(io.Discard, c.Request().Body)
+		return c.NoContent(http.StatusOK)
+	})
+	return listen(fake)
 }

@@ -19,7 +19,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/labstack/echo/v4"
 	"golang.org/x/time/rate"
 )
 
@@ -47,21 +46,13 @@ func runSoak(ctx context.Context, args []string, stdout io.Writer) error {
 	if *perSecond <= 0 || *batchSize < 1 || *concurrency < 1 || *interval <= 0 {
 		return errors.New("-rate, -batch, -concurrency and -interval must be positive")
 	}
-	if *dir == "" {
-		d, err := os.MkdirTemp("", "bridge-soak-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		*dir = d
+	d, removeDir, err := scratchDir(*dir, "bridge-soak-")
+	if err != nil {
+		return err
 	}
-
-	fakeJimo := echo.New()
-	fakeJimo.POST("/sse/webhook", func(c echo.Context) error {
-		io.Copy(io.Discard, c.Request().Body)
-		return c.NoContent(http.StatusOK)
-	})
-	jimoURL, stopJimo, err := listen(fakeJimo)
+	defer removeDir()
+	*dir = d
+	jimoURL, stopJimo, err := instantJimo()
 	if err != nil {
 		return err
 	}
