@@ -50,7 +50,9 @@ func (r benchResult) percentile(p float64) time.Duration {
 // events/s, p50 and p99 acknowledgement latency, and the ratios:
 //   - single-event /v1/identify against a bare Echo handler that reads the body and answers 200,
 //     and, to show what any durable endpoint can reach here, against the floor (floorServer);
-//   - /v1/batch of 100 events against raw batched inserts into SQLite with the same durability.
+//   - /v1/batch of 100 events against raw batched inserts into SQLite with the same durability;
+//   - with -db, single identifies and batches on PostgreSQL with one replica and with two replicas
+//     sharing one database, each against the bridge's own figures on SQLite.
 func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bridge bench", flag.ContinueOnError)
 	fs.SetOutput(stdout)
@@ -61,11 +63,17 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	batchSize := fs.Int("batch", 100, "events per /v1/batch request")
 	dir := fs.String("dir", "", "directory for the benchmark databases (default: a temporary one)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	pgServer := fs.String("db", "", "also measure the bridge on PostgreSQL, beside SQLite: one replica, then two replicas on one database sharing the load, "+
+		"each round on a database of its own created on this server and dropped after; the URL of a server to create them on, "+
+		"e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable (default: SQLite only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *rounds < 1 || *known < 1 {
 		return fmt.Errorf("-rounds %d, -known %d: want at least 1 each", *rounds, *known)
+	}
+	if *pgServer != "" && !isPostgresURL(*pgServer) {
+		return fmt.Errorf("-db %q: want a postgres:// URL", redactURL(*pgServer))
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -164,29 +172,31 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	// Each round runs every measurement once, baselines beside the bridge,
 	// so that a slow spell of the machine weighs on a round, not on one side.
 	var bareRuns, floorRuns, singleRuns, returningRuns, rawRuns, batchRuns []benchResult
+	// On PostgreSQL, indexed by the number of replicas less one.
+	var pgSingleRuns, pgBatchRuns [2][]benchResult
 	var singleCommits, batchCommits commitStats
 	fmt.Fprintf(stdout, "%-6s %11s %14s %14s %14s %11s %14s\n", "round", "bare Echo/s", "floor/s", "identify new/s", "returning/s", "raw rows/s", "batch ev/s")
 	for round := 1; round <= *rounds; round++ {
 		if err := settle(ctx, a); err != nil {
 			return err
 		}
-		bare := drive(ctx, client, "bare Echo (read body, 200)", bareURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+		bare := drive(ctx, client, "bare Echo (read body, 200)", []string{bareURL + "/v1/identify"}, auth, identifyBody, 1, *concurrency, *duration)
 		peak := sampleWAL(filepath.Join(*dir, "floor.db-wal"))
-		floorRun := drive(ctx, client, "floor (one durable row per event)", floorURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+		floorRun := drive(ctx, client, "floor (one durable row per event)", []string{floorURL + "/v1/identify"}, auth, identifyBody, 1, *concurrency, *duration)
 		floorRun.walPeak = peak()
 		if err := settle(ctx, a); err != nil {
 			return err
 		}
 		commitsBefore := a.metrics.commits()
 		peak = sampleWAL(bridgeWAL)
-		single := drive(ctx, client, "bridge /v1/identify", bridgeURL+"/v1/identify", auth, identifyBody, 1, *concurrency, *duration)
+		single := drive(ctx, client, "bridge /v1/identify", []string{bridgeURL + "/v1/identify"}, auth, identifyBody, 1, *concurrency, *duration)
 		single.walPeak = peak()
 		singleCommits = singleCommits.plus(a.metrics.commits().since(commitsBefore))
 		if err := settle(ctx, a); err != nil {
 			return err
 		}
 		peak = sampleWAL(bridgeWAL)
-		returning := drive(ctx, client, "bridge /v1/identify, returning", bridgeURL+"/v1/identify", auth, returningBody, 1, *concurrency, *duration)
+		returning := drive(ctx, client, "bridge /v1/identify, returning", []string{bridgeURL + "/v1/identify"}, auth, returningBody, 1, *concurrency, *duration)
 		returning.walPeak = peak()
 		if err := settle(ctx, a); err != nil {
 			return err
@@ -202,7 +212,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		commitsBefore = a.metrics.commits()
 		peak = sampleWAL(bridgeWAL)
-		batch := drive(ctx, client, fmt.Sprintf("bridge /v1/batch (%d events)", *batchSize), bridgeURL+"/v1/batch", auth, batchBody, *batchSize, *concurrency/4+1, *duration)
+		batch := drive(ctx, client, fmt.Sprintf("bridge /v1/batch (%d events)", *batchSize), []string{bridgeURL + "/v1/batch"}, auth, batchBody, *batchSize, *concurrency/4+1, *duration)
 		batch.walPeak = peak()
 		batchCommits = batchCommits.plus(a.metrics.commits().since(commitsBefore))
 		bareRuns, floorRuns, singleRuns, returningRuns = append(bareRuns, bare), append(floorRuns, floorRun), append(singleRuns, single), append(returningRuns, returning)
@@ -212,6 +222,18 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 			returning.rate(), 100*returning.rate()/bare.rate(), raw.rate(), batch.rate(), 100*batch.rate()/raw.rate())
 		fmt.Fprintf(stdout, "%-6s log peaks (MiB): floor %.1f, identify new %.1f, returning %.1f, raw %.1f, batch %.1f\n", "",
 			mib(floorRun.walPeak), mib(single.walPeak), mib(returning.walPeak), mib(raw.walPeak), mib(batch.walPeak))
+		if *pgServer == "" {
+			continue
+		}
+		for i, replicas := range []int{1, 2} {
+			pgSingle, pgBatch, err := postgresRuns(ctx, client, *pgServer, replicas, writeKey, auth, jimoURL, identifyBody, batchBody, *batchSize, *concurrency, *duration)
+			if err != nil {
+				return err
+			}
+			pgSingleRuns[i], pgBatchRuns[i] = append(pgSingleRuns[i], pgSingle), append(pgBatchRuns[i], pgBatch)
+			fmt.Fprintf(stdout, "%-6s PostgreSQL, %s: identify new %.0f/s (%.0f%% of SQLite's), batch %.0f ev/s (%.0f%% of SQLite's)\n", "", replicasName(replicas),
+				pgSingle.rate(), 100*pgSingle.rate()/single.rate(), pgBatch.rate(), 100*pgBatch.rate()/batch.rate())
+		}
 	}
 	if err := settle(ctx, a); err != nil {
 		return err
@@ -221,11 +243,15 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 
-	fmt.Fprintf(stdout, "\nall rounds together:\n(log peak: the largest the database's write-ahead log grew during the runs; the bridge's bound is %.0f MiB)\n%-34s %12s %10s %10s %13s %9s\n",
+	fmt.Fprintf(stdout, "\nall rounds together:\n(log peak: the largest the database's write-ahead log grew during the runs; the bridge's bound is %.0f MiB)\n%-46s %12s %10s %10s %13s %9s\n",
 		mib(int64(cfg.WALLimit)), "run", "events/s", "p50", "p99", "log peak MiB", "failures")
-	for _, runs := range [][]benchResult{bareRuns, floorRuns, singleRuns, returningRuns, rawRuns, batchRuns} {
+	all := [][]benchResult{bareRuns, floorRuns, singleRuns, returningRuns, rawRuns, batchRuns}
+	if *pgServer != "" {
+		all = append(all, pgSingleRuns[0], pgBatchRuns[0], pgSingleRuns[1], pgBatchRuns[1])
+	}
+	for _, runs := range all {
 		r := combine(runs)
-		fmt.Fprintf(stdout, "%-34s %12.0f %10s %10s %13.1f %9d\n", r.name, r.rate(), r.percentile(0.50).Round(time.Microsecond), r.percentile(0.99).Round(time.Microsecond), mib(r.walPeak), r.failures)
+		fmt.Fprintf(stdout, "%-46s %12.0f %10s %10s %13.1f %9d\n", r.name, r.rate(), r.percentile(0.50).Round(time.Microsecond), r.percentile(0.99).Round(time.Microsecond), mib(r.walPeak), r.failures)
 	}
 	fmt.Fprintf(stdout, "\ngroup commits during /v1/identify: %s\ngroup commits during /v1/batch:    %s\n", singleCommits, batchCommits)
 	fmt.Fprintf(stdout, "\nsingle-event ingest / bare Echo, medians of rounds (target ≥ 25%%):\n")
@@ -233,9 +259,69 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "  identifies of returning people: %.0f%%\n", medianRatio(returningRuns, bareRuns))
 	fmt.Fprintf(stdout, "  the floor (one durable row per event, nothing else): %.0f%%\n", medianRatio(floorRuns, bareRuns))
 	fmt.Fprintf(stdout, "batched ingest / raw SQLite inserts: median of rounds %.0f%% (target ≥ 75%%)\n", medianRatio(batchRuns, rawRuns))
+	if *pgServer != "" {
+		fmt.Fprintf(stdout, "bridge on PostgreSQL / bridge on SQLite, medians of rounds:\n")
+		fmt.Fprintf(stdout, "  batched ingest, one replica:            %.0f%% (target ≥ 50%%)\n", medianRatio(pgBatchRuns[0], batchRuns))
+		fmt.Fprintf(stdout, "  batched ingest, two replicas together:  %.0f%% (target ≥ 100%%)\n", medianRatio(pgBatchRuns[1], batchRuns))
+		fmt.Fprintf(stdout, "  identifies of new people, one replica:  %.0f%%\n", medianRatio(pgSingleRuns[0], singleRuns))
+		fmt.Fprintf(stdout, "  identifies of new people, two replicas: %.0f%%\n", medianRatio(pgSingleRuns[1], singleRuns))
+	}
 	fmt.Fprintf(stdout, "outbox delivery to Jimo (fake answering at once): %.0f jobs/s (%d jobs in %s); %.0f%% of the batched ingest rate\n",
 		delivery.rate(), delivery.events, delivery.elapsed.Round(time.Millisecond), 100*delivery.rate()/combine(batchRuns).rate())
 	return nil
+}
+
+// postgresRuns measures the bridge on PostgreSQL with replicas bridges on
+// one new database (created on serverURL for these runs, dropped after):
+// identifies of new people, then batches of batchSize, with as many
+// clients as the SQLite runs, spread evenly over the replicas.
+func postgresRuns(ctx context.Context, client *http.Client, serverURL string, replicas int, writeKey, auth, jimoURL string,
+	identifyBody, batchBody func() []byte, batchSize, concurrency int, d time.Duration) (single, batch benchResult, err error) {
+	dbURL, drop, err := createPostgresDB(ctx, serverURL, "bridge_bench_")
+	if err != nil {
+		return single, batch, err
+	}
+	defer func() {
+		if dropErr := drop(context.Background()); err == nil {
+			err = dropErr
+		}
+	}()
+	urls, stop, err := benchReplicas(ctx, replicas, dbURL, writeKey, jimoURL)
+	if err != nil {
+		return single, batch, err
+	}
+	defer stop()
+	with := func(path string) []string {
+		out := make([]string, len(urls))
+		for i, u := range urls {
+			out[i] = u + path
+		}
+		return out
+	}
+	settlePostgres := func() error {
+		if err := postgresCheckpoint(ctx, serverURL); err != nil {
+			return err
+		}
+		syscall.Sync()
+		return nil
+	}
+	if err := settlePostgres(); err != nil {
+		return single, batch, err
+	}
+	name := "PostgreSQL, " + replicasName(replicas) + ", "
+	single = drive(ctx, client, name+"/v1/identify", with("/v1/identify"), auth, identifyBody, 1, concurrency, d)
+	if err := settlePostgres(); err != nil {
+		return single, batch, err
+	}
+	batch = drive(ctx, client, fmt.Sprintf("%s/v1/batch (%d events)", name, batchSize), with("/v1/batch"), auth, batchBody, batchSize, concurrency/4+1, d)
+	return single, batch, nil
+}
+
+func replicasName(n int) string {
+	if n == 1 {
+		return "1 replica"
+	}
+	return fmt.Sprintf("%d replicas", n)
 }
 
 // combine sums runs of the same measurement into one result.
@@ -388,14 +474,17 @@ func post(ctx context.Context, client *http.Client, url, auth string, body []byt
 	return nil
 }
 
-// drive posts bodies from concurrency clients for d and records each acknowledgement.
-func drive(ctx context.Context, client *http.Client, name, url, auth string, body func() []byte, eventsPerRequest, concurrency int, d time.Duration) benchResult {
+// drive posts bodies from concurrency clients for d and records each
+// acknowledgement. The clients are spread evenly over urls (replicas of one
+// bridge behind a balancer), client i posting to urls[i%len(urls)].
+func drive(ctx context.Context, client *http.Client, name string, urls []string, auth string, body func() []byte, eventsPerRequest, concurrency int, d time.Duration) benchResult {
 	res := benchResult{name: name}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(d)
 	start := time.Now()
-	for range concurrency {
+	for i := range concurrency {
+		url := urls[i%len(urls)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
