@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/bridgeworks/bridge/mapping/testenv"
 )
 
 // TestBenchRunsEveryMeasurement runs bridge bench briefly: every run must
@@ -40,7 +38,7 @@ func TestBenchPostgres(t *testing.T) {
 	_, drop, err := createPostgresDB(ctx, postgresServer(), "bridge_bench_probe_")
 	cancel()
 	if errors.Is(err, errPostgresUnreachable) {
-		testenv.Missing(t, "PostgreSQL at "+redactURL(postgresServer()), "apt-get install -y postgresql, with trust auth for user postgres, or set "+postgresServerEnv)
+		noPostgres(t, err)
 	}
 	if err != nil {
 		t.Fatal(err)
