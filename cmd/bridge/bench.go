@@ -63,9 +63,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	batchSize := fs.Int("batch", 100, "events per /v1/batch request")
 	dir := fs.String("dir", "", "directory for the benchmark databases (default: a temporary one)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	pgServer := fs.String("db", "", "also measure the bridge on PostgreSQL, beside SQLite: one replica, then two replicas on one database sharing the load, "+
-		"each round on a database of its own created on this server and dropped after; the URL of a server to create them on, "+
-		"e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable (default: SQLite only)")
+	pgServer := fs.String("db", "", "measure the bridge on PostgreSQL too, beside SQLite: with one replica, then with two sharing one database and the load; "+
+		"every round creates its databases on the server at `URL` (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable) and drops them after "+
+		"(default: SQLite only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
