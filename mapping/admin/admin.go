@@ -6,7 +6,9 @@
 //
 // The HTML pages have their own login (a password, a session kept in the
 // database and named by a random ID in an HttpOnly, SameSite=Strict cookie,
-// a lockout after repeated wrong passwords counted in the database), a CSRF token on every form and a strict Content-Security-Policy.
+// a lockout after repeated wrong passwords counted in the database), a CSRF
+// token on every form and a strict Content-Security-Policy. Sessions and
+// lockout are shared by every replica on the database.
 // Every page works without JavaScript: forms post, redirect and show a flash
 // message. Templates and static files are embedded and parsed once by New.
 package admin

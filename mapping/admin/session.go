@@ -31,7 +31,8 @@ const (
 // SessionStore keeps the admin's login sessions and its login lockout in
 // the database, so that every replica on it agrees: an operator signed in
 // through one replica is signed in on all, and wrong passwords count
-// against a client whichever replica they reach. *store.Store implements it.
+// against a client whichever replica they reach. *store.Store implements
+// it; its methods there state their contracts.
 type SessionStore interface {
 	CreateAdminSession(ctx context.Context, id, csrf string, now time.Time, lim store.SessionLimits) error
 	AdminSession(ctx context.Context, id string, now time.Time, lim store.SessionLimits) (store.AdminSession, bool, error)
