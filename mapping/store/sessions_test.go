@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,7 +16,7 @@ import (
 // replicas on one database: what one writes, the other must see.
 func openReplicas(t *testing.T) (*Store, *Store) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "bridge.db")
+	path := testDSN(t)
 	var stores [2]*Store
 	for i := range stores {
 		s, err := Open(context.Background(), path, Options{})
