@@ -181,7 +181,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(output)
 	fs.StringVar(&c.Addr, "addr", ":8080", "listen address")
-	fs.StringVar(&c.DB, "db", "bridge.db", "SQLite database path")
+	fs.StringVar(&c.DB, "db", "bridge.db", "SQLite database path, or a postgres:// URL")
 	fs.Var(listValue{&c.SegmentWriteKeys}, "segment-write-keys", "comma-separated write keys accepted on /v1/* (generated when empty)")
 	fs.StringVar(&c.SegmentSharedSecret, "segment-shared-secret", "", "shared secret verifying X-Signature (and an optional Authorization: Bearer) on /segment/webhook (generated when empty)")
 	fs.StringVar(&c.SegmentForwardWriteKey, "segment-forward-write-key", "", "write key of the Segment source the bridge sends to (empty: no forwarding to Segment)")

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -88,8 +87,10 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 		MaxAttempts: a.cfg.MaxDeliveryAttempts,
 		Workers:     a.cfg.DeliveryWorkers,
 		KeepDone:    a.cfg.KeepDeliveredJobs,
-		// One process delivers from a SQLite file: what a crashed one held is due at once.
-		ReleaseOnStart: true,
+		// One process delivers from a SQLite file: what a crashed one held is
+		// due at once. Replicas on PostgreSQL take over each other's claims
+		// when their lease ends: one that starts must not steal live ones.
+		ReleaseOnStart: !store.IsPostgres(a.cfg.DB),
 		Logger:         logger,
 		Observer:       a.metrics,
 	})
@@ -163,9 +164,6 @@ func resolveSecrets(ctx context.Context, cfg *config, store *store.Store, stdout
 
 // newApp opens the store and builds the server with every route.
 func newApp(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Writer) (*app, error) {
-	if strings.HasPrefix(cfg.DB, "postgres://") || strings.HasPrefix(cfg.DB, "postgresql://") {
-		return nil, fmt.Errorf("BRIDGE_DB: PostgreSQL is not supported by this version yet; give a SQLite file path")
-	}
 	m := newMetrics()
 	store, err := store.Open(ctx, cfg.DB, store.Options{
 		Caps:          mapping.Caps{AnonymousIDs: cfg.MaxAnonymousIDs, Links: cfg.MaxLinks},
@@ -378,7 +376,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, stdout io.Write
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	fmt.Fprintf(stdout, "bridge listening on http://%s\n", ln.Addr())
-	logger.Info("bridge started", "addr", ln.Addr().String(), "db", cfg.DB, "jimo_token_mode", cfg.JimoTokenMode)
+	logger.Info("bridge started", "addr", ln.Addr().String(), "db", store.Redacted(cfg.DB), "jimo_token_mode", cfg.JimoTokenMode)
 
 	outboxCtx, stopOutbox := context.WithCancel(context.Background())
 	outboxDone := a.runOutbox(outboxCtx, logger)

@@ -4,9 +4,11 @@
 // what it forwarded, and repair what is wrong: resolve conflicts, unmerge
 // links, delete profiles for privacy requests and retry dead deliveries.
 //
-// The HTML pages have their own login (a password, a server-side session in
-// an HttpOnly, SameSite=Strict cookie, a lockout after repeated wrong
-// passwords), a CSRF token on every form and a strict Content-Security-Policy.
+// The HTML pages have their own login (a password, a session kept in the
+// database and named by a random ID in an HttpOnly, SameSite=Strict cookie,
+// a lockout after repeated wrong passwords counted in the database), a CSRF
+// token on every form and a strict Content-Security-Policy. Sessions and
+// lockout are shared by every replica on the database.
 // Every page works without JavaScript: forms post, redirect and show a flash
 // message. Templates and static files are embedded and parsed once by New.
 package admin
@@ -39,7 +41,8 @@ var templateFiles embed.FS
 //go:embed static
 var staticFiles embed.FS
 
-// Store is what the admin reads and repairs; *store.Store implements it.
+// Store is what the admin reads and repairs, and where it keeps its login
+// sessions and lockout; *store.Store implements it.
 type Store interface {
 	Search(ctx context.Context, q store.SearchQuery) (store.SearchResult, error)
 	ProfileByID(ctx context.Context, id int64) (store.Profile, error)
@@ -54,6 +57,7 @@ type Store interface {
 	Warnings(ctx context.Context, limit int) ([]store.Warning, error)
 	Overview(ctx context.Context) (store.Overview, error)
 	ProfilesByKey(ctx context.Context, keys []string) (map[string]int64, error)
+	SessionStore
 }
 
 // Config configures an Admin. Store and Password are required.
@@ -74,7 +78,8 @@ type Config struct {
 	// send once it has sent 5 (login form and API alike); 0 means no limit.
 	// The client IP is echo.Context.RealIP when the Echo instance has an
 	// IPExtractor (set it to trust exactly the proxies in front), else the
-	// peer address.
+	// peer address. The count is kept in the store, so it holds across
+	// every replica on the database.
 	LoginRate float64
 	// UnsignedSessions says that POST /jimo/session accepts reports without a
 	// signature (a generated signing secret and no explicit choice, or
@@ -90,7 +95,10 @@ type Config struct {
 	Destinations func() []outbox.DestinationStatus
 	// SessionIdle and SessionMax bound a login session: it ends after
 	// SessionIdle without a request or SessionMax after the login, whichever
-	// comes first. Defaults: 2 hours and 12 hours.
+	// comes first (its last request is recorded at most once a minute, so
+	// it may end up to a minute early). Defaults: 2 hours and 12 hours.
+	// Sessions are kept in the store: every replica on the database accepts
+	// them, so all replicas must be given the same bounds.
 	SessionIdle, SessionMax time.Duration
 }
 
@@ -147,11 +155,12 @@ type Admin struct {
 	fwd      *Forwarding
 	dests    func() []outbox.DestinationStatus
 
-	pages    map[string]*template.Template
-	static   fs.FS
-	sessions *sessions
-	throttle *throttle
-	base     string // the path the page group is mounted at, e.g. "/admin"
+	pages   map[string]*template.Template
+	static  fs.FS
+	limits  store.SessionLimits
+	lockout store.LoginLimit
+	limited bool   // lockout applies (Config.LoginRate > 0)
+	base    string // the path the page group is mounted at, e.g. "/admin"
 }
 
 // New parses the embedded templates and returns an Admin. It fails if the
@@ -185,10 +194,10 @@ func New(cfg Config) (*Admin, error) {
 		unsigned: cfg.UnsignedSessions,
 		fwd:      cfg.Forwarding,
 		dests:    cfg.Destinations,
-		sessions: newSessions(cfg.SessionIdle, cfg.SessionMax),
-		throttle: newThrottle(cfg.LoginRate),
+		limits:   store.SessionLimits{Idle: cfg.SessionIdle, Max: cfg.SessionMax},
 		base:     "/admin",
 	}
+	a.lockout, a.limited = loginLimit(cfg.LoginRate)
 	var err error
 	if a.pages, err = parsePages(a.funcs()); err != nil {
 		return nil, err
@@ -299,7 +308,10 @@ type pageHandler func(c echo.Context, s *session) error
 // rendered as an HTML error page.
 func (a *Admin) page(h pageHandler) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		s := a.sessions.get(a.sessionID(c), a.now())
+		s, err := a.session(c)
+		if err != nil {
+			return a.fail(c, nil, err)
+		}
 		if s == nil {
 			to := a.base + "/login"
 			if c.Request().Method == http.MethodGet && c.Request().URL.Path != a.base+"/" {
@@ -404,7 +416,7 @@ func (a *Admin) frame(c echo.Context, s *session, title, nav string) frame {
 	if s != nil {
 		f.LoggedIn = true
 		f.CSRF = s.csrf
-		f.Flash = a.sessions.popFlash(s)
+		f.Flash = a.popFlash(c, s)
 	}
 	return f
 }
@@ -412,7 +424,7 @@ func (a *Admin) frame(c echo.Context, s *session, title, nav string) frame {
 // redirect answers a form with 303 See Other to a page of the admin, after
 // leaving a flash message for it.
 func (a *Admin) redirect(c echo.Context, s *session, to string, f flash) error {
-	a.sessions.setFlash(s, f)
+	a.setFlash(c, s, f)
 	return c.Redirect(http.StatusSeeOther, to)
 }
 

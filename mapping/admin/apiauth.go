@@ -27,8 +27,12 @@ func (a *Admin) RequireAPI() echo.MiddlewareFunc {
 			h := c.Response().Header()
 			h.Set(echo.HeaderCacheControl, "no-store")
 			h.Set(echo.HeaderXContentTypeOptions, "nosniff")
-			ip, now := clientIP(c), a.now()
-			if wait := a.throttle.locked(ip, now); wait > 0 {
+			ctx, ip, now := c.Request().Context(), clientIP(c), a.now()
+			wait, failed, err := a.locked(ctx, ip, now)
+			if err != nil {
+				return err
+			}
+			if wait > 0 {
 				return apiLockedOut(wait)
 			}
 			var got []byte
@@ -41,14 +45,20 @@ func (a *Admin) RequireAPI() echo.MiddlewareFunc {
 			sum := sha256.Sum256(got)
 			if len(got) == 0 || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
 				if len(got) > 0 {
-					if wait := a.throttle.fail(ip, now); wait > 0 {
+					wait, err := a.wrongPassword(ctx, ip, now)
+					if err != nil {
+						return err
+					}
+					if wait > 0 {
 						return apiLockedOut(wait)
 					}
 				}
 				c.Response().Header().Set("WWW-Authenticate", `Basic realm="bridge admin", charset="UTF-8"`)
 				return mapping.Errorf(mapping.CodeUnauthorized, "the admin API needs the admin password: Basic auth as user admin, or Authorization: Bearer <password>")
 			}
-			a.throttle.succeed(ip)
+			if err := a.rightPassword(ctx, ip, failed); err != nil {
+				return err
+			}
 			return next(c)
 		}
 	}

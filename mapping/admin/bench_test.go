@@ -79,7 +79,10 @@ func BenchmarkPages(b *testing.B) {
 	}
 	e := echo.New()
 	a.Register(e.Group("/admin"))
-	id, _ := a.sessions.create(time.Now())
+	id := randomToken()
+	if err := store.CreateAdminSession(context.Background(), id, randomToken(), time.Now(), a.limits); err != nil {
+		b.Fatal(err)
+	}
 
 	pages := []struct{ name, target string }{
 		{"search exact", "/admin/search?q=" + url.QueryEscape(fmt.Sprintf("anonymous_id:anon-%08d-%x", n/4, n/4*104729))},

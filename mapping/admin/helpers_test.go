@@ -49,6 +49,7 @@ func (c *clock) Add(d time.Duration) {
 // env is an admin on a real store in a fresh SQLite file, behind a real Echo instance.
 type env struct {
 	t     *testing.T
+	path  string // the database file
 	store *store.Store
 	admin *Admin
 	echo  *echo.Echo
@@ -65,7 +66,20 @@ func newEnv(t *testing.T, wrap func(*store.Store) Store) *env {
 // newEnvWith is newEnv with the admin's Config changed by mutate, if not nil.
 func newEnvWith(t *testing.T, wrap func(*store.Store) Store, mutate func(*Config)) *env {
 	t.Helper()
-	store, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), store.Options{})
+	return newEnvOn(t, filepath.Join(t.TempDir(), "bridge.db"), &clock{now: time.Now().UTC()}, wrap, mutate)
+}
+
+// replica is another admin server on a Store of its own, opened on e's
+// database file, with e's clock: a second replica on the same database.
+func (e *env) replica() *env {
+	e.t.Helper()
+	return newEnvOn(e.t, e.path, e.clock, nil, nil)
+}
+
+// newEnvOn is newEnvWith on the database file at path, with clock clk.
+func newEnvOn(t *testing.T, path string, clk *clock, wrap func(*store.Store) Store, mutate func(*Config)) *env {
+	t.Helper()
+	store, err := store.Open(context.Background(), path, store.Options{})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
@@ -74,7 +88,6 @@ func newEnvWith(t *testing.T, wrap func(*store.Store) Store, mutate func(*Config
 	if wrap != nil {
 		s = wrap(store)
 	}
-	clk := &clock{now: time.Now().UTC()}
 	cfg := Config{Store: s, Password: testPassword, Now: clk.Now, LoginRate: 2, Counters: func() Counters {
 		return Counters{SignatureFailures: 3}
 	}}
@@ -89,7 +102,7 @@ func newEnvWith(t *testing.T, wrap func(*store.Store) Store, mutate func(*Config
 	e.HTTPErrorHandler = httperror.Handler(slog.New(slog.DiscardHandler))
 	a.Register(e.Group("/admin"))
 	a.RegisterAPI(e.Group("/api/v1"))
-	return &env{t: t, store: store, admin: a, echo: e, clock: clk}
+	return &env{t: t, path: path, store: store, admin: a, echo: e, clock: clk}
 }
 
 // submit stores messages in the store.

@@ -1,23 +1,24 @@
 package admin
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"golang.org/x/time/rate"
 
 	"github.com/bridgeworks/bridge/mapping"
 	"github.com/bridgeworks/bridge/mapping/httperror"
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // Cookie and form field names.
@@ -27,18 +28,32 @@ const (
 	csrfField     = "csrf"
 )
 
-// maxSessions bounds the session map; the least recently used session goes first.
-const maxSessions = 1000
-
-// session is one operator's login, kept on the server; the cookie holds only its random ID.
-type session struct {
-	csrf     string
-	created  time.Time
-	lastSeen time.Time
-	flash    *flash
+// SessionStore keeps the admin's login sessions and its login lockout in
+// the database, so that every replica on it agrees: an operator signed in
+// through one replica is signed in on all, and wrong passwords count
+// against a client whichever replica they reach. *store.Store implements
+// it; its methods there state their contracts.
+type SessionStore interface {
+	CreateAdminSession(ctx context.Context, id, csrf string, now time.Time, lim store.SessionLimits) error
+	AdminSession(ctx context.Context, id string, now time.Time, lim store.SessionLimits) (store.AdminSession, bool, error)
+	DeleteAdminSession(ctx context.Context, id string) error
+	SetAdminFlash(ctx context.Context, id, flash string) error
+	PopAdminFlash(ctx context.Context, id string) (string, error)
+	LoginLockout(ctx context.Context, client string, now time.Time, lim store.LoginLimit) (time.Duration, bool, error)
+	LoginFailed(ctx context.Context, client string, now time.Time, lim store.LoginLimit) (time.Duration, error)
+	LoginSucceeded(ctx context.Context, client string) error
 }
 
-// flash is a message shown once, on the page a form redirects to.
+// session is one operator's login, kept in the database (SessionStore);
+// the cookie holds only its random ID.
+type session struct {
+	id    string // from the cookie; the store keeps only its hash
+	csrf  string
+	flash bool // a flash message waits for this request's page
+}
+
+// flash is a message shown once, on the page a form redirects to. It is
+// stored as JSON with the session.
 type flash struct {
 	Error bool
 	Text  string
@@ -46,19 +61,6 @@ type flash struct {
 }
 
 type flashLink struct{ Label, Href string }
-
-// sessions maps the SHA-256 of a session ID to its session. They live in
-// this process (per-replica by design: an operator signs in to the replica
-// that serves the admin page; see README, "Behind a proxy").
-type sessions struct {
-	mu        sync.Mutex
-	m         map[[32]byte]*session
-	idle, max time.Duration
-}
-
-func newSessions(idle, max time.Duration) *sessions {
-	return &sessions{m: map[[32]byte]*session{}, idle: idle, max: max}
-}
 
 // randomToken returns 32 random bytes, URL-safe base64.
 func randomToken() string {
@@ -69,73 +71,50 @@ func randomToken() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// create starts a session and returns its ID (for the cookie).
-func (ss *sessions) create(now time.Time) (string, *session) {
-	id := randomToken()
-	s := &session{csrf: randomToken(), created: now, lastSeen: now}
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	for k, old := range ss.m {
-		if ss.expired(old, now) {
-			delete(ss.m, k)
+// session returns the live session the request's cookie names and records
+// its use, or nil when there is none (no cookie, ended, expired).
+func (a *Admin) session(c echo.Context) (*session, error) {
+	id := a.sessionID(c)
+	st, ok, err := a.store.AdminSession(c.Request().Context(), id, a.now(), a.limits)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &session{id: id, csrf: st.CSRF, flash: st.Flash != ""}, nil
+}
+
+// popFlash takes the message waiting for s, or nil. Whichever replica
+// serves the page, the message is shown once. A store failure is logged
+// and shows no message.
+func (a *Admin) popFlash(c echo.Context, s *session) *flash {
+	if !s.flash {
+		return nil
+	}
+	s.flash = false
+	text, err := a.store.PopAdminFlash(c.Request().Context(), s.id)
+	if err != nil || text == "" {
+		if err != nil {
+			a.log.Error("admin flash message", "err", err)
 		}
-	}
-	if len(ss.m) >= maxSessions {
-		var oldest [32]byte
-		var t time.Time
-		for k, old := range ss.m {
-			if t.IsZero() || old.lastSeen.Before(t) {
-				oldest, t = k, old.lastSeen
-			}
-		}
-		delete(ss.m, oldest)
-	}
-	ss.m[sha256.Sum256([]byte(id))] = s
-	return id, s
-}
-
-func (ss *sessions) expired(s *session, now time.Time) bool {
-	return now.Sub(s.lastSeen) > ss.idle || now.Sub(s.created) > ss.max
-}
-
-// get returns the live session with this ID and marks it used, or nil.
-func (ss *sessions) get(id string, now time.Time) *session {
-	if id == "" {
 		return nil
 	}
-	key := sha256.Sum256([]byte(id))
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	s := ss.m[key]
-	if s == nil {
+	var f flash
+	if err := json.Unmarshal([]byte(text), &f); err != nil {
+		a.log.Error("admin flash message", "err", err)
 		return nil
 	}
-	if ss.expired(s, now) {
-		delete(ss.m, key)
-		return nil
+	return &f
+}
+
+// setFlash leaves f for the next page of s. A store failure is logged: the
+// action it reports is done, only its message is lost.
+func (a *Admin) setFlash(c echo.Context, s *session, f flash) {
+	b, err := json.Marshal(f)
+	if err == nil {
+		err = a.store.SetAdminFlash(c.Request().Context(), s.id, string(b))
 	}
-	s.lastSeen = now
-	return s
-}
-
-func (ss *sessions) delete(id string) {
-	ss.mu.Lock()
-	delete(ss.m, sha256.Sum256([]byte(id)))
-	ss.mu.Unlock()
-}
-
-func (ss *sessions) setFlash(s *session, f flash) {
-	ss.mu.Lock()
-	s.flash = &f
-	ss.mu.Unlock()
-}
-
-func (ss *sessions) popFlash(s *session) *flash {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	f := s.flash
-	s.flash = nil
-	return f
+	if err != nil {
+		a.log.Error("admin flash message", "err", err)
+	}
 }
 
 // validToken compares a submitted token with the expected one in constant time.
@@ -147,103 +126,42 @@ func validToken(got, want string) bool {
 // the login limit slows it down: the burst of its token bucket.
 const freeFailures = 5
 
-// throttle limits wrong admin passwords (page and API alike) per client IP
-// with a token bucket of golang.org/x/time/rate: freeFailures at once, then
-// one more each time a token comes back (LoginRate a minute). Only wrong
-// passwords take tokens; a client with none left is refused without its
-// password being checked, and a right password forgets its bucket. The
-// buckets live in this process: each replica limits on its own (per-replica
-// by design; n replicas allow n times the rate, which against a generated
-// password changes nothing). A nil *throttle limits nothing.
-type throttle struct {
-	limit rate.Limit
-
-	mu        sync.Mutex
-	m         map[string]*rate.Limiter
-	lastSweep time.Time
+// loginLimit is the lockout of wrong admin passwords (page and API alike)
+// per client IP: freeFailures at once, then one more each time a token
+// comes back (perMinute a minute); see store.LoginLimit. It is kept in the
+// database, so it counts across replicas. ok is false (no limit) when
+// perMinute is 0 or less.
+func loginLimit(perMinute float64) (lim store.LoginLimit, ok bool) {
+	if !(perMinute > 0) {
+		return store.LoginLimit{}, false
+	}
+	return store.LoginLimit{Every: time.Duration(float64(time.Minute) / perMinute), Burst: freeFailures}, true
 }
 
-// maxThrottled bounds the clients a throttle remembers; full buckets go first.
-const maxThrottled = 1 << 16
+// locked returns how long the client must wait before its password is
+// checked (0: not locked out), and whether it has wrong passwords on record.
+func (a *Admin) locked(ctx context.Context, ip string, now time.Time) (time.Duration, bool, error) {
+	if !a.limited {
+		return 0, false, nil
+	}
+	return a.store.LoginLockout(ctx, ip, now, a.lockout)
+}
 
-// newThrottle returns the throttle of perMinute wrong passwords a minute, or
-// nil (no limit) when perMinute is 0 or less.
-func newThrottle(perMinute float64) *throttle {
-	if !(perMinute > 0) {
+// wrongPassword records a wrong password and returns the lockout it causes (0 for none yet).
+func (a *Admin) wrongPassword(ctx context.Context, ip string, now time.Time) (time.Duration, error) {
+	if !a.limited {
+		return 0, nil
+	}
+	return a.store.LoginFailed(ctx, ip, now, a.lockout)
+}
+
+// rightPassword forgets the client's wrong passwords, if locked said it had
+// some (so that a right password is not a write).
+func (a *Admin) rightPassword(ctx context.Context, ip string, failed bool) error {
+	if !failed {
 		return nil
 	}
-	return &throttle{limit: rate.Limit(perMinute / 60), m: map[string]*rate.Limiter{}}
-}
-
-// wait is how long until lim has a token, or 0.
-func wait(lim *rate.Limiter, now time.Time) time.Duration {
-	tokens := lim.TokensAt(now)
-	if tokens >= 1 {
-		return 0
-	}
-	return time.Duration((1 - tokens) / float64(lim.Limit()) * float64(time.Second))
-}
-
-// locked returns how long the client must still wait, or 0.
-func (t *throttle) locked(ip string, now time.Time) time.Duration {
-	if t == nil {
-		return 0
-	}
-	t.mu.Lock()
-	lim := t.m[ip]
-	t.mu.Unlock()
-	if lim == nil {
-		return 0
-	}
-	return wait(lim, now)
-}
-
-// fail records a wrong password and returns the lockout it causes (0 for none yet).
-func (t *throttle) fail(ip string, now time.Time) time.Duration {
-	if t == nil {
-		return 0
-	}
-	t.mu.Lock()
-	lim := t.m[ip]
-	if lim == nil {
-		t.sweep(now)
-		lim = rate.NewLimiter(t.limit, freeFailures)
-		t.m[ip] = lim
-	}
-	t.mu.Unlock()
-	lim.AllowN(now, 1)
-	return wait(lim, now)
-}
-
-// succeed forgets the client's wrong passwords.
-func (t *throttle) succeed(ip string) {
-	if t == nil {
-		return
-	}
-	t.mu.Lock()
-	delete(t.m, ip)
-	t.mu.Unlock()
-}
-
-// sweep forgets full buckets (as good as none), at most once a minute unless
-// the map is full, then arbitrary ones while it still is. Callers hold t.mu.
-func (t *throttle) sweep(now time.Time) {
-	full := len(t.m) >= maxThrottled
-	if !full && now.Sub(t.lastSweep) < time.Minute {
-		return
-	}
-	t.lastSweep = now
-	for k, lim := range t.m {
-		if lim.TokensAt(now) >= freeFailures {
-			delete(t.m, k)
-		}
-	}
-	for k := range t.m {
-		if len(t.m) < maxThrottled {
-			break
-		}
-		delete(t.m, k)
-	}
+	return a.store.LoginSucceeded(ctx, ip)
 }
 
 // clientIP is the address lockouts count against: Echo's IPExtractor when
@@ -306,7 +224,11 @@ type loginView struct {
 
 // loginForm shows the login form (or goes to the overview when already logged in).
 func (a *Admin) loginForm(c echo.Context) error {
-	if s := a.sessions.get(a.sessionID(c), a.now()); s != nil {
+	s, err := a.session(c)
+	if err != nil {
+		return a.fail(c, nil, err)
+	}
+	if s != nil {
 		return c.Redirect(http.StatusSeeOther, a.next(c.QueryParam("next")))
 	}
 	notice := ""
@@ -350,24 +272,39 @@ func (a *Admin) login(c echo.Context) error {
 			Message: "The form's security token was missing or wrong (or cookies are disabled). Open the sign-in page again and retry.",
 		})
 	}
-	ip := clientIP(c)
-	if wait := a.throttle.locked(ip, now); wait > 0 {
+	ctx, ip := c.Request().Context(), clientIP(c)
+	wait, failed, err := a.locked(ctx, ip, now)
+	if err != nil {
+		return a.fail(c, nil, err)
+	}
+	if wait > 0 {
 		return a.lockedOut(c, wait)
 	}
 	got := sha256.Sum256([]byte(c.Request().PostFormValue("password")))
 	want := sha256.Sum256(a.password)
 	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-		if wait := a.throttle.fail(ip, now); wait > 0 {
+		wait, err := a.wrongPassword(ctx, ip, now)
+		if err != nil {
+			return a.fail(c, nil, err)
+		}
+		if wait > 0 {
 			return a.lockedOut(c, wait)
 		}
 		return a.renderLogin(c, httperror.Status(mapping.CodeUnauthorized), "Wrong password. After 5 wrong attempts, sign-in is locked for a while.", "")
 	}
-	a.throttle.succeed(ip)
-	if old := a.sessionID(c); old != "" {
-		a.sessions.delete(old)
+	if err := a.rightPassword(ctx, ip, failed); err != nil {
+		return a.fail(c, nil, err)
 	}
-	id, _ := a.sessions.create(now)
-	c.SetCookie(a.cookie(c, sessionCookie, id, a.sessions.max))
+	if old := a.sessionID(c); old != "" {
+		if err := a.store.DeleteAdminSession(ctx, old); err != nil {
+			return a.fail(c, nil, err)
+		}
+	}
+	id := randomToken()
+	if err := a.store.CreateAdminSession(ctx, id, randomToken(), now, a.limits); err != nil {
+		return a.fail(c, nil, err)
+	}
+	c.SetCookie(a.cookie(c, sessionCookie, id, a.limits.Max))
 	c.SetCookie(a.cookie(c, loginCookie, "", -1))
 	return c.Redirect(http.StatusSeeOther, a.next(c.FormValue("next")))
 }
@@ -389,7 +326,9 @@ func (a *Admin) lockedOut(c echo.Context, wait time.Duration) error {
 
 // logout ends the session and clears its cookie.
 func (a *Admin) logout(c echo.Context, s *session) error {
-	a.sessions.delete(a.sessionID(c))
+	if err := a.store.DeleteAdminSession(c.Request().Context(), s.id); err != nil {
+		return err
+	}
 	c.SetCookie(a.cookie(c, sessionCookie, "", -1))
 	return c.Redirect(http.StatusSeeOther, a.base+"/login?bye=1")
 }

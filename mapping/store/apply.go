@@ -364,19 +364,11 @@ func (w *writer) insertMessage(ctx context.Context, m mapping.Message, ids []can
 	if raw == "" {
 		raw = "{}"
 	}
-	res, err := w.exec(ctx, `INSERT INTO messages
+	id, err := w.insertID(ctx, `INSERT INTO messages
 		(source, message_id, type, event, user_id, anonymous_id, jimo_token, event_at, received_at, rejected, notes, raw)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (source, message_id) DO NOTHING`,
 		m.Source, m.ID, m.Type, m.Event, userID, anonymousID, jimoToken, m.Timestamp.UnixNano(), m.ReceivedAt.UnixNano(), m.Rejected, notesJSON, raw)
-	if err != nil {
-		return 0, fmt.Errorf("insert message: %w", err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil || n == 0 {
-		return 0, err
-	}
-	id, err := res.LastInsertId()
 	if err != nil {
 		return 0, fmt.Errorf("insert message: %w", err)
 	}
@@ -567,6 +559,15 @@ func (w *writer) insertProfileRow(ctx context.Context, st mapping.ProfileState) 
 
 func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
 
+// flag is a boolean as the schema stores it: an integer, 1 or 0 (SQLite
+// has no boolean type, and PostgreSQL does not take a Go bool for an integer).
+func flag(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func (w *writer) reload(ctx context.Context, id int64) (identity, error) {
 	var row identity
 	if err := w.get(ctx, &row, `SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE id = ?`, id); err != nil {
@@ -582,7 +583,7 @@ func (w *writer) enqueue(ctx context.Context, j mapping.Job, m mapping.Message, 
 	if _, err := w.exec(ctx, `INSERT INTO jobs
 		(destination, ordering_key, message_id, payload, state, attempts, run_at, source_message, created_at, updated_at, held)
 		VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)`,
-		j.Destination, j.OrderingKey, j.MessageID, string(j.Payload), w.now, string(m.Source)+":"+m.ID, w.now, w.now, held); err != nil {
+		j.Destination, j.OrderingKey, j.MessageID, string(j.Payload), w.now, string(m.Source)+":"+m.ID, w.now, w.now, flag(held)); err != nil {
 		return fmt.Errorf("enqueue %s job: %w", j.Destination, err)
 	}
 	return nil

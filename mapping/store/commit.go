@@ -200,6 +200,11 @@ func (s *Store) commitLoop() {
 // the write succeeded.
 func (s *Store) probe() bool {
 	ctx := context.Background()
+	if s.postgres {
+		// A write that needs room in PostgreSQL's log.
+		_, err := s.write.ExecContext(ctx, `UPDATE schema_migrations SET applied_at = applied_at WHERE version = 1`)
+		return err == nil
+	}
 	s.committer.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`)
 	s.sampleLog()
 	var v int
@@ -312,19 +317,18 @@ func (s *Store) commit(group []*submission) (err error) {
 	s.phase.Store(phaseLocking)
 	defer s.phase.Store(phaseIdle)
 	w := &writer{conn: s.committer, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
-	if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
-		if cannotStore(err) != "" {
-			return fmt.Errorf("begin: %w", err) // locked past the busy timeout: no second wait
+	if s.postgres {
+		conn, err := s.write.Connx(ctx)
+		if err != nil {
+			return fmt.Errorf("connect: %w", err)
 		}
-		// Should an earlier rollback have failed, the connection would still
-		// be in that transaction, and every group after it would fail here.
-		// The second BEGIN says whether this rollback was needed and worked.
-		if _, rerr := w.exec(ctx, `ROLLBACK`); rerr != nil {
-			s.log.Debug("roll back before a second begin", "err", rerr)
-		}
-		if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
+		defer conn.Close()
+		w.conn = conn
+		if err := s.beginPostgres(ctx, conn); err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
+	} else if err := w.begin(ctx); err != nil {
+		return err
 	}
 	s.phase.Store(phaseApplying)
 	committed := false
@@ -364,9 +368,29 @@ func (s *Store) commit(group []*submission) (err error) {
 	return nil
 }
 
+// begin starts a group's transaction on SQLite, taking the write lock.
+func (w *writer) begin(ctx context.Context) error {
+	if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
+		if cannotStore(err) != "" {
+			return fmt.Errorf("begin: %w", err) // locked past the busy timeout: no second wait
+		}
+		// Should an earlier rollback have failed, the connection would still
+		// be in that transaction, and every group after it would fail here.
+		// The second BEGIN says whether this rollback was needed and worked.
+		if _, rerr := w.exec(ctx, `ROLLBACK`); rerr != nil {
+			w.store.log.Debug("roll back before a second begin", "err", rerr)
+		}
+		if _, err := w.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+	}
+	return nil
+}
+
 // writer applies messages inside one transaction on the committer's
-// connection. Its statements are prepared once on that connection and
-// reused by every transaction.
+// connection. On SQLite its statements are prepared once on that connection
+// and reused by every transaction; on PostgreSQL they are rebound, and the
+// driver prepares and caches them per connection.
 type writer struct {
 	conn  *sqlx.Conn
 	store *Store
@@ -378,6 +402,9 @@ type writer struct {
 }
 
 func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if w.store.postgres {
+		return w.conn.ExecContext(ctx, w.store.rebound(query), args...)
+	}
 	st, err := w.store.prepared(ctx, query)
 	if err != nil {
 		return nil, err
@@ -405,17 +432,33 @@ func (w *writer) savepoint(ctx context.Context, fn func(ctx context.Context, w *
 	return nil
 }
 
-// insertID runs an INSERT and returns the new row's ID. SQLite reports it
-// through LastInsertId, several times cheaper than RETURNING with this driver.
+// insertID runs an INSERT and returns the new row's ID, or 0 when it
+// inserted nothing (ON CONFLICT DO NOTHING). SQLite reports the ID through
+// LastInsertId, several times cheaper than RETURNING with its driver;
+// PostgreSQL has no such thing, and returns it (RETURNING id).
 func (w *writer) insertID(ctx context.Context, query string, args ...any) (int64, error) {
+	if w.store.postgres {
+		var id int64
+		err := w.conn.QueryRowxContext(ctx, w.store.rebound(query+` RETURNING id`), args...).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, nil
+		}
+		return id, err
+	}
 	res, err := w.exec(ctx, query, args...)
 	if err != nil {
+		return 0, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
 		return 0, err
 	}
 	return res.LastInsertId()
 }
 
 func (w *writer) get(ctx context.Context, dest any, query string, args ...any) error {
+	if w.store.postgres {
+		return w.conn.GetContext(ctx, dest, w.store.rebound(query), args...)
+	}
 	st, err := w.store.prepared(ctx, query)
 	if err != nil {
 		return err
@@ -424,11 +467,24 @@ func (w *writer) get(ctx context.Context, dest any, query string, args ...any) e
 }
 
 func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) error {
+	if w.store.postgres {
+		return w.conn.SelectContext(ctx, dest, w.store.rebound(query), args...)
+	}
 	st, err := w.store.prepared(ctx, query)
 	if err != nil {
 		return err
 	}
 	return st.SelectContext(ctx, dest, args...)
+}
+
+// rebound returns query rebound for the engine, caching it. Only the committer calls it.
+func (s *Store) rebound(query string) string {
+	q, ok := s.bound[query]
+	if !ok {
+		q = s.write.Rebind(query)
+		s.bound[query] = q
+	}
+	return q
 }
 
 // prepared returns query prepared on the committer's connection, preparing

@@ -127,8 +127,8 @@ func leftovers(t *testing.T, s *Store, v string) map[string]int {
 		"jobs":        `SELECT COUNT(*) FROM jobs WHERE payload LIKE '%'||?||'%' OR ordering_key LIKE '%'||?||'%' OR last_error LIKE '%'||?||'%'`,
 		"link_log":    `SELECT COUNT(*) FROM link_log WHERE reason LIKE '%'||?||'%' OR reason LIKE '%'||?||'%' OR actor LIKE '%'||?||'%'`,
 		"links":       `SELECT COUNT(*) FROM links WHERE reason LIKE '%'||?||'%' OR message_id LIKE '%'||?||'%' OR reason LIKE '%'||?||'%'`,
-		"profiles":    `SELECT COUNT(*) FROM profiles WHERE COALESCE(user_id,'') LIKE '%'||?||'%' OR 0 = ? OR 0 = ?`,
-		"traits":      `SELECT COUNT(*) FROM traits WHERE doc LIKE '%'||?||'%' OR COALESCE(email,'') LIKE '%'||?||'%' OR 0 = ?`,
+		"profiles":    `SELECT COUNT(*) FROM profiles WHERE COALESCE(user_id,'') LIKE '%'||?||'%' OR '' = ? OR '' = ?`,
+		"traits":      `SELECT COUNT(*) FROM traits WHERE doc LIKE '%'||?||'%' OR COALESCE(email,'') LIKE '%'||?||'%' OR '' = ?`,
 	} {
 		var n int
 		if err := s.read.Get(&n, q, v, v, v); err != nil {

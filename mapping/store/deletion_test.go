@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -99,7 +98,7 @@ func TestRefusedMessageDoesNotRecreateDeletedID(t *testing.T) {
 // process (here another store on the same file) is honoured at once.
 func TestTombstonesAreReadFromTheDatabase(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "bridge.db")
+	path := testDSN(t)
 	a, err := Open(ctx, path, Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -137,10 +137,10 @@ func (s *Store) searchEmails(ctx context.Context, v string, q SearchQuery) (Sear
 		SetKey    string `db:"set_key"`
 		UserID    string `db:"user_id"`
 	}
-	if err := s.read.SelectContext(ctx, &rows, `SELECT t.email, i.profile_id, MIN(COALESCE(json_extract(t.doc, '$.email.k'), '')) AS set_key,
+	if err := s.read.SelectContext(ctx, &rows, `SELECT t.email, i.profile_id, MIN(COALESCE(`+s.jsonText("t.doc", "email", "k")+`, '')) AS set_key,
 		COALESCE(p.user_id, '') AS user_id
 		FROM traits t JOIN identifiers i ON i.id = t.identifier_id JOIN profiles p ON p.id = i.profile_id
-		WHERE `+where+` AND t.email > ? GROUP BY t.email, i.profile_id ORDER BY t.email, i.profile_id LIMIT ?`, append(args, after, q.Limit+1)...); err != nil {
+		WHERE `+where+` AND t.email > ? GROUP BY t.email, i.profile_id, p.user_id ORDER BY t.email, i.profile_id LIMIT ?`, append(args, after, q.Limit+1)...); err != nil {
 		return SearchResult{}, fmt.Errorf("search emails: %w", err)
 	}
 	res := SearchResult{Hits: []SearchHit{}}

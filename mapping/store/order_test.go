@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -71,53 +69,118 @@ func genMessages(t *rapid.T) []mapping.Message {
 	return msgs
 }
 
+// orderOptions hold deletions back (not erased) for a whole run: within the
+// grace period they are decided in event-time order like links.
+var orderOptions = Options{Caps: mapping.Caps{AnonymousIDs: 2, Links: 3}, DeletionGrace: time.Hour}
+
 // TestOrderIndependence feeds the same messages in random order, with random
 // duplicates and random grouping, into two real stores and checks that the
 // final mapping is the same as for the messages in time order.
 func TestOrderIndependence(t *testing.T) {
-	dir := t.TempDir()
-	run := 0
-	open := func(t *rapid.T) *Store {
-		run++
-		// Deletions are held back (not erased) for the whole run: within the
-		// grace period they are decided in event-time order like links.
-		s, err := Open(context.Background(), filepath.Join(dir, fmt.Sprintf("run-%d.db", run)), Options{Caps: mapping.Caps{AnonymousIDs: 2, Links: 3}, DeletionGrace: time.Hour})
-		if err != nil {
-			t.Fatalf("open: %v", err)
-		}
-		return s
-	}
 	rapid.Check(t, func(rt *rapid.T) {
 		msgs := genMessages(rt)
+		want := inOrderSnapshot(t, rt, msgs)
 
-		inOrder := open(rt)
-		defer inOrder.Close()
-		for _, m := range msgs {
-			if _, err := inOrder.Submit(context.Background(), []mapping.Message{m}); err != nil {
-				rt.Fatalf("submit: %v", err)
-			}
-		}
-		want := takeSnapshot(rt, inOrder)
-
-		shuffled := rapid.Permutation(msgs).Draw(rt, "order")
-		for range rapid.IntRange(0, 5).Draw(rt, "duplicates") {
-			shuffled = append(shuffled, rapid.SampledFrom(msgs).Draw(rt, "duplicate"))
-		}
-		other := open(rt)
+		dsn, drop := freshDatabase(t)
+		defer drop()
+		other := openOrFail(rt, dsn)
 		defer other.Close()
-		for len(shuffled) > 0 {
-			k := rapid.IntRange(1, len(shuffled)).Draw(rt, "group")
-			if _, err := other.Submit(context.Background(), shuffled[:k]); err != nil {
-				rt.Fatalf("submit: %v", err)
-			}
-			shuffled = shuffled[k:]
-		}
-		got := takeSnapshot(rt, other)
-		if !reflect.DeepEqual(got, want) {
+		submitShuffled(rt, other, shuffle(rt, msgs))
+		if got := takeSnapshot(rt, other); !reflect.DeepEqual(got, want) {
 			rt.Fatalf("mapping depends on arrival order:\n got %+v\nwant %+v", got, want)
 		}
-		inOrder.Close()
-		other.Close()
-		os.Remove(filepath.Join(dir, fmt.Sprintf("run-%d.db", run)))
 	})
+}
+
+// TestOrderIndependenceAcrossStores is TestOrderIndependence with two stores
+// on one database (two replicas), each submitting its share of the
+// shuffled messages at the same time as the other.
+func TestOrderIndependenceAcrossStores(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		msgs := genMessages(rt)
+		want := inOrderSnapshot(t, rt, msgs)
+
+		dsn, drop := freshDatabase(t)
+		defer drop()
+		a, b := openOrFail(rt, dsn), openOrFail(rt, dsn)
+		defer a.Close()
+		defer b.Close()
+		shuffled := shuffle(rt, msgs)
+		split := rapid.IntRange(0, len(shuffled)).Draw(rt, "split")
+		// Groups are drawn before the goroutines start: rapid.T is not for concurrent use.
+		groupsA, groupsB := drawGroups(rt, len(shuffled[:split]), "a"), drawGroups(rt, len(shuffled[split:]), "b")
+		errs := make(chan error, 2)
+		go func() { errs <- submitGroups(a, shuffled[:split], groupsA) }()
+		go func() { errs <- submitGroups(b, shuffled[split:], groupsB) }()
+		for range 2 {
+			if err := <-errs; err != nil {
+				rt.Fatalf("submit: %v", err)
+			}
+		}
+		for _, s := range []*Store{a, b} {
+			if got := takeSnapshot(rt, s); !reflect.DeepEqual(got, want) {
+				rt.Fatalf("mapping of two stores depends on arrival order:\n got %+v\nwant %+v", got, want)
+			}
+		}
+	})
+}
+
+func openOrFail(rt *rapid.T, dsn string) *Store {
+	s, err := Open(context.Background(), dsn, orderOptions)
+	if err != nil {
+		rt.Fatalf("open: %v", err)
+	}
+	return s
+}
+
+// inOrderSnapshot is the mapping msgs make submitted one by one in time order, on a database of its own.
+func inOrderSnapshot(t *testing.T, rt *rapid.T, msgs []mapping.Message) snapshot {
+	dsn, drop := freshDatabase(t)
+	defer drop()
+	s := openOrFail(rt, dsn)
+	defer s.Close()
+	for _, m := range msgs {
+		if _, err := s.Submit(context.Background(), []mapping.Message{m}); err != nil {
+			rt.Fatalf("submit: %v", err)
+		}
+	}
+	return takeSnapshot(rt, s)
+}
+
+// shuffle returns msgs in a random order, with up to five duplicates.
+func shuffle(rt *rapid.T, msgs []mapping.Message) []mapping.Message {
+	shuffled := rapid.Permutation(msgs).Draw(rt, "order")
+	for range rapid.IntRange(0, 5).Draw(rt, "duplicates") {
+		shuffled = append(shuffled, rapid.SampledFrom(msgs).Draw(rt, "duplicate"))
+	}
+	return shuffled
+}
+
+// drawGroups splits n messages into groups of random sizes.
+func drawGroups(rt *rapid.T, n int, label string) []int {
+	var sizes []int
+	for n > 0 {
+		k := rapid.IntRange(1, n).Draw(rt, "group "+label)
+		sizes = append(sizes, k)
+		n -= k
+	}
+	return sizes
+}
+
+// submitShuffled submits msgs in groups of random sizes.
+func submitShuffled(rt *rapid.T, s *Store, msgs []mapping.Message) {
+	if err := submitGroups(s, msgs, drawGroups(rt, len(msgs), "")); err != nil {
+		rt.Fatalf("submit: %v", err)
+	}
+}
+
+// submitGroups submits msgs in groups of the given sizes.
+func submitGroups(s *Store, msgs []mapping.Message, sizes []int) error {
+	for _, k := range sizes {
+		if _, err := s.Submit(context.Background(), msgs[:k]); err != nil {
+			return err
+		}
+		msgs = msgs[k:]
+	}
+	return nil
 }

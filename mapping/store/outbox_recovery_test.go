@@ -3,7 +3,6 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -42,7 +41,7 @@ func TestOutboxDrainsBacklogWhenDestinationRecovers(t *testing.T) {
 	fake.FailWith(503, -1)
 	t0 := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	clock := &frozenClock{now: t0}
-	s, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), store.Options{Now: clock.Now})
+	s, err := store.Open(context.Background(), store.TestDSN(t), store.Options{Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

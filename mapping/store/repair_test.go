@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -187,7 +186,7 @@ func TestHistoryFindsMessagesByEveryIdentifier(t *testing.T) {
 // written before it: the messages stored then are found by their identifiers.
 func TestMigrationReferencesStoredMessages(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "bridge.db")
+	path := testDSN(t)
 	s, err := Open(ctx, path, Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -44,7 +44,7 @@ func TestExpireMessages(t *testing.T) {
 		Raw     int `db:"raw"`
 		Expired int `db:"expired"`
 	}
-	if err := s.read.Get(&left, `SELECT COUNT(*) AS rows, SUM(raw <> '') AS raw, SUM(raw_expired_at <> 0) AS expired FROM messages`); err != nil {
+	if err := s.read.Get(&left, `SELECT COUNT(*) AS rows, COUNT(CASE WHEN raw <> '' THEN 1 END) AS raw, COUNT(CASE WHEN raw_expired_at <> 0 THEN 1 END) AS expired FROM messages`); err != nil {
 		t.Fatal(err)
 	}
 	if want := 250 + 1 + batches; left.Rows != want || left.Expired != 250 || left.Raw != 1+batches {

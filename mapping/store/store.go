@@ -113,15 +113,25 @@ type CommitObserver interface {
 // Writes go through one goroutine that commits concurrent submissions in
 // groups; reads use their own connections. A Store is safe for concurrent use.
 type Store struct {
-	write *sqlx.DB
-	read  *sqlx.DB
+	write pool
+	read  pool
 	opts  Options
 	log   *slog.Logger
 
-	// committer is the writer connection the commit goroutine holds for
-	// its transactions; stmts are prepared on it and used by that goroutine only.
+	// postgres is set when the database is PostgreSQL (see openPostgres);
+	// what follows about files and the write-ahead log is SQLite's alone.
+	postgres bool
+	// lockKey names this database's locks on PostgreSQL: the schema's hash.
+	lockKey int32
+
+	// committer is, on SQLite, the writer connection the commit goroutine
+	// holds for its transactions; stmts are prepared on it and used by
+	// that goroutine only. On PostgreSQL each group takes a connection from
+	// the pool, whose driver prepares and caches statements itself.
 	committer *sqlx.Conn
 	stmts     map[string]*sqlx.Stmt
+	// bound caches queries rebound for the engine; the committer's alone.
+	bound map[string]string
 
 	queue      chan *submission
 	outboxWake chan struct{}
@@ -168,15 +178,18 @@ const (
 	phaseApplying
 )
 
-// Open opens (creating if needed) the SQLite database at path, applies the
-// migrations it lacks, and starts the group committer. Close releases it.
+// Open opens the store at dsn: a PostgreSQL database when dsn is a
+// postgres:// (or postgresql://) URL (see openPostgres), otherwise the
+// SQLite database file at that path, created if needed. It applies the
+// migrations the database lacks and starts the group committer. Close
+// releases it.
 //
-// A new database is created readable and writable by its owner only; its
-// log and shared-memory files take the same mode. Open refuses to create a
-// database where a log (-wal) or shared-memory file (-shm) of a missing one
+// A new SQLite database is created readable and writable by its owner only;
+// its log and shared-memory files take the same mode. Open refuses to create
+// a database where a log (-wal) or shared-memory file (-shm) of a missing one
 // is left: that database was moved or deleted, and starting empty would
 // hide it (and generate new secrets).
-func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -196,7 +209,45 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		opts.SyncFile = syncData
 	}
 	opts.Caps = opts.Caps.WithDefaults()
+	if IsPostgres(dsn) {
+		return openPostgres(ctx, dsn, opts)
+	}
+	return openSQLiteStore(ctx, dsn, opts)
+}
 
+// newStore returns a Store on its pools, not yet started (see start).
+func newStore(write, read *sqlx.DB, path string, opts Options) *Store {
+	s := &Store{
+		write:      pool{write},
+		read:       pool{read},
+		opts:       opts,
+		log:        opts.Logger,
+		stmts:      map[string]*sqlx.Stmt{},
+		bound:      map[string]string{},
+		queue:      make(chan *submission, 4096),
+		outboxWake: make(chan struct{}, 1),
+		syncQueue:  make(chan []*submission, 64),
+		synced:     make(chan struct{}),
+		path:       path,
+		closing:    make(chan struct{}),
+		stopped:    make(chan struct{}),
+	}
+	s.health.init(opts.Logger, opts.Now)
+	return s
+}
+
+// start starts the store's goroutines.
+func (s *Store) start() {
+	go s.commitLoop()
+	go s.syncLoop()
+	if !s.postgres {
+		go s.checkpointLoop()
+	}
+	go s.eraseLoop()
+}
+
+// openSQLiteStore opens the SQLite database file at path; see Open.
+func openSQLiteStore(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := createFile(path); err != nil {
 		return nil, err
 	}
@@ -218,22 +269,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		write.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{
-		committer:  committer,
-		write:      write,
-		read:       read,
-		opts:       opts,
-		log:        opts.Logger,
-		stmts:      map[string]*sqlx.Stmt{},
-		queue:      make(chan *submission, 4096),
-		outboxWake: make(chan struct{}, 1),
-		syncQueue:  make(chan []*submission, 64),
-		synced:     make(chan struct{}),
-		path:       path,
-		closing:    make(chan struct{}),
-		stopped:    make(chan struct{}),
-	}
-	s.health.init(opts.Logger, opts.Now)
+	s := newStore(write, read, path, opts)
+	s.committer = committer
 	closeAll := func() {
 		committer.Close()
 		read.Close()
@@ -280,10 +317,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.sampleLog()
-	go s.commitLoop()
-	go s.syncLoop()
-	go s.checkpointLoop()
-	go s.eraseLoop()
+	s.start()
 	return s, nil
 }
 
@@ -395,18 +429,26 @@ func migrateFile(ctx context.Context, path string, now func() time.Time) error {
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(1)
-	return migrate(ctx, db, now)
+	return migrate(ctx, db, false, now)
 }
 
-// migrate applies the embedded migrations that are not yet recorded, in order, each in its own transaction.
-func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+// migrate applies the embedded migrations that are not yet recorded, in
+// order, each in its own transaction. On PostgreSQL (postgres set) each is
+// rewritten by postgresDDL first; its checksum is the file's all the same.
+func migrate(ctx context.Context, sdb *sqlx.DB, postgres bool, now func() time.Time) error {
+	db := pool{sdb}
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	// Each applied migration's checksum is kept, so that one edited after it
 	// was applied is noticed instead of silently diverging from the schema.
+	hasChecksumQuery := `SELECT COUNT(*) > 0 FROM pragma_table_info('schema_migrations') WHERE name = 'checksum'`
+	if postgres {
+		hasChecksumQuery = `SELECT COUNT(*) > 0 FROM information_schema.columns
+			WHERE table_schema = current_schema() AND table_name = 'schema_migrations' AND column_name = 'checksum'`
+	}
 	var hasChecksum bool
-	if err := db.GetContext(ctx, &hasChecksum, `SELECT COUNT(*) > 0 FROM pragma_table_info('schema_migrations') WHERE name = 'checksum'`); err != nil {
+	if err := db.GetContext(ctx, &hasChecksum, hasChecksumQuery); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	if !hasChecksum {
@@ -448,15 +490,19 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 			}
 			continue
 		}
+		ddl := string(body)
+		if postgres {
+			ddl = postgresDDL(ddl)
+		}
 		tx, err := db.BeginTxx(ctx, nil)
 		if err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
 		}
 		defer tx.Rollback()
-		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+		if _, err := tx.ExecContext(ctx, ddl); err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at, checksum) VALUES (?, ?, ?)`, version, now().UnixNano(), checksum); err != nil {
+		if _, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO schema_migrations (version, applied_at, checksum) VALUES (?, ?, ?)`), version, now().UnixNano(), checksum); err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
 		}
 		if err := tx.Commit(); err != nil {
@@ -469,6 +515,9 @@ func migrate(ctx context.Context, db *sqlx.DB, now func() time.Time) error {
 // syncLog makes every commit so far durable: it syncs the write-ahead log
 // through the descriptor held since Open.
 func (s *Store) syncLog() error {
+	if s.postgres {
+		return nil // a commit PostgreSQL acknowledged is durable (synchronous_commit)
+	}
 	if err := s.opts.SyncFile(s.walFile); err != nil {
 		return fmt.Errorf("sync %s: %w", s.walFile.Name(), err)
 	}
@@ -579,6 +628,9 @@ func (s *Store) logInUse() int64 {
 // as the log in use ever was. The checkpoint syncs the log and then the database file. The groups waiting
 // meanwhile pay for it, inside any measurement of the store's throughput.
 func (s *Store) boundLog() {
+	if s.postgres {
+		return // PostgreSQL bounds its own log
+	}
 	n := s.sampleLog()
 	grew := max(n-s.walLast, 0)
 	s.walLast = n
@@ -660,6 +712,9 @@ func (s *Store) checkpointLoop() {
 // store commits would be lost with the unlinked file: it refuses to store
 // (and Ready fails) until the path names its file again.
 func (s *Store) checkFiles() error {
+	if s.postgres {
+		return nil
+	}
 	var problem error
 	var what string
 	for _, f := range []struct {
@@ -696,6 +751,9 @@ func (s *Store) checkFiles() error {
 // It runs on a reader connection, which syncs fully: the database file is
 // durable when it returns. The store also checkpoints by itself.
 func (s *Store) Checkpoint(ctx context.Context) error {
+	if s.postgres {
+		return nil // PostgreSQL checkpoints by itself
+	}
 	if _, err := s.read.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
@@ -801,6 +859,9 @@ func (s *Store) Close() error {
 	if err := s.FatalError(); err != nil {
 		return fmt.Errorf("close %s: not checkpointed after a failed sync: %w", s.path, err)
 	}
+	if s.postgres {
+		return errors.Join(s.read.Close(), s.write.Close())
+	}
 	if err := s.Checkpoint(context.Background()); err != nil {
 		s.log.Warn("final checkpoint", "err", err)
 	}
@@ -822,6 +883,7 @@ const (
 	ReasonOverloaded   = "overloaded"        // submissions waited past CommitTimeout for the writer
 	ReasonFileReplaced = "database_replaced" // the database's path no longer names the file open
 	ReasonSyncFailed   = "sync_failed"       // the log could not be synced: fatal
+	ReasonUnreachable  = "database_down"     // PostgreSQL cannot be reached, or refuses connections
 )
 
 // unavailable is the error a caller gets while the store cannot store for reason.
@@ -836,6 +898,8 @@ func unavailable(reason string, stored bool) *mapping.Error {
 		e.Message, e.RetryAfter = "the bridge cannot store: its database file was removed or replaced; retry later", 60*time.Second
 	case ReasonSyncFailed:
 		e.Message, e.RetryAfter = "the bridge could not make the data durable and is restarting; retry shortly", 5*time.Second
+	case ReasonUnreachable:
+		e.Message, e.RetryAfter = "the bridge cannot reach its database; retry shortly", 5*time.Second
 	default:
 		e.Message, e.RetryAfter = "the bridge is overloaded; retry shortly", 2*time.Second
 	}
@@ -1008,6 +1072,9 @@ func (s *Store) storeFailed(err error) error {
 // cannotStore tells why err keeps the store from storing: one of the
 // Reason constants, or "" for any other failure.
 func cannotStore(err error) string {
+	if reason := cannotStorePostgres(err); reason != "" {
+		return reason
+	}
 	var se sqlite3.Error
 	if !errors.As(err, &se) {
 		return ""

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"sort"
@@ -19,7 +18,7 @@ import (
 // openTestStore opens a fresh SQLite store in a temporary directory.
 func openTestStore(t testing.TB, opts Options) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "bridge.db"), opts)
+	s, err := Open(context.Background(), testDSN(t), opts)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
@@ -313,7 +312,7 @@ func TestDeleteLeavesTombstone(t *testing.T) {
 // refuses the identifiers deleted before.
 func TestTombstonesOutliveARestart(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "bridge.db")
+	path := testDSN(t)
 	s, err := Open(ctx, path, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -438,7 +437,7 @@ func TestMergeOnEmailIsOptIn(t *testing.T) {
 // and a database from before checksums adopts them.
 func TestEditedMigrationIsRefused(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "bridge.db")
+	path := testDSN(t)
 	s, err := Open(ctx, path, Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,203 @@
+package store
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/jmoiron/sqlx"
+)
+
+// PostgreSQL: several bridge processes (replicas) share one database.
+//
+// Every write the group committer makes (a group of messages, a claim, an
+// outcome, housekeeping) runs in a transaction that first takes one
+// transaction-level advisory lock (pg_advisory_xact_lock), the same for
+// every replica on this database's schema. Writes to the identity graph
+// are therefore serialised exactly as SQLite's single writer serialises
+// them, and every rule of the single-writer design holds across replicas:
+// a message sees every message committed before it, no two groups decide
+// the same link at once, and rows (messages, jobs) become visible in the
+// order of their IDs, since they are allocated under the lock. Group commit
+// keeps the lock's cost to one round trip per group, not per message.
+// Reads (pages, the API, lookups) take no lock.
+
+// IsPostgres reports whether dsn names a PostgreSQL database (a
+// postgres:// or postgresql:// URL) rather than a SQLite file.
+func IsPostgres(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// Redacted is dsn fit for a log line or a page: a PostgreSQL URL without its
+// password; a SQLite path as it is.
+func Redacted(dsn string) string {
+	if !IsPostgres(dsn) {
+		return dsn
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "postgres://(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// The classes of the store's advisory locks; the second key is the hash of
+// the schema, so that bridges on other schemas of one database do not wait
+// for each other.
+const (
+	lockClassGraph     int32 = 0x62726467 // "brdg": every write transaction
+	lockClassMigration int32 = 0x6d696772 // "migr": applying migrations, at start
+)
+
+// openPostgres opens the PostgreSQL database at dsn; see Open. Replicas that
+// start together apply the missing migrations once: each waits for a
+// session-level advisory lock, and finds them applied once it has it.
+//
+// Unless the URL sets them, each connection waits at most CommitTimeout for
+// a lock (lock_timeout), so a group stuck behind another replica's long
+// transaction answers 503 instead of hanging, and names itself "bridge"
+// (application_name) in pg_stat_activity.
+func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("BRIDGE_DB: %w", err)
+	}
+	if _, ok := cfg.RuntimeParams["lock_timeout"]; !ok {
+		cfg.RuntimeParams["lock_timeout"] = fmt.Sprint(opts.CommitTimeout.Milliseconds())
+	}
+	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
+		cfg.RuntimeParams["application_name"] = "bridge"
+	}
+	where := fmt.Sprintf("postgres://%s:%d/%s", cfg.Host, cfg.Port, cfg.Database) // no password
+	open := func(conns int) (*sqlx.DB, error) {
+		db := sqlx.NewDb(stdlib.OpenDB(*cfg), "pgx")
+		db.SetMaxOpenConns(conns)
+		db.SetMaxIdleConns(conns)
+		if err := db.PingContext(ctx); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open %s: %w", where, err)
+		}
+		return db, nil
+	}
+	// The committer uses one connection at a time, and the few writes
+	// outside it (secrets, sessions) one more.
+	write, err := open(4)
+	if err != nil {
+		return nil, err
+	}
+	read, err := open(8)
+	if err != nil {
+		write.Close()
+		return nil, err
+	}
+	s := newStore(write, read, where, opts)
+	s.postgres = true
+	if err := s.write.GetContext(ctx, &s.lockKey, `SELECT hashtext(current_schema())`); err != nil {
+		s.write.Close()
+		s.read.Close()
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	if err := s.migratePostgres(ctx); err != nil {
+		s.write.Close()
+		s.read.Close()
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	s.start()
+	return s, nil
+}
+
+// migratePostgres applies the missing migrations while holding the
+// migration lock on a connection of its own.
+func (s *Store) migratePostgres(ctx context.Context) error {
+	conn, err := s.write.Connx(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	// A session-level lock waits for whoever migrates, however long that takes.
+	if _, err := conn.ExecContext(ctx, `SET lock_timeout = 0`); err != nil {
+		return err
+	}
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, $2)`, lockClassMigration, s.lockKey); err != nil {
+		return fmt.Errorf("wait for the migration lock: %w", err)
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, $2)`, lockClassMigration, s.lockKey)
+	defer conn.ExecContext(context.WithoutCancel(ctx), `RESET lock_timeout`)
+	return migrate(ctx, s.write.DB, true, s.opts.Now)
+}
+
+// beginPostgres starts a group's transaction on conn and takes the graph
+// lock (see the top of this file).
+func (s *Store) beginPostgres(ctx context.Context, conn *sqlx.Conn) error {
+	if _, err := conn.ExecContext(ctx, `BEGIN`); err != nil {
+		return err
+	}
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, lockClassGraph, s.lockKey); err != nil {
+		conn.ExecContext(ctx, `ROLLBACK`)
+		return err
+	}
+	return nil
+}
+
+// jsonText is the SQL expression for the text at path in the JSON text
+// column col (NULL where there is none): the dialects differ.
+func (s *Store) jsonText(col string, path ...string) string {
+	if s.postgres {
+		return "(" + col + "::jsonb #>> '{" + strings.Join(path, ",") + "}')"
+	}
+	return "json_extract(" + col + ", '$." + strings.Join(path, ".") + "')"
+}
+
+// What postgresDDL rewrites: SQLite's row IDs become identity columns
+// (BY DEFAULT, since clusters and traits take their IDs from other rows),
+// every integer 64 bits wide as SQLite's are, text compared byte by byte as
+// SQLite compares it (order keys are compared in SQL: a locale's collation
+// would reorder them), and SQLite's table options go.
+var (
+	ddlRowID   = regexp.MustCompile(`\bINTEGER PRIMARY KEY( AUTOINCREMENT)?`)
+	ddlInteger = regexp.MustCompile(`\bINTEGER\b`)
+	ddlText    = regexp.MustCompile(`\bTEXT\b`)
+	ddlNoRowID = regexp.MustCompile(`\)\s*WITHOUT ROWID`)
+)
+
+// postgresDDL rewrites a migration written for SQLite for PostgreSQL: the
+// dialect override of the migrations (see the variables above).
+func postgresDDL(ddl string) string {
+	ddl = ddlRowID.ReplaceAllString(ddl, "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+	ddl = ddlInteger.ReplaceAllString(ddl, "BIGINT")
+	ddl = ddlText.ReplaceAllString(ddl, `TEXT COLLATE "C"`)
+	return ddlNoRowID.ReplaceAllString(ddl, ")")
+}
+
+// cannotStorePostgres tells why a PostgreSQL error keeps the store from
+// storing (one of the Reason constants), or "".
+func cannotStorePostgres(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Code == "53100": // disk_full
+			return ReasonDiskFull
+		case pe.Code == "55P03", pe.Code == "57014": // lock_not_available, query_canceled (lock_timeout)
+			return ReasonLocked
+		case strings.HasPrefix(pe.Code, "08"), strings.HasPrefix(pe.Code, "57P"): // connection exceptions, shutdowns
+			return ReasonUnreachable
+		case strings.HasPrefix(pe.Code, "53"): // insufficient resources: too many connections, out of memory
+			return ReasonOverloaded
+		}
+		return ""
+	}
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	if errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, driver.ErrBadConn) || pgconn.Timeout(err) {
+		return ReasonUnreachable
+	}
+	return ""
+}
