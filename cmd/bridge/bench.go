@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bridgeworks/bridge/mapping/store"
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 )
@@ -72,8 +73,8 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	if *rounds < 1 || *known < 1 {
 		return fmt.Errorf("-rounds %d, -known %d: want at least 1 each", *rounds, *known)
 	}
-	if *pgServer != "" && !isPostgresURL(*pgServer) {
-		return fmt.Errorf("-db %q: want a postgres:// URL", redactURL(*pgServer))
+	if *pgServer != "" && !store.IsPostgres(*pgServer) {
+		return fmt.Errorf("-db %q: want a postgres:// URL", store.Redacted(*pgServer))
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

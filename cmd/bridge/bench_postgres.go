@@ -9,15 +9,11 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
-)
 
-// isPostgresURL reports whether dsn names a PostgreSQL database rather than a SQLite file.
-func isPostgresURL(dsn string) bool {
-	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
-}
+	"github.com/bridgeworks/bridge/mapping/store"
+)
 
 // errPostgresUnreachable wraps the failure to connect to the server at all
 // (as opposed to a refusal once connected), so that tests can tell a
@@ -31,15 +27,15 @@ var errPostgresUnreachable = errors.New("PostgreSQL server unreachable")
 // closing them, a test's pool); it may be called more than once.
 func createPostgresDB(ctx context.Context, serverURL, prefix string) (dbURL string, drop func(context.Context) error, err error) {
 	u, err := url.Parse(serverURL)
-	if err != nil || !isPostgresURL(serverURL) {
-		return "", nil, fmt.Errorf("%q is not a postgres:// URL", redactURL(serverURL))
+	if err != nil || !store.IsPostgres(serverURL) {
+		return "", nil, fmt.Errorf("%q is not a postgres:// URL", store.Redacted(serverURL))
 	}
 	b := make([]byte, 6)
 	rand.Read(b)
 	name := prefix + hex.EncodeToString(b)
 	conn, err := pgx.Connect(ctx, serverURL)
 	if err != nil {
-		return "", nil, fmt.Errorf("%w: %s: %w", errPostgresUnreachable, redactURL(serverURL), err)
+		return "", nil, fmt.Errorf("%w: %s: %w", errPostgresUnreachable, store.Redacted(serverURL), err)
 	}
 	defer conn.Close(context.Background())
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
@@ -72,15 +68,6 @@ func postgresCheckpoint(ctx context.Context, serverURL string) error {
 	defer conn.Close(context.Background())
 	conn.Exec(ctx, "CHECKPOINT")
 	return nil
-}
-
-// redactURL is u without its password, for messages.
-func redactURL(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return p.Redacted()
 }
 
 // benchReplicas starts n bridges in this process on one PostgreSQL

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/bridgeworks/bridge/mapping/store"
 	"github.com/bridgeworks/bridge/mapping/testenv"
 )
 
@@ -55,7 +56,7 @@ func newPostgresDB(t *testing.T) string {
 func noPostgres(t *testing.T, err error) {
 	t.Helper()
 	t.Log(err)
-	testenv.Lacks(t, "a PostgreSQL server at "+redactURL(postgresServer()),
+	testenv.Lacks(t, "a PostgreSQL server at "+store.Redacted(postgresServer()),
 		"apt-get install -y postgresql and trust user postgres on 127.0.0.1, or set "+postgresServerEnv+" to a server's URL")
 }
 
