@@ -21,9 +21,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bridgeworks/bridge/mapping/store"
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
+
+	"github.com/bridgeworks/bridge/mapping/store"
 )
 
 // benchResult is one load run: how many events were acknowledged and how long each acknowledgement took.
@@ -318,6 +319,7 @@ func postgresRuns(ctx context.Context, client *http.Client, serverURL string, re
 	return single, batch, nil
 }
 
+// replicasName names a configuration of n replicas: "1 replica", "2 replicas".
 func replicasName(n int) string {
 	if n == 1 {
 		return "1 replica"
