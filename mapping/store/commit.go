@@ -477,13 +477,13 @@ func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) e
 	return st.SelectContext(ctx, dest, args...)
 }
 
-// rebound returns query rebound for the engine, caching it. Only the committer calls it.
+// rebound returns query rebound for the engine, caching it.
 func (s *Store) rebound(query string) string {
-	q, ok := s.bound[query]
-	if !ok {
-		q = s.write.Rebind(query)
-		s.bound[query] = q
+	if q, ok := s.bound.Load(query); ok {
+		return q.(string)
 	}
+	q := s.write.Rebind(query)
+	s.bound.Store(query, q)
 	return q
 }
 

@@ -87,9 +87,10 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		}
 		return db, nil
 	}
-	// The committer uses one connection at a time, and the few writes
-	// outside it (secrets, sessions) one more.
-	write, err := open(4)
+	// The committer uses one connection at a time, the outbox's claims and
+	// outcomes (see outboxTx) one each, and the few writes outside them
+	// (secrets, sessions) the rest.
+	write, err := open(6)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +155,62 @@ func (s *Store) jsonText(col string, path ...string) string {
 		return "(" + col + "::jsonb #>> '{" + strings.Join(path, ",") + "}')"
 	}
 	return "json_extract(" + col + ", '$." + strings.Join(path, ".") + "')"
+}
+
+// outboxTx runs fn, one of the outbox's claims or outcomes, in a
+// transaction. On SQLite that is the next group commit (inTx). On
+// PostgreSQL it is a transaction of its own, outside the group commit and
+// its graph lock, so that delivery bookkeeping on any replica never waits
+// for ingestion nor holds it up: claims lock the jobs they take (FOR UPDATE
+// SKIP LOCKED, see skipLocked), and per-user order holds because a claim
+// takes a job only when no older job of its key is pending or running, which
+// a concurrent claim of that older job (locked, pending until it commits)
+// still shows. A deadlock or serialization failure between replicas is
+// retried.
+func (s *Store) outboxTx(ctx context.Context, fn func(ctx context.Context, w *writer) error) error {
+	if !s.postgres {
+		return s.inTx(ctx, fn)
+	}
+	for attempt := 1; ; attempt++ {
+		err := s.postgresTx(ctx, fn)
+		var pe *pgconn.PgError
+		if attempt < 5 && errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001") {
+			continue
+		}
+		if unavailable := s.storeFailed(err); unavailable != nil {
+			return unavailable
+		}
+		return err
+	}
+}
+
+// postgresTx runs fn in a transaction on a connection of the write pool.
+func (s *Store) postgresTx(ctx context.Context, fn func(ctx context.Context, w *writer) error) error {
+	conn, err := s.write.Connx(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `BEGIN`); err != nil {
+		return err
+	}
+	w := &writer{conn: conn, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
+	if err := fn(ctx, w); err != nil {
+		conn.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`)
+		return err
+	}
+	_, err = conn.ExecContext(ctx, `COMMIT`)
+	return err
+}
+
+// skipLocked is the clause that makes a claim's SELECT lock the jobs it
+// takes and pass over those another replica's claim holds; SQLite, whose
+// writer is alone, has none.
+func (s *Store) skipLocked() string {
+	if s.postgres {
+		return ` FOR UPDATE OF j SKIP LOCKED`
+	}
+	return ""
 }
 
 // What postgresDDL rewrites: SQLite's row IDs become identity columns

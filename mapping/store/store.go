@@ -130,8 +130,8 @@ type Store struct {
 	// the pool, whose driver prepares and caches statements itself.
 	committer *sqlx.Conn
 	stmts     map[string]*sqlx.Stmt
-	// bound caches queries rebound for the engine; the committer's alone.
-	bound map[string]string
+	// bound caches queries rebound for the engine (see rebound).
+	bound sync.Map
 
 	queue      chan *submission
 	outboxWake chan struct{}
@@ -223,7 +223,6 @@ func newStore(write, read *sqlx.DB, path string, opts Options) *Store {
 		opts:       opts,
 		log:        opts.Logger,
 		stmts:      map[string]*sqlx.Stmt{},
-		bound:      map[string]string{},
 		queue:      make(chan *submission, 4096),
 		outboxWake: make(chan struct{}, 1),
 		syncQueue:  make(chan []*submission, 64),
