@@ -274,7 +274,7 @@ func (s *Store) commitGroup(group []*submission) {
 		return
 	}
 	if err == nil {
-		s.health.clear(ReasonDiskFull, ReasonLocked, ReasonOverloaded)
+		s.health.clear(ReasonDiskFull, ReasonLocked, ReasonOverloaded, ReasonUnreachable)
 	}
 	if err != nil && len(group) > 1 {
 		s.log.Warn("group commit failed; committing submissions one by one", "submissions", len(group), "err", err)

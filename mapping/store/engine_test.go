@@ -44,6 +44,8 @@ var sqliteOnly = []string{
 	"TestWALStaysBounded", "TestFailedSyncIsFatal", "TestDiskFullRefusesThenRecovers", "TestLockedPastDeadline",
 	"TestDatabaseRemovedUnderTheStore", "TestMissingDatabaseBesideItsLog", "TestDatabaseFilesOwnerOnly",
 	"TestWriterContractChecked", "TestLogRestartsInPlace",
+	// and those that use PostgreSQL whatever the run's engine: they ran in the parent.
+	"TestPostgresUnreachableThenBack", "TestPostgresLockedPastDeadline",
 }
 
 // postgresServer is the PostgreSQL server the tests use.
@@ -97,10 +99,10 @@ func freshDatabase(t testing.TB) (dsn string, drop func()) {
 	return postgresServer() + sep + "search_path=" + schema, drop
 }
 
-// TestPostgres runs this package's tests again with PostgreSQL as the
-// engine (see testDSN), but for those about SQLite's files alone, and fails
-// with the child's failures. It needs the server at BRIDGE_TEST_POSTGRES.
-func TestPostgres(t *testing.T) {
+// requirePostgres ends t unless the PostgreSQL server the tests use answers
+// (see testenv.Missing) or the run is -short.
+func requirePostgres(t *testing.T) {
+	t.Helper()
 	if testing.Short() {
 		testenv.Lacks(t, "a full run", "run without -short")
 	}
@@ -114,6 +116,13 @@ func TestPostgres(t *testing.T) {
 	if err != nil {
 		testenv.Missing(t, "PostgreSQL at "+postgresServer(), "apt-get install -y postgresql, started, or set "+postgresVar)
 	}
+}
+
+// TestPostgres runs this package's tests again with PostgreSQL as the
+// engine (see testDSN), but for those about SQLite's files alone, and fails
+// with the child's failures. It needs the server at BRIDGE_TEST_POSTGRES.
+func TestPostgres(t *testing.T) {
+	requirePostgres(t)
 	skip := make([]string, len(sqliteOnly))
 	for i, name := range sqliteOnly {
 		skip[i] = "^" + name + "$"
@@ -134,7 +143,7 @@ func TestPostgres(t *testing.T) {
 	cmd.Env = append(os.Environ(), engineVar+"=postgres")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err = cmd.Run()
+	err := cmd.Run()
 	if testing.Verbose() || err != nil {
 		sc := bufio.NewScanner(&out)
 		sc.Buffer(nil, 1<<20)

@@ -773,6 +773,11 @@ func (s *Store) Ready(ctx context.Context) error {
 	notReady := func(reason, what string, cause error) error {
 		return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready (" + reason + "): " + what, Err: cause, RetryAfter: 5 * time.Second}
 	}
+	if reason, _ := s.health.current(); reason == ReasonUnreachable && s.write.PingContext(ctx) == nil {
+		// The database answers again: no submission needs to find that out
+		// first (a load balancer sends none to a replica that is not ready).
+		s.health.clear(ReasonUnreachable)
+	}
 	if reason, since := s.health.current(); reason != "" {
 		return notReady(reason, "cannot store since "+since.UTC().Format(time.RFC3339), s.health.refusal())
 	}
