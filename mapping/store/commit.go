@@ -358,6 +358,11 @@ func (s *Store) commit(group []*submission) (err error) {
 			n++
 		}
 	}
+	if jobs && s.postgres {
+		if err := s.notifyJobs(ctx, w); err != nil {
+			return err
+		}
+	}
 	if _, err := w.exec(ctx, `COMMIT`); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}

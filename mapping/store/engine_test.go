@@ -45,7 +45,7 @@ var sqliteOnly = []string{
 	"TestDatabaseRemovedUnderTheStore", "TestMissingDatabaseBesideItsLog", "TestDatabaseFilesOwnerOnly",
 	"TestWriterContractChecked", "TestLogRestartsInPlace",
 	// and those that use PostgreSQL whatever the run's engine: they ran in the parent.
-	"TestPostgresUnreachableThenBack", "TestPostgresLockedPastDeadline",
+	"TestPostgresUnreachableThenBack", "TestPostgresLockedPastDeadline", "TestJobsWakeOtherStores",
 }
 
 // postgresServer is the PostgreSQL server the tests use.
@@ -66,14 +66,30 @@ func testDSN(t testing.TB) string {
 	return dsn
 }
 
+// postgresDatabase is testDSN on PostgreSQL whatever the run's engine, for
+// the tests about PostgreSQL alone: they run in the parent run, and
+// TestPostgres's child leaves them out (see sqliteOnly).
+func postgresDatabase(t *testing.T) string {
+	t.Helper()
+	requirePostgres(t)
+	dsn, drop := freshDatabaseOn(t, true)
+	t.Cleanup(drop)
+	return dsn
+}
+
 // freshDatabase returns a new, empty database (see testDSN) and the
 // function that removes it, to call once every store on it is closed.
 func freshDatabase(t testing.TB) (dsn string, drop func()) {
 	t.Helper()
+	return freshDatabaseOn(t, onPostgres)
+}
+
+func freshDatabaseOn(t testing.TB, postgres bool) (dsn string, drop func()) {
+	t.Helper()
 	b := make([]byte, 6)
 	rand.Read(b)
 	name := hex.EncodeToString(b)
-	if !onPostgres {
+	if !postgres {
 		dir := t.TempDir()
 		return filepath.Join(dir, name+".db"), func() { os.RemoveAll(dir) }
 	}

@@ -107,3 +107,32 @@ func TestClaimsAcrossStores(t *testing.T) {
 		t.Errorf("delivered jobs of %d users, want %d", len(delivered), users)
 	}
 }
+
+// TestJobsWakeOtherStores: jobs committed by one store wake the outbox
+// worker of another store on the same PostgreSQL database at once, rather
+// than at its next poll. (On SQLite one process writes and delivers.)
+func TestJobsWakeOtherStores(t *testing.T) {
+	dsn := postgresDatabase(t)
+	a, err := Open(context.Background(), dsn, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(context.Background(), dsn, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// b wakes once when it starts listening, for what it may have missed.
+	select {
+	case <-b.Wake():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the store did not start listening for other stores' jobs")
+	}
+	submit(t, a, withJobs("m1", "user-1", "job-1"))
+	select {
+	case <-b.Wake():
+	case <-time.After(30 * time.Second):
+		t.Fatal("jobs committed by one store did not wake the other")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -111,6 +112,8 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		s.read.Close()
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
+	s.listening = make(chan struct{})
+	go s.listenLoop(cfg)
 	s.start()
 	return s, nil
 }
@@ -155,6 +158,64 @@ func (s *Store) jsonText(col string, path ...string) string {
 		return "(" + col + "::jsonb #>> '{" + strings.Join(path, ",") + "}')"
 	}
 	return "json_extract(" + col + ", '$." + strings.Join(path, ".") + "')"
+}
+
+// jobsChannel is the channel on which a commit that wrote outbox jobs
+// notifies every replica on this schema (see listenLoop).
+func (s *Store) jobsChannel() string { return fmt.Sprintf("bridge_jobs_%08x", uint32(s.lockKey)) }
+
+// notifyJobs tells the other replicas, once the group's transaction
+// commits, that it wrote outbox jobs: their workers claim at once rather
+// than at their next poll.
+func (s *Store) notifyJobs(ctx context.Context, w *writer) error {
+	if _, err := w.exec(ctx, `SELECT pg_notify(?, '')`, s.jobsChannel()); err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	return nil
+}
+
+// listenLoop wakes this replica's outbox worker whenever any replica
+// commits outbox jobs (notifyJobs), on a connection of its own, until the
+// store closes. Should the connection fail, it connects again, with growing
+// waits, and wakes the worker once, for what it may have missed.
+func (s *Store) listenLoop(cfg *pgx.ConnConfig) {
+	defer close(s.listening)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	const firstWait, lastWait = time.Second, 30 * time.Second
+	wait := firstWait
+	for ctx.Err() == nil {
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err == nil {
+			_, err = conn.Exec(ctx, `LISTEN `+pgx.Identifier{s.jobsChannel()}.Sanitize())
+			if err == nil {
+				wait = firstWait
+				s.wakeOutbox()
+			}
+			for err == nil {
+				if _, err = conn.WaitForNotification(ctx); err == nil {
+					s.wakeOutbox()
+				}
+			}
+			conn.Close(context.Background())
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Debug("listen for outbox jobs of other replicas", "err", err, "retry_in", wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		wait = min(2*wait, lastWait)
+	}
 }
 
 // outboxTx runs fn, one of the outbox's claims or outcomes, in a

@@ -14,21 +14,6 @@ import (
 	"github.com/bridgeworks/bridge/mapping"
 )
 
-// The tests here are about PostgreSQL alone: they run in the parent run of
-// the package's tests, on a PostgreSQL database of their own whatever the
-// run's engine, and TestPostgres's child leaves them out (see sqliteOnly's
-// counterpart, postgresOnly).
-
-// postgresDatabase is testDSN on PostgreSQL whatever the run's engine.
-func postgresDatabase(t *testing.T) string {
-	t.Helper()
-	requirePostgres(t)
-	was := onPostgres
-	onPostgres = true
-	defer func() { onPostgres = was }()
-	return testDSN(t)
-}
-
 // cuttableProxy forwards TCP connections to a server until it is cut: then
 // it closes every connection it carries and refuses new ones, as a database
 // whose network went away; restore lets connections through again.

@@ -123,6 +123,8 @@ type Store struct {
 	postgres bool
 	// lockKey names this database's locks on PostgreSQL: the schema's hash.
 	lockKey int32
+	// listening is closed when listenLoop has stopped (PostgreSQL only).
+	listening chan struct{}
 
 	// committer is, on SQLite, the writer connection the commit goroutine
 	// holds for its transactions; stmts are prepared on it and used by
@@ -864,6 +866,7 @@ func (s *Store) Close() error {
 		return fmt.Errorf("close %s: not checkpointed after a failed sync: %w", s.path, err)
 	}
 	if s.postgres {
+		<-s.listening
 		return errors.Join(s.read.Close(), s.write.Close())
 	}
 	if err := s.Checkpoint(context.Background()); err != nil {
