@@ -46,6 +46,7 @@ var sqliteOnly = []string{
 	"TestWriterContractChecked", "TestLogRestartsInPlace",
 	// and those that use PostgreSQL whatever the run's engine: they ran in the parent.
 	"TestPostgresUnreachableThenBack", "TestPostgresLockedPastDeadline", "TestJobsWakeOtherStores",
+	"TestConcurrentStartMigratesOnce",
 }
 
 // postgresServer is the PostgreSQL server the tests use.

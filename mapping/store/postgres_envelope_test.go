@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"strings"
@@ -168,4 +169,50 @@ func TestPostgresLockedPastDeadline(t *testing.T) {
 	if err := s.Ready(context.Background()); err != nil {
 		t.Errorf("Ready after the lock was released: %v", err)
 	}
+}
+
+// TestConcurrentStartMigratesOnce: replicas starting at the same moment on
+// a new PostgreSQL database all start, and the migrations are applied once.
+func TestConcurrentStartMigratesOnce(t *testing.T) {
+	dsn := postgresDatabase(t)
+	const replicas = 4
+	stores := make(chan *Store, replicas)
+	errs := make(chan error, replicas)
+	for range replicas {
+		go func() {
+			s, err := Open(context.Background(), dsn, Options{})
+			if err != nil {
+				errs <- err
+				return
+			}
+			stores <- s
+		}()
+	}
+	var s *Store
+	for range replicas {
+		select {
+		case err := <-errs:
+			t.Errorf("a replica starting with the others: %v", err)
+		case s = <-stores:
+			defer s.Close()
+		}
+	}
+	if s == nil {
+		t.FailNow()
+	}
+	var versions, distinct int
+	if err := s.read.QueryRow(`SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations`).Scan(&versions, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if want := len(mustGlob(t)); versions != want || distinct != want {
+		t.Errorf("schema_migrations holds %d rows of %d versions, want each of the %d migrations once", versions, distinct, want)
+	}
+}
+
+func mustGlob(t *testing.T) []string {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
 }

@@ -474,8 +474,17 @@ func migrate(ctx context.Context, sdb *sqlx.DB, postgres bool, now func() time.T
 		}
 		sum := sha256.Sum256(body)
 		checksum := hex.EncodeToString(sum[:])
+		// The check is inside the migration's transaction, which takes the
+		// write lock first on SQLite (the connection begins IMMEDIATE): of
+		// several processes starting at once on a new database, one applies
+		// each migration and the others find it applied.
+		tx, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+		defer tx.Rollback()
 		var applied []string
-		if err := db.SelectContext(ctx, &applied, `SELECT checksum FROM schema_migrations WHERE version = ?`, version); err != nil {
+		if err := tx.SelectContext(ctx, &applied, tx.Rebind(`SELECT checksum FROM schema_migrations WHERE version = ?`), version); err != nil {
 			return fmt.Errorf("migrate: %w", err)
 		}
 		if len(applied) > 0 {
@@ -483,11 +492,14 @@ func migrate(ctx context.Context, sdb *sqlx.DB, postgres bool, now func() time.T
 			case checksum:
 			case "":
 				// Applied by a version that kept no checksums: adopt this one.
-				if _, err := db.ExecContext(ctx, `UPDATE schema_migrations SET checksum = ? WHERE version = ?`, checksum, version); err != nil {
+				if _, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE schema_migrations SET checksum = ? WHERE version = ?`), checksum, version); err != nil {
 					return fmt.Errorf("migration %s: %w", base, err)
 				}
 			default:
 				return fmt.Errorf("migration %s differs from the one applied to this database (checksum %.12s, applied %.12s): a released migration must never change; run the release that applied it, and add a new migration for any change", base, checksum, applied[0])
+			}
+			if err := tx.Commit(); err != nil {
+				return fmt.Errorf("migration %s: %w", base, err)
 			}
 			continue
 		}
@@ -495,11 +507,6 @@ func migrate(ctx context.Context, sdb *sqlx.DB, postgres bool, now func() time.T
 		if postgres {
 			ddl = postgresDDL(ddl)
 		}
-		tx, err := db.BeginTxx(ctx, nil)
-		if err != nil {
-			return fmt.Errorf("migration %s: %w", base, err)
-		}
-		defer tx.Rollback()
 		if _, err := tx.ExecContext(ctx, ddl); err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
 		}
