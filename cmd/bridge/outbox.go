@@ -29,7 +29,7 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	fs := flag.NewFlagSet("bridge outbox "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stdout)
-	db := fs.String("db", "bridge.db", "SQLite database path (BRIDGE_DB)")
+	db := fs.String("db", "bridge.db", "SQLite database path, or a postgres:// URL (BRIDGE_DB)")
 	if v := getenv("BRIDGE_DB"); v != "" {
 		*db = v
 	}
@@ -51,7 +51,7 @@ func runOutbox(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	open := func() (*store.Store, error) {
-		if _, err := os.Stat(*db); err != nil {
+		if _, err := os.Stat(*db); err != nil && !store.IsPostgres(*db) {
 			return nil, fmt.Errorf("no bridge database at %s (pass -db or BRIDGE_DB): %w", *db, err)
 		}
 		return store.Open(ctx, *db, store.Options{})

@@ -274,7 +274,7 @@ func (s *Store) commitGroup(group []*submission) {
 		return
 	}
 	if err == nil {
-		s.health.clear(ReasonDiskFull, ReasonLocked, ReasonOverloaded)
+		s.health.clear(ReasonDiskFull, ReasonLocked, ReasonOverloaded, ReasonUnreachable)
 	}
 	if err != nil && len(group) > 1 {
 		s.log.Warn("group commit failed; committing submissions one by one", "submissions", len(group), "err", err)
@@ -356,6 +356,11 @@ func (s *Store) commit(group []*submission) (err error) {
 			}
 			sub.receipts[i] = r
 			n++
+		}
+	}
+	if jobs && s.postgres {
+		if err := s.notifyJobs(ctx, w); err != nil {
+			return err
 		}
 	}
 	if _, err := w.exec(ctx, `COMMIT`); err != nil {
@@ -477,13 +482,13 @@ func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) e
 	return st.SelectContext(ctx, dest, args...)
 }
 
-// rebound returns query rebound for the engine, caching it. Only the committer calls it.
+// rebound returns query rebound for the engine, caching it.
 func (s *Store) rebound(query string) string {
-	q, ok := s.bound[query]
-	if !ok {
-		q = s.write.Rebind(query)
-		s.bound[query] = q
+	if q, ok := s.bound.Load(query); ok {
+		return q.(string)
 	}
+	q := s.write.Rebind(query)
+	s.bound.Store(query, q)
 	return q
 }
 

@@ -44,6 +44,9 @@ var sqliteOnly = []string{
 	"TestWALStaysBounded", "TestFailedSyncIsFatal", "TestDiskFullRefusesThenRecovers", "TestLockedPastDeadline",
 	"TestDatabaseRemovedUnderTheStore", "TestMissingDatabaseBesideItsLog", "TestDatabaseFilesOwnerOnly",
 	"TestWriterContractChecked", "TestLogRestartsInPlace",
+	// and those that use PostgreSQL whatever the run's engine: they ran in the parent.
+	"TestPostgresUnreachableThenBack", "TestPostgresLockedPastDeadline", "TestJobsWakeOtherStores",
+	"TestConcurrentStartMigratesOnce",
 }
 
 // postgresServer is the PostgreSQL server the tests use.
@@ -64,14 +67,30 @@ func testDSN(t testing.TB) string {
 	return dsn
 }
 
+// postgresDatabase is testDSN on PostgreSQL whatever the run's engine, for
+// the tests about PostgreSQL alone: they run in the parent run, and
+// TestPostgres's child leaves them out (see sqliteOnly).
+func postgresDatabase(t *testing.T) string {
+	t.Helper()
+	requirePostgres(t)
+	dsn, drop := freshDatabaseOn(t, true)
+	t.Cleanup(drop)
+	return dsn
+}
+
 // freshDatabase returns a new, empty database (see testDSN) and the
 // function that removes it, to call once every store on it is closed.
 func freshDatabase(t testing.TB) (dsn string, drop func()) {
 	t.Helper()
+	return freshDatabaseOn(t, onPostgres)
+}
+
+func freshDatabaseOn(t testing.TB, postgres bool) (dsn string, drop func()) {
+	t.Helper()
 	b := make([]byte, 6)
 	rand.Read(b)
 	name := hex.EncodeToString(b)
-	if !onPostgres {
+	if !postgres {
 		dir := t.TempDir()
 		return filepath.Join(dir, name+".db"), func() { os.RemoveAll(dir) }
 	}
@@ -97,10 +116,10 @@ func freshDatabase(t testing.TB) (dsn string, drop func()) {
 	return postgresServer() + sep + "search_path=" + schema, drop
 }
 
-// TestPostgres runs this package's tests again with PostgreSQL as the
-// engine (see testDSN), but for those about SQLite's files alone, and fails
-// with the child's failures. It needs the server at BRIDGE_TEST_POSTGRES.
-func TestPostgres(t *testing.T) {
+// requirePostgres ends t unless the PostgreSQL server the tests use answers
+// (see testenv.Missing) or the run is -short.
+func requirePostgres(t *testing.T) {
+	t.Helper()
 	if testing.Short() {
 		testenv.Lacks(t, "a full run", "run without -short")
 	}
@@ -114,6 +133,13 @@ func TestPostgres(t *testing.T) {
 	if err != nil {
 		testenv.Missing(t, "PostgreSQL at "+postgresServer(), "apt-get install -y postgresql, started, or set "+postgresVar)
 	}
+}
+
+// TestPostgres runs this package's tests again with PostgreSQL as the
+// engine (see testDSN), but for those about SQLite's files alone, and fails
+// with the child's failures. It needs the server at BRIDGE_TEST_POSTGRES.
+func TestPostgres(t *testing.T) {
+	requirePostgres(t)
 	skip := make([]string, len(sqliteOnly))
 	for i, name := range sqliteOnly {
 		skip[i] = "^" + name + "$"
@@ -134,7 +160,7 @@ func TestPostgres(t *testing.T) {
 	cmd.Env = append(os.Environ(), engineVar+"=postgres")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err = cmd.Run()
+	err := cmd.Run()
 	if testing.Verbose() || err != nil {
 		sc := bufio.NewScanner(&out)
 		sc.Buffer(nil, 1<<20)

@@ -62,7 +62,7 @@ func (s *Store) ReleaseRunning(ctx context.Context) error {
 // the same with a backlog of ten or of a million. It is part of outbox.Queue.
 func (s *Store) Claim(ctx context.Context, active []string, n int, probes []string, lease time.Duration) ([]outbox.Claimed, error) {
 	var jobs []outbox.Claimed
-	err := s.inTx(ctx, func(ctx context.Context, w *writer) error {
+	err := s.outboxTx(ctx, func(ctx context.Context, w *writer) error {
 		jobs = jobs[:0] // the function runs again if its group is retried
 		now := s.opts.Now().UnixNano()
 		if _, err := w.exec(ctx, `UPDATE jobs SET state = 'pending', locked_until = 0 WHERE state = 'running' AND locked_until <= ?`, now); err != nil {
@@ -82,7 +82,7 @@ func (s *Store) Claim(ctx context.Context, active []string, n int, probes []stri
 					WHERE j.state = 'pending' AND j.held = 0 AND j.destination IN (`+marks+`) AND j.run_at <= ?
 					  AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.destination = j.destination AND e.ordering_key = j.ordering_key
 					                  AND e.id < j.id AND e.state IN ('pending', 'running') AND e.held = 0)
-					ORDER BY j.id LIMIT ?)
+					ORDER BY j.id LIMIT ?`+s.skipLocked()+`)
 				RETURNING id, destination, ordering_key, message_id, payload, attempts`, args...); err != nil {
 				return err
 			}
@@ -101,7 +101,7 @@ func (s *Store) Claim(ctx context.Context, active []string, n int, probes []stri
 						WHERE j.state = 'pending' AND j.held = 0 AND j.destination = ? AND j.run_at <= ?
 						  AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.destination = j.destination AND e.ordering_key = j.ordering_key
 						                  AND e.id < j.id AND e.state IN ('pending', 'running') AND e.held = 0)
-						ORDER BY j.id LIMIT 1)
+						ORDER BY j.id LIMIT 1`+s.skipLocked()+`)
 					RETURNING id, destination, ordering_key, message_id, payload, attempts`, JobRunning, now+lease.Nanoseconds(), now, d, due); err != nil {
 					return err
 				}
@@ -128,7 +128,7 @@ var stateOf = map[string]string{
 
 // Record commits delivery outcomes in one transaction; see outbox.Queue.
 func (s *Store) Record(ctx context.Context, deliveries []outbox.Delivery) error {
-	return s.inTx(ctx, func(ctx context.Context, w *writer) error {
+	return s.outboxTx(ctx, func(ctx context.Context, w *writer) error {
 		now := s.opts.Now().UnixNano()
 		for _, d := range deliveries {
 			state, ok := stateOf[d.Outcome.Result]

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -87,9 +88,10 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		}
 		return db, nil
 	}
-	// The committer uses one connection at a time, and the few writes
-	// outside it (secrets, sessions) one more.
-	write, err := open(4)
+	// The committer uses one connection at a time, the outbox's claims and
+	// outcomes (see outboxTx) one each, and the few writes outside them
+	// (secrets, sessions) the rest.
+	write, err := open(6)
 	if err != nil {
 		return nil, err
 	}
@@ -110,6 +112,8 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		s.read.Close()
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
+	s.listening = make(chan struct{})
+	go s.listenLoop(cfg)
 	s.start()
 	return s, nil
 }
@@ -154,6 +158,120 @@ func (s *Store) jsonText(col string, path ...string) string {
 		return "(" + col + "::jsonb #>> '{" + strings.Join(path, ",") + "}')"
 	}
 	return "json_extract(" + col + ", '$." + strings.Join(path, ".") + "')"
+}
+
+// jobsChannel is the channel on which a commit that wrote outbox jobs
+// notifies every replica on this schema (see listenLoop).
+func (s *Store) jobsChannel() string { return fmt.Sprintf("bridge_jobs_%08x", uint32(s.lockKey)) }
+
+// notifyJobs tells the other replicas, once the group's transaction
+// commits, that it wrote outbox jobs: their workers claim at once rather
+// than at their next poll.
+func (s *Store) notifyJobs(ctx context.Context, w *writer) error {
+	if _, err := w.exec(ctx, `SELECT pg_notify(?, '')`, s.jobsChannel()); err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	return nil
+}
+
+// listenLoop wakes this replica's outbox worker whenever any replica
+// commits outbox jobs (notifyJobs), on a connection of its own, until the
+// store closes. Should the connection fail, it connects again, with growing
+// waits, and wakes the worker once, for what it may have missed.
+func (s *Store) listenLoop(cfg *pgx.ConnConfig) {
+	defer close(s.listening)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	const firstWait, lastWait = time.Second, 30 * time.Second
+	wait := firstWait
+	for ctx.Err() == nil {
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err == nil {
+			_, err = conn.Exec(ctx, `LISTEN `+pgx.Identifier{s.jobsChannel()}.Sanitize())
+			if err == nil {
+				wait = firstWait
+				s.wakeOutbox()
+			}
+			for err == nil {
+				if _, err = conn.WaitForNotification(ctx); err == nil {
+					s.wakeOutbox()
+				}
+			}
+			conn.Close(context.Background())
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Debug("listen for outbox jobs of other replicas", "err", err, "retry_in", wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		wait = min(2*wait, lastWait)
+	}
+}
+
+// outboxTx runs fn, one of the outbox's claims or outcomes, in a
+// transaction. On SQLite that is the next group commit (inTx). On
+// PostgreSQL it is a transaction of its own, outside the group commit and
+// its graph lock, so that delivery bookkeeping on any replica never waits
+// for ingestion nor holds it up: claims lock the jobs they take (FOR UPDATE
+// SKIP LOCKED, see skipLocked), and per-user order holds because a claim
+// takes a job only when no older job of its key is pending or running, which
+// a concurrent claim of that older job (locked, pending until it commits)
+// still shows. A deadlock or serialization failure between replicas is
+// retried.
+func (s *Store) outboxTx(ctx context.Context, fn func(ctx context.Context, w *writer) error) error {
+	if !s.postgres {
+		return s.inTx(ctx, fn)
+	}
+	for attempt := 1; ; attempt++ {
+		err := s.postgresTx(ctx, fn)
+		var pe *pgconn.PgError
+		if attempt < 5 && errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001") {
+			continue
+		}
+		if unavailable := s.storeFailed(err); unavailable != nil {
+			return unavailable
+		}
+		return err
+	}
+}
+
+// postgresTx runs fn in a transaction on a connection of the write pool.
+func (s *Store) postgresTx(ctx context.Context, fn func(ctx context.Context, w *writer) error) error {
+	conn, err := s.write.Connx(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `BEGIN`); err != nil {
+		return err
+	}
+	w := &writer{conn: conn, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
+	if err := fn(ctx, w); err != nil {
+		conn.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`)
+		return err
+	}
+	_, err = conn.ExecContext(ctx, `COMMIT`)
+	return err
+}
+
+// skipLocked is the clause that makes a claim's SELECT lock the jobs it
+// takes and pass over those another replica's claim holds; SQLite, whose
+// writer is alone, has none.
+func (s *Store) skipLocked() string {
+	if s.postgres {
+		return ` FOR UPDATE OF j SKIP LOCKED`
+	}
+	return ""
 }
 
 // What postgresDDL rewrites: SQLite's row IDs become identity columns

@@ -123,6 +123,8 @@ type Store struct {
 	postgres bool
 	// lockKey names this database's locks on PostgreSQL: the schema's hash.
 	lockKey int32
+	// listening is closed when listenLoop has stopped (PostgreSQL only).
+	listening chan struct{}
 
 	// committer is, on SQLite, the writer connection the commit goroutine
 	// holds for its transactions; stmts are prepared on it and used by
@@ -130,8 +132,8 @@ type Store struct {
 	// the pool, whose driver prepares and caches statements itself.
 	committer *sqlx.Conn
 	stmts     map[string]*sqlx.Stmt
-	// bound caches queries rebound for the engine; the committer's alone.
-	bound map[string]string
+	// bound caches queries rebound for the engine (see rebound).
+	bound sync.Map
 
 	queue      chan *submission
 	outboxWake chan struct{}
@@ -223,7 +225,6 @@ func newStore(write, read *sqlx.DB, path string, opts Options) *Store {
 		opts:       opts,
 		log:        opts.Logger,
 		stmts:      map[string]*sqlx.Stmt{},
-		bound:      map[string]string{},
 		queue:      make(chan *submission, 4096),
 		outboxWake: make(chan struct{}, 1),
 		syncQueue:  make(chan []*submission, 64),
@@ -473,8 +474,17 @@ func migrate(ctx context.Context, sdb *sqlx.DB, postgres bool, now func() time.T
 		}
 		sum := sha256.Sum256(body)
 		checksum := hex.EncodeToString(sum[:])
+		// The check is inside the migration's transaction, which takes the
+		// write lock first on SQLite (the connection begins IMMEDIATE): of
+		// several processes starting at once on a new database, one applies
+		// each migration and the others find it applied.
+		tx, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+		defer tx.Rollback()
 		var applied []string
-		if err := db.SelectContext(ctx, &applied, `SELECT checksum FROM schema_migrations WHERE version = ?`, version); err != nil {
+		if err := tx.SelectContext(ctx, &applied, tx.Rebind(`SELECT checksum FROM schema_migrations WHERE version = ?`), version); err != nil {
 			return fmt.Errorf("migrate: %w", err)
 		}
 		if len(applied) > 0 {
@@ -482,11 +492,14 @@ func migrate(ctx context.Context, sdb *sqlx.DB, postgres bool, now func() time.T
 			case checksum:
 			case "":
 				// Applied by a version that kept no checksums: adopt this one.
-				if _, err := db.ExecContext(ctx, `UPDATE schema_migrations SET checksum = ? WHERE version = ?`, checksum, version); err != nil {
+				if _, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE schema_migrations SET checksum = ? WHERE version = ?`), checksum, version); err != nil {
 					return fmt.Errorf("migration %s: %w", base, err)
 				}
 			default:
 				return fmt.Errorf("migration %s differs from the one applied to this database (checksum %.12s, applied %.12s): a released migration must never change; run the release that applied it, and add a new migration for any change", base, checksum, applied[0])
+			}
+			if err := tx.Commit(); err != nil {
+				return fmt.Errorf("migration %s: %w", base, err)
 			}
 			continue
 		}
@@ -494,11 +507,6 @@ func migrate(ctx context.Context, sdb *sqlx.DB, postgres bool, now func() time.T
 		if postgres {
 			ddl = postgresDDL(ddl)
 		}
-		tx, err := db.BeginTxx(ctx, nil)
-		if err != nil {
-			return fmt.Errorf("migration %s: %w", base, err)
-		}
-		defer tx.Rollback()
 		if _, err := tx.ExecContext(ctx, ddl); err != nil {
 			return fmt.Errorf("migration %s: %w", base, err)
 		}
@@ -774,6 +782,11 @@ func (s *Store) Ready(ctx context.Context) error {
 	notReady := func(reason, what string, cause error) error {
 		return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready (" + reason + "): " + what, Err: cause, RetryAfter: 5 * time.Second}
 	}
+	if reason, _ := s.health.current(); reason == ReasonUnreachable && s.write.PingContext(ctx) == nil {
+		// The database answers again: no submission needs to find that out
+		// first (a load balancer sends none to a replica that is not ready).
+		s.health.clear(ReasonUnreachable)
+	}
 	if reason, since := s.health.current(); reason != "" {
 		return notReady(reason, "cannot store since "+since.UTC().Format(time.RFC3339), s.health.refusal())
 	}
@@ -860,6 +873,7 @@ func (s *Store) Close() error {
 		return fmt.Errorf("close %s: not checkpointed after a failed sync: %w", s.path, err)
 	}
 	if s.postgres {
+		<-s.listening
 		return errors.Join(s.read.Close(), s.write.Close())
 	}
 	if err := s.Checkpoint(context.Background()); err != nil {
