@@ -122,3 +122,91 @@ func (r Receipt) NamesDeleted() bool {
 	}
 	return false
 }
+
+// WithoutNUL returns m with every NUL character (U+0000) in its text other
+// than its identifiers replaced by U+FFFD: its ID, type, event, email,
+// notes, rejection, traits (keys and values, at any depth) and its jobs'
+// keys. PostgreSQL's text cannot hold NUL, and a message that could never
+// be stored would be retried by its sender forever; the store applies this
+// to every message on either engine, so both store the same. Identifier
+// fields are left as they are: a NUL in one is a control character, which
+// the store refuses (and notes) as before.
+func (m Message) WithoutNUL() Message {
+	if !m.HasNUL() {
+		return m
+	}
+	fix := func(s string) string { return strings.ReplaceAll(s, "\x00", "\uFFFD") }
+	m.ID, m.Type, m.Event, m.Email, m.Rejected, m.UserIDWarning = fix(m.ID), fix(m.Type), fix(m.Event), fix(m.Email), fix(m.Rejected), fix(m.UserIDWarning)
+	notes := make([]string, len(m.Notes))
+	for i, n := range m.Notes {
+		notes[i] = fix(n)
+	}
+	m.Notes = notes
+	jobs := make([]Job, len(m.Jobs))
+	for i, j := range m.Jobs {
+		j.Destination, j.OrderingKey, j.MessageID = fix(j.Destination), fix(j.OrderingKey), fix(j.MessageID)
+		jobs[i] = j
+	}
+	m.Jobs = jobs
+	if m.Traits != nil {
+		m.Traits = withoutNUL(m.Traits, fix).(map[string]any)
+	}
+	return m
+}
+
+// HasNUL reports whether WithoutNUL would change m.
+func (m Message) HasNUL() bool {
+	return strings.Contains(m.ID+m.Type+m.Event+m.Email+m.Rejected+m.UserIDWarning+strings.Join(m.Notes, ""), "\x00") ||
+		anyNUL(m.Traits) || jobsHaveNUL(m.Jobs)
+}
+
+func jobsHaveNUL(jobs []Job) bool {
+	for _, j := range jobs {
+		if strings.Contains(j.Destination+j.OrderingKey+j.MessageID, "\x00") {
+			return true
+		}
+	}
+	return false
+}
+
+// anyNUL reports whether a decoded JSON value holds a NUL in a string or key.
+func anyNUL(v any) bool {
+	switch v := v.(type) {
+	case string:
+		return strings.Contains(v, "\x00")
+	case map[string]any:
+		for k, e := range v {
+			if strings.Contains(k, "\x00") || anyNUL(e) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range v {
+			if anyNUL(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// withoutNUL copies a decoded JSON value with fix applied to its strings and keys.
+func withoutNUL(v any, fix func(string) string) any {
+	switch v := v.(type) {
+	case string:
+		return fix(v)
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, e := range v {
+			out[fix(k)] = withoutNUL(e, fix)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, e := range v {
+			out[i] = withoutNUL(e, fix)
+		}
+		return out
+	}
+	return v
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,8 @@ func (sub *submission) take() bool { return sub.state.CompareAndSwap(subWaiting,
 // jobs. It returns only after the transaction holding them has committed, so
 // a caller may acknowledge on a nil error. Concurrent calls share one
 // transaction (group commit). The receipts are in the order of msgs.
+// NUL characters outside identifiers are stored as U+FFFD (see
+// mapping.Message.WithoutNUL).
 //
 // Submit waits at most until ctx's deadline or Options.CommitTimeout,
 // whichever comes first; past it, it answers CodeUnavailable (with a
@@ -48,6 +51,15 @@ func (sub *submission) take() bool { return sub.state.CompareAndSwap(subWaiting,
 // store cannot store (a full disk, a replaced file, a failed sync) it
 // answers CodeUnavailable at once. If ctx is cancelled, it returns ctx's error.
 func (s *Store) Submit(ctx context.Context, msgs []mapping.Message) ([]mapping.Receipt, error) {
+	cloned := false
+	for i, m := range msgs {
+		if m.HasNUL() {
+			if !cloned {
+				msgs, cloned = slices.Clone(msgs), true // the caller's slice stays as it was
+			}
+			msgs[i] = m.WithoutNUL()
+		}
+	}
 	sub := &submission{msgs: msgs, done: make(chan struct{})}
 	if err := s.enqueue(ctx, sub); err != nil {
 		return nil, err
@@ -280,6 +292,10 @@ func (s *Store) commitGroup(group []*submission) {
 		s.log.Warn("group commit failed; committing submissions one by one", "submissions", len(group), "err", err)
 		for _, sub := range group {
 			if err := s.commit([]*submission{sub}); err != nil {
+				if unavailable := s.storeFailed(err); unavailable != nil {
+					s.health.countRefused(1)
+					err = unavailable
+				}
 				sub.err = err
 			}
 		}
@@ -318,6 +334,9 @@ func (s *Store) commit(group []*submission) (err error) {
 	defer s.phase.Store(phaseIdle)
 	w := &writer{conn: s.committer, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
 	if s.postgres {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.postgresTxTimeout())
+		defer cancel()
 		conn, err := s.write.Connx(ctx)
 		if err != nil {
 			return fmt.Errorf("connect: %w", err)

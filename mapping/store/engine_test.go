@@ -45,7 +45,7 @@ var sqliteOnly = []string{
 	"TestDatabaseRemovedUnderTheStore", "TestMissingDatabaseBesideItsLog", "TestDatabaseFilesOwnerOnly",
 	"TestWriterContractChecked", "TestLogRestartsInPlace",
 	// and those that use PostgreSQL whatever the run's engine: they ran in the parent.
-	"TestPostgresUnreachableThenBack", "TestPostgresLockedPastDeadline", "TestJobsWakeOtherStores",
+	"TestPostgresUnreachableThenBack", "TestPostgresLockedPastDeadline", "TestJobsWakeOtherStores", "TestPostgresConnectionLostMidGroup", "TestPartitionedReplicaReleasesTheLock",
 	"TestConcurrentStartMigratesOnce",
 }
 

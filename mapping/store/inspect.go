@@ -47,7 +47,7 @@ type SearchHit struct {
 // through the traits' email index.
 func (s *Store) Search(ctx context.Context, q SearchQuery) (SearchResult, error) {
 	v := strings.TrimSpace(q.Value)
-	if v == "" {
+	if v == "" || strings.ContainsRune(v, 0) { // a value holding NUL is never an identifier
 		return SearchResult{Hits: []SearchHit{}}, nil
 	}
 	if q.Limit <= 0 {

@@ -2,9 +2,11 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"regexp"
@@ -19,17 +21,22 @@ import (
 
 // PostgreSQL: several bridge processes (replicas) share one database.
 //
-// Every write the group committer makes (a group of messages, a claim, an
-// outcome, housekeeping) runs in a transaction that first takes one
-// transaction-level advisory lock (pg_advisory_xact_lock), the same for
-// every replica on this database's schema. Writes to the identity graph
-// are therefore serialised exactly as SQLite's single writer serialises
-// them, and every rule of the single-writer design holds across replicas:
-// a message sees every message committed before it, no two groups decide
-// the same link at once, and rows (messages, jobs) become visible in the
-// order of their IDs, since they are allocated under the lock. Group commit
-// keeps the lock's cost to one round trip per group, not per message.
-// Reads (pages, the API, lookups) take no lock.
+// Every transaction of the group committer (a group of messages, a repair,
+// a deletion, housekeeping) first takes one transaction-level advisory lock
+// (pg_advisory_xact_lock), the same for every replica on this database's
+// schema. Writes to the identity graph are therefore serialised exactly as
+// SQLite's single writer serialises them, and every rule of the
+// single-writer design holds across replicas: a message sees every message
+// committed before it, no two groups decide the same link at once, and rows
+// (messages, jobs) become visible in the order of their IDs, since they are
+// inserted under the lock. Group commit keeps the lock's cost to one round
+// trip per group, not per message. The outbox's claims and outcomes run
+// outside it (see outboxTx); reads take no lock.
+//
+// A replica that loses the database in the middle of a transaction must not
+// keep that lock: the server ends a session idle in a transaction after
+// idle_in_transaction_session_timeout (set below), and the replica gives up
+// on a transaction after postgresTxTimeout, closing its connection.
 
 // IsPostgres reports whether dsn names a PostgreSQL database (a
 // postgres:// or postgresql:// URL) rather than a SQLite file.
@@ -64,8 +71,11 @@ const (
 //
 // Unless the URL sets them, each connection waits at most CommitTimeout for
 // a lock (lock_timeout), so a group stuck behind another replica's long
-// transaction answers 503 instead of hanging, and names itself "bridge"
-// (application_name) in pg_stat_activity.
+// transaction answers 503 instead of hanging; its session ends when it idles
+// in a transaction for twice that, at least 5 s
+// (idle_in_transaction_session_timeout), so a replica cut off from the
+// database does not hold the graph lock for the others; and it names itself
+// "bridge" (application_name) in pg_stat_activity.
 func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
@@ -73,6 +83,9 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 	}
 	if _, ok := cfg.RuntimeParams["lock_timeout"]; !ok {
 		cfg.RuntimeParams["lock_timeout"] = fmt.Sprint(opts.CommitTimeout.Milliseconds())
+	}
+	if _, ok := cfg.RuntimeParams["idle_in_transaction_session_timeout"]; !ok {
+		cfg.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(max(2*opts.CommitTimeout, 5*time.Second).Milliseconds())
 	}
 	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
 		cfg.RuntimeParams["application_name"] = "bridge"
@@ -137,6 +150,12 @@ func (s *Store) migratePostgres(ctx context.Context) error {
 	defer conn.ExecContext(context.WithoutCancel(ctx), `RESET lock_timeout`)
 	return migrate(ctx, s.write.DB, true, s.opts.Now)
 }
+
+// postgresTxTimeout bounds a transaction on PostgreSQL, from its first
+// statement to its commit: past it the driver cancels the statement under
+// way and closes the connection, so a committer whose database stopped
+// answering (a partition) fails its group instead of hanging.
+func (s *Store) postgresTxTimeout() time.Duration { return max(3*s.opts.CommitTimeout, 15*time.Second) }
 
 // beginPostgres starts a group's transaction on conn and takes the graph
 // lock (see the top of this file).
@@ -247,6 +266,8 @@ func (s *Store) outboxTx(ctx context.Context, fn func(ctx context.Context, w *wr
 
 // postgresTx runs fn in a transaction on a connection of the write pool.
 func (s *Store) postgresTx(ctx context.Context, fn func(ctx context.Context, w *writer) error) error {
+	ctx, cancel := context.WithTimeout(ctx, s.postgresTxTimeout())
+	defer cancel()
 	conn, err := s.write.Connx(ctx)
 	if err != nil {
 		return err
@@ -305,7 +326,9 @@ func cannotStorePostgres(err error) string {
 			return ReasonDiskFull
 		case pe.Code == "55P03", pe.Code == "57014": // lock_not_available, query_canceled (lock_timeout)
 			return ReasonLocked
-		case strings.HasPrefix(pe.Code, "08"), strings.HasPrefix(pe.Code, "57P"): // connection exceptions, shutdowns
+		case strings.HasPrefix(pe.Code, "08"), strings.HasPrefix(pe.Code, "57P"), // connection exceptions, shutdowns
+			pe.Code == "25006", // read_only_sql_transaction: connected to a standby, as after a failover
+			pe.Code == "25P03": // idle_in_transaction_session_timeout ended the session
 			return ReasonUnreachable
 		case strings.HasPrefix(pe.Code, "53"): // insufficient resources: too many connections, out of memory
 			return ReasonOverloaded
@@ -314,7 +337,10 @@ func cannotStorePostgres(err error) string {
 	}
 	var ce *pgconn.ConnectError
 	var ne net.Error
-	if errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, driver.ErrBadConn) || pgconn.Timeout(err) {
+	// A connection the server closed reads as EOF; a transaction past
+	// postgresTxTimeout ends with its context's deadline.
+	if errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, driver.ErrBadConn) || pgconn.Timeout(err) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, sql.ErrConnDone) || errors.Is(err, context.DeadlineExceeded) {
 		return ReasonUnreachable
 	}
 	return ""

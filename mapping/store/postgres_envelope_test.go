@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -141,17 +142,8 @@ func TestPostgresLockedPastDeadline(t *testing.T) {
 	}
 	defer s.Close()
 	submit(t, s, identify("m0", "user-0", "", 0))
-	other, err := s.write.Connx(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	if _, err := other.ExecContext(context.Background(), `BEGIN`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := other.ExecContext(context.Background(), `SELECT pg_advisory_xact_lock($1, $2)`, lockClassGraph, s.lockKey); err != nil {
-		t.Fatal(err)
-	}
+	release := holdGraphLock(t, s)
+	defer release()
 	_, err = s.Submit(context.Background(), []mapping.Message{identify("m1", "user-1", "", 0)})
 	var e *mapping.Error
 	if !errors.As(err, &e) || e.Code != mapping.CodeUnavailable || e.RetryAfter <= 0 {
@@ -160,14 +152,229 @@ func TestPostgresLockedPastDeadline(t *testing.T) {
 	if err := s.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), ReasonLocked) {
 		t.Errorf("Ready while locked: got %v, want not ready (locked)", err)
 	}
-	if _, err := other.ExecContext(context.Background(), `ROLLBACK`); err != nil {
-		t.Fatal(err)
+	release()
+	// Ready finds out by itself that the lock is gone: no submission comes
+	// to a replica that is not ready.
+	deadline := time.Now().Add(30 * time.Second)
+	for err = s.Ready(context.Background()); err != nil && time.Now().Before(deadline); err = s.Ready(context.Background()) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Errorf("Ready after the lock was released, with no submission: %v", err)
 	}
 	if r := submit(t, s, identify("m2", "user-2", "", 0)); r[0].Duplicate {
 		t.Errorf("m2 after the lock was released: got a duplicate, want it stored")
 	}
-	if err := s.Ready(context.Background()); err != nil {
-		t.Errorf("Ready after the lock was released: %v", err)
+}
+
+// holdGraphLock takes the graph lock in a transaction of its own on s's
+// database (a replica stuck in a transaction, an operator's session) and
+// returns the function that releases it.
+func holdGraphLock(t *testing.T, s *Store) (release func()) {
+	t.Helper()
+	other, err := s.read.Connx(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.ExecContext(context.Background(), `BEGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.ExecContext(context.Background(), `SELECT pg_advisory_xact_lock($1, $2)`, lockClassGraph, s.lockKey); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			other.ExecContext(context.Background(), `ROLLBACK`)
+			other.Close()
+		})
+	}
+}
+
+// waitForLockWaiter waits until a bridge session waits for an advisory lock.
+func waitForLockWaiter(t *testing.T, s *Store) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var n int
+		if err := s.read.Get(&n, `SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND application_name = 'bridge'`); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("no session waits for the graph lock")
+}
+
+// TestPostgresConnectionLostMidGroup: the connection to the database drops
+// while groups wait for the graph lock; their callers get unavailable (503
+// with Retry-After), not an internal error.
+func TestPostgresConnectionLostMidGroup(t *testing.T) {
+	dsn := postgresDatabase(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newCuttableProxy(t, u.Host)
+	u.Host = proxy.ln.Addr().String()
+	s, err := Open(context.Background(), u.String(), Options{CommitTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	direct, err := Open(context.Background(), dsn, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	release := holdGraphLock(t, direct)
+	defer release()
+
+	errs := make(chan error, 3)
+	for i := range 3 {
+		go func() {
+			_, err := s.Submit(context.Background(), []mapping.Message{identify(fmt.Sprint("m", i), fmt.Sprint("user-", i), "", 0)})
+			errs <- err
+		}()
+	}
+	waitForLockWaiter(t, direct)
+	proxy.setCut(true)
+	for range 3 {
+		err := <-errs
+		var e *mapping.Error
+		if !errors.As(err, &e) || e.Code != mapping.CodeUnavailable || e.RetryAfter <= 0 {
+			t.Errorf("a submission whose connection dropped: got %v, want unavailable with a RetryAfter", err)
+		}
+	}
+}
+
+// frozenProxy forwards TCP connections until frozen: then it forwards
+// nothing either way but keeps the connections open, as a network
+// partition or a paused machine does.
+type frozenProxy struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	frozen chan struct{} // closed when thawed; nil when not frozen
+}
+
+func newFrozenProxy(t *testing.T, target string) *frozenProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &frozenProxy{ln: ln}
+	t.Cleanup(func() { ln.Close(); p.thaw() })
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				p.mu.Lock()
+				f := p.frozen
+				p.mu.Unlock()
+				if f != nil {
+					<-f
+				}
+				if _, err := dst.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				dst.Close()
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go pipe(s, c)
+			go pipe(c, s)
+		}
+	}()
+	return p
+}
+
+func (p *frozenProxy) freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen == nil {
+		p.frozen = make(chan struct{})
+	}
+}
+
+func (p *frozenProxy) thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen != nil {
+		close(p.frozen)
+		p.frozen = nil
+	}
+}
+
+// TestPartitionedReplicaReleasesTheLock: a replica cut off from the
+// database just as its group gets the graph lock (its session would idle in
+// a transaction until the server's keepalive notices, hours later) loses
+// its session after idle_in_transaction_session_timeout, so the other
+// replicas store again; and its own committer gives up on the group rather
+// than hang.
+func TestPartitionedReplicaReleasesTheLock(t *testing.T) {
+	dsn := postgresDatabase(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newFrozenProxy(t, u.Host)
+	u.Host = proxy.ln.Addr().String()
+	a, err := Open(context.Background(), u.String(), Options{CommitTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { proxy.thaw(); a.Close() }()
+	b, err := Open(context.Background(), dsn, Options{CommitTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	release := holdGraphLock(t, b)
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := a.Submit(context.Background(), []mapping.Message{identify("ma", "user-a", "", 0)})
+		aDone <- err
+	}()
+	waitForLockWaiter(t, b)
+	proxy.freeze() // a's session is about to get the lock; a never hears of it
+	release()
+
+	deadline := time.Now().Add(60 * time.Second)
+	for i := 0; ; i++ {
+		_, err := b.Submit(context.Background(), []mapping.Message{identify(fmt.Sprint("mb", i), "user-b", "", 0)})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica b still cannot store a minute after replica a was cut off holding the lock: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case err := <-aDone:
+		var e *mapping.Error
+		if !errors.As(err, &e) || e.Code != mapping.CodeUnavailable {
+			t.Errorf("the cut-off replica's submission: got %v, want unavailable", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Errorf("the cut-off replica's committer still waits a minute later")
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -127,7 +128,10 @@ type identifierRow struct {
 // traits carry it when merging on email is off. Unknown: a CodeNotFound error.
 func (s *Store) ProfileOf(ctx context.Context, id mapping.Identifier) (Profile, error) {
 	var profileID int64
-	err := s.read.GetContext(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ? AND profile_id <> 0`, id.Kind, id.Value)
+	err := sql.ErrNoRows // a value holding NUL is never an identifier (nor can PostgreSQL compare it)
+	if !strings.ContainsRune(id.Value, 0) {
+		err = s.read.GetContext(ctx, &profileID, `SELECT profile_id FROM identifiers WHERE kind = ? AND value = ? AND profile_id <> 0`, id.Kind, id.Value)
+	}
 	if errors.Is(err, sql.ErrNoRows) && id.Kind == mapping.KindEmail && !s.opts.MergeOnEmail {
 		err = s.read.GetContext(ctx, &profileID, `SELECT i.profile_id FROM traits t JOIN identifiers i ON i.id = t.identifier_id
 			WHERE t.email = ? AND i.profile_id <> 0 ORDER BY i.profile_id LIMIT 1`, id.Value)

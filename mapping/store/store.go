@@ -483,6 +483,12 @@ func migrate(ctx context.Context, sdb *sqlx.DB, postgres bool, now func() time.T
 			return fmt.Errorf("migration %s: %w", base, err)
 		}
 		defer tx.Rollback()
+		if postgres {
+			// A migration waits for the tables it alters however long that takes.
+			if _, err := tx.ExecContext(ctx, `SET LOCAL lock_timeout = 0`); err != nil {
+				return fmt.Errorf("migration %s: %w", base, err)
+			}
+		}
 		var applied []string
 		if err := tx.SelectContext(ctx, &applied, tx.Rebind(`SELECT checksum FROM schema_migrations WHERE version = ?`), version); err != nil {
 			return fmt.Errorf("migrate: %w", err)
@@ -782,10 +788,17 @@ func (s *Store) Ready(ctx context.Context) error {
 	notReady := func(reason, what string, cause error) error {
 		return &mapping.Error{Code: mapping.CodeUnavailable, Message: "not ready (" + reason + "): " + what, Err: cause, RetryAfter: 5 * time.Second}
 	}
-	if reason, _ := s.health.current(); reason == ReasonUnreachable && s.write.PingContext(ctx) == nil {
-		// The database answers again: no submission needs to find that out
-		// first (a load balancer sends none to a replica that is not ready).
+	// Whether a condition that a commit clears has gone is found out here
+	// too: a load balancer sends no submission to a replica that is not
+	// ready. The database answering clears database_down; an empty
+	// transaction that commits clears a lock or an overload that is over.
+	switch reason, _ := s.health.current(); {
+	case reason == ReasonUnreachable && s.write.PingContext(ctx) == nil:
 		s.health.clear(ReasonUnreachable)
+	case (reason == ReasonLocked || reason == ReasonOverloaded) && s.phase.Load() == phaseIdle:
+		probe, cancel := context.WithTimeout(ctx, time.Second)
+		s.inTx(probe, func(context.Context, *writer) error { return nil })
+		cancel()
 	}
 	if reason, since := s.health.current(); reason != "" {
 		return notReady(reason, "cannot store since "+since.UTC().Format(time.RFC3339), s.health.refusal())

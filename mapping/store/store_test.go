@@ -471,3 +471,54 @@ func TestEditedMigrationIsRefused(t *testing.T) {
 		t.Fatalf("open with an edited migration: got %v, want it refused", err)
 	}
 }
+
+// TestNULCharacters: NUL characters, which JSON's "\u0000" decodes to and
+// PostgreSQL's text cannot hold, are stored as U+FFFD outside identifiers
+// (on both engines alike) and refused in identifiers, so no message is one
+// its sender would retry forever.
+func TestNULCharacters(t *testing.T) {
+	s := openTestStore(t, Options{})
+	named := identify("nul-trait", "user-4", "", 0)
+	named.Traits = map[string]any{"name": "a\x00b", "nested": map[string]any{"k\x00": []any{"x\x00"}}}
+	named.Email = "ada@example.com"
+	track := identify("nul-event", "user-2", "", 0)
+	track.Type, track.Event = "track", "ev\x00"
+	msgs := []mapping.Message{
+		identify("nul-user", "us\x00er", "anon-1", 0),
+		track,
+		identify("nul\x00id", "user-3", "", 0),
+		named,
+		withJobs("nul-job", "user-5", "job\x00"),
+	}
+	for _, m := range msgs {
+		if _, err := s.Submit(context.Background(), []mapping.Message{m}); err != nil {
+			t.Errorf("submit %q: %v", m.ID, err)
+		}
+	}
+	if msgs[3].Traits["name"] != "a\x00b" {
+		t.Errorf("Submit changed its caller's message")
+	}
+	if r := submit(t, s, identify("nul\uFFFDid", "user-3", "", 0)); !r[0].Duplicate {
+		t.Errorf("the message ID with a NUL was not stored as the same ID with U+FFFD")
+	}
+	if _, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: "us\x00er"}); mapping.ErrorCode(err) != mapping.CodeNotFound {
+		t.Errorf("a user ID with a NUL: got %v, want it refused (not found)", err)
+	}
+	p, err := s.ProfileOf(context.Background(), mapping.Identifier{Kind: mapping.KindUserID, Value: "user-4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(p.Traits["name"]); got != "a\uFFFDb" {
+		t.Errorf("trait with a NUL: got %q, want %q", got, "a\uFFFDb")
+	}
+	if _, err := s.Search(context.Background(), SearchQuery{Value: "ada@example.com", Limit: 10}); err != nil {
+		t.Errorf("search beside traits that held a NUL: %v", err)
+	}
+	if r, err := s.Search(context.Background(), SearchQuery{Value: "us\x00er", Limit: 10}); err != nil || len(r.Hits) != 0 {
+		t.Errorf("search for a value with a NUL: got %+v, %v; want no hits", r, err)
+	}
+	var events []string
+	if err := s.read.Select(&events, `SELECT event FROM messages WHERE type = 'track'`); err != nil || len(events) != 1 || events[0] != "ev\uFFFD" {
+		t.Errorf("track event with a NUL: got %q (%v), want [\"ev\\uFFFD\"]", events, err)
+	}
+}
