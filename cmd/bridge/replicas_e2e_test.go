@@ -61,6 +61,7 @@ func replicaEnv(dbURL string, extra ...string) []string {
 		"BRIDGE_JIMO_WEBHOOK_SECRET="+testWebhookSecret,
 		"BRIDGE_ALLOWED_ORIGINS="+testPageOrigin,
 		"BRIDGE_LOG_LEVEL=warn",
+		"BRIDGE_OUTBOX_LEASE="+outboxLease.String(),
 	), extra...)
 }
 
@@ -394,9 +395,10 @@ func TestTwoReplicasOnePostgres(t *testing.T) {
 	}
 }
 
-// outboxLease is how long a delivery's claim lasts (the outbox's default):
-// a killed replica's claims are delivered by another after it.
-const outboxLease = 2 * time.Minute
+// outboxLease is how long a delivery's claim lasts (BRIDGE_OUTBOX_LEASE):
+// a killed replica's claims are delivered by another after it. Its sends
+// may take half of it, longer than the fakes hang.
+const outboxLease = 10 * time.Second
 
 // checkStored checks in the database that every message was stored exactly
 // once: identifies by their message ID, session reports (whose stored ID the

@@ -87,6 +87,7 @@ func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan str
 		MaxAttempts: a.cfg.MaxDeliveryAttempts,
 		Workers:     a.cfg.DeliveryWorkers,
 		KeepDone:    a.cfg.KeepDeliveredJobs,
+		Lease:       a.cfg.OutboxLease,
 		// One process delivers from a SQLite file: what a crashed one held is
 		// due at once. Replicas on PostgreSQL take over each other's claims
 		// when their lease ends: one that starts must not steal live ones.

@@ -122,7 +122,10 @@ type Options struct {
 	// Workers is how many deliveries run at once; default 128.
 	Workers int
 	// Lease is how long a claim lasts before another worker may take the job
-	// again (after a crash); default 2 minutes. It bounds a job's send time.
+	// again (after a crash); default 2 minutes. A send may take at most half
+	// of it, so that its outcome is recorded while the claim still holds
+	// (another replica taking the job meanwhile would send it twice, and out
+	// of order).
 	Lease time.Duration
 	// MaxAttempts is how many deliveries a job gets before it is dead; default 12.
 	MaxAttempts int
@@ -370,7 +373,7 @@ func sleep(ctx context.Context, d time.Duration) {
 func (o *Outbox) deliver(ctx context.Context, j Claimed) Delivery {
 	opts := o.opts
 	d := Delivery{ID: j.ID, Destination: j.Job.Destination, MessageID: j.Job.MessageID, Attempts: j.Attempts, Claimed: j.Attempts}
-	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease)
+	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease/2)
 	err := opts.Senders[j.Job.Destination].Send(sendCtx, j.Job)
 	cancel()
 	now := opts.Now()
