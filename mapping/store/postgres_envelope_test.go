@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"net/url"
@@ -16,24 +15,33 @@ import (
 	"github.com/bridgeworks/bridge/mapping"
 )
 
-// cuttableProxy forwards TCP connections to a server until it is cut: then
-// it closes every connection it carries and refuses new ones, as a database
-// whose network went away; restore lets connections through again.
-type cuttableProxy struct {
+// faultyProxy forwards TCP connections to a database server, until a
+// test breaks the network between them: cut closes every connection it
+// carries and refuses new ones (the server went away); freeze forwards
+// nothing either way but keeps the connections open (a partition, a paused
+// machine). restore ends either.
+type faultyProxy struct {
 	ln     net.Listener
-	target string
 	mu     sync.Mutex
 	cut    bool
 	conns  []net.Conn
+	frozen chan struct{} // closed by restore; nil when not frozen
 }
 
-func newCuttableProxy(t *testing.T, target string) *cuttableProxy {
+// newFaultyProxy starts a proxy to target and returns dsn with its address.
+func newFaultyProxy(t *testing.T, dsn string) (*faultyProxy, string) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cuttableProxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); p.setCut(true) })
+	p := &faultyProxy{ln: ln}
+	t.Cleanup(func() { ln.Close(); p.restore(); p.breakConns() })
+	target := u.Host
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -55,22 +63,72 @@ func newCuttableProxy(t *testing.T, target string) *cuttableProxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, s)
 			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
+			go p.pipe(s, c)
+			go p.pipe(c, s)
 		}
 	}()
-	return p
+	u.Host = ln.Addr().String()
+	q := u.Query()
+	q.Set("connect_timeout", "2")
+	u.RawQuery = q.Encode()
+	return p, u.String()
 }
 
-func (p *cuttableProxy) setCut(cut bool) {
+func (p *faultyProxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			frozen := p.frozen
+			p.mu.Unlock()
+			if frozen != nil {
+				<-frozen
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+// cutAll closes every connection and refuses new ones until restore.
+func (p *faultyProxy) cutAll() {
+	p.mu.Lock()
+	p.cut = true
+	p.mu.Unlock()
+	p.breakConns()
+}
+
+func (p *faultyProxy) breakConns() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = cut
-	if cut {
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.conns = nil
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// freeze stops forwarding, keeping the connections open, until restore.
+func (p *faultyProxy) freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen == nil {
+		p.frozen = make(chan struct{})
+	}
+}
+
+func (p *faultyProxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+	if p.frozen != nil {
+		close(p.frozen)
+		p.frozen = nil
 	}
 }
 
@@ -79,24 +137,15 @@ func (p *cuttableProxy) setCut(cut bool) {
 // and Ready says why; once it can be reached again, the store stores
 // without a restart.
 func TestPostgresUnreachableThenBack(t *testing.T) {
-	dsn := postgresDatabase(t)
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := newCuttableProxy(t, u.Host)
-	u.Host = proxy.ln.Addr().String()
-	q := u.Query()
-	q.Set("connect_timeout", "2")
-	u.RawQuery = q.Encode()
-	s, err := Open(context.Background(), u.String(), Options{CommitTimeout: 3 * time.Second})
+	proxy, dsn := newFaultyProxy(t, postgresDatabase(t))
+	s, err := Open(context.Background(), dsn, Options{CommitTimeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	submit(t, s, identify("m0", "user-0", "anon-0", 0))
 
-	proxy.setCut(true)
+	proxy.cutAll()
 	start := time.Now()
 	_, err = s.Submit(context.Background(), []mapping.Message{identify("m1", "user-1", "anon-1", time.Minute)})
 	var e *mapping.Error
@@ -113,7 +162,7 @@ func TestPostgresUnreachableThenBack(t *testing.T) {
 	}
 
 	// Ready notices the database is back by itself, without a submission.
-	proxy.setCut(false)
+	proxy.restore()
 	deadline := time.Now().Add(30 * time.Second)
 	for err = s.Ready(context.Background()); err != nil && time.Now().Before(deadline); err = s.Ready(context.Background()) {
 		time.Sleep(100 * time.Millisecond)
@@ -213,13 +262,8 @@ func waitForLockWaiter(t *testing.T, s *Store) {
 // with Retry-After), not an internal error.
 func TestPostgresConnectionLostMidGroup(t *testing.T) {
 	dsn := postgresDatabase(t)
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := newCuttableProxy(t, u.Host)
-	u.Host = proxy.ln.Addr().String()
-	s, err := Open(context.Background(), u.String(), Options{CommitTimeout: 20 * time.Second})
+	proxy, proxied := newFaultyProxy(t, dsn)
+	s, err := Open(context.Background(), proxied, Options{CommitTimeout: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,85 +284,13 @@ func TestPostgresConnectionLostMidGroup(t *testing.T) {
 		}()
 	}
 	waitForLockWaiter(t, direct)
-	proxy.setCut(true)
+	proxy.cutAll()
 	for range 3 {
 		err := <-errs
 		var e *mapping.Error
 		if !errors.As(err, &e) || e.Code != mapping.CodeUnavailable || e.RetryAfter <= 0 {
 			t.Errorf("a submission whose connection dropped: got %v, want unavailable with a RetryAfter", err)
 		}
-	}
-}
-
-// frozenProxy forwards TCP connections until frozen: then it forwards
-// nothing either way but keeps the connections open, as a network
-// partition or a paused machine does.
-type frozenProxy struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	frozen chan struct{} // closed when thawed; nil when not frozen
-}
-
-func newFrozenProxy(t *testing.T, target string) *frozenProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &frozenProxy{ln: ln}
-	t.Cleanup(func() { ln.Close(); p.thaw() })
-	pipe := func(dst, src net.Conn) {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 {
-				p.mu.Lock()
-				f := p.frozen
-				p.mu.Unlock()
-				if f != nil {
-					<-f
-				}
-				if _, err := dst.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-			if err != nil {
-				dst.Close()
-				return
-			}
-		}
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			go pipe(s, c)
-			go pipe(c, s)
-		}
-	}()
-	return p
-}
-
-func (p *frozenProxy) freeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.frozen == nil {
-		p.frozen = make(chan struct{})
-	}
-}
-
-func (p *frozenProxy) thaw() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.frozen != nil {
-		close(p.frozen)
-		p.frozen = nil
 	}
 }
 
@@ -330,17 +302,12 @@ func (p *frozenProxy) thaw() {
 // than hang.
 func TestPartitionedReplicaReleasesTheLock(t *testing.T) {
 	dsn := postgresDatabase(t)
-	u, err := url.Parse(dsn)
+	proxy, proxied := newFaultyProxy(t, dsn)
+	a, err := Open(context.Background(), proxied, Options{CommitTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := newFrozenProxy(t, u.Host)
-	u.Host = proxy.ln.Addr().String()
-	a, err := Open(context.Background(), u.String(), Options{CommitTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { proxy.thaw(); a.Close() }()
+	defer func() { proxy.restore(); a.Close() }()
 	b, err := Open(context.Background(), dsn, Options{CommitTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
