@@ -10,8 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/bridgeworks/bridge/mapping"
 )
 
@@ -441,14 +439,8 @@ func (w *writer) lookup(ctx context.Context, cands []candidate) ([]identity, int
 	var found []identity
 	var err error
 	if w.behind != nil {
-		// Every message reads its identifiers: on PostgreSQL in the round
-		// trip that sends what the messages before it wrote behind.
-		err = w.queryBehind(ctx, lookupQueries[len(cands)], args, func(r pgx.Rows) error {
-			var f identity
-			err := r.Scan(&f.ID, &f.Kind, &f.Value, &f.ProfileID, &f.ClusterID)
-			found = append(found, f)
-			return err
-		})
+		// Every message reads its identifiers: on PostgreSQL past what is written behind.
+		err = w.lookupBehind(ctx, lookupQueries[len(cands)], args, cands, func(f identity) { found = append(found, f) })
 	} else {
 		err = w.sel(ctx, &found, lookupQueries[len(cands)], args...)
 	}
@@ -502,6 +494,9 @@ func (w *writer) insertProfile(ctx context.Context, cands []candidate, cluster i
 		if rows[i].ID, err = w.insertRow(ctx, "create identifier", "identifiers", `kind, value, profile_id, cluster_id, first_seen_at, first_source, first_message_id`, "",
 			c.kind, c.value, profileID, cluster, m.Timestamp.UnixNano(), m.Source, m.ID); err != nil {
 			return nil, fmt.Errorf("create identifier: %w", err)
+		}
+		if w.behind != nil {
+			w.behind.create(rows[i]) // its lookup does not wait for its INSERT (lookupBehind)
 		}
 	}
 	return rows, nil

@@ -485,6 +485,7 @@ func (w *writer) get(ctx context.Context, dest any, query string, args ...any) e
 
 func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) error {
 	if w.behind != nil {
+		w.behind.changes(query)
 		if err := w.flush(ctx); err != nil {
 			return err
 		}

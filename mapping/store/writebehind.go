@@ -5,7 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
-	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -37,6 +37,24 @@ import (
 // the group stores are added as it goes; while the group holds the graph
 // lock no other transaction writes messages.
 //
+// Many messages' writes go in one round trip, and the server's cost is
+// per statement as much as per row: INSERTs of one text are merged into
+// multi-row INSERTs. A merged row moves ahead of the statements queued
+// after the one it joins, which is safe because they are of other tables
+// (rows of one table keep their order) and every statement written behind
+// reads and writes its own table alone.
+//
+// Every message starts by reading its identifiers (lookup). The stored
+// identifiers all the group's messages name are read once, with the stored
+// messages (readKnown); with those the group creates (made) they answer
+// each lookup without a round trip until something else may have changed
+// stored identifiers (stale: a merge, a replay, a deletion, a rollback to
+// a savepoint). After that a lookup is one round trip, which waits for the
+// writes queued before it only if one of them changes stored identifiers
+// (changed); the identifiers created since are added from created. So a
+// group of new people's messages costs a few round trips in all, and its
+// writes a few statements at its end.
+//
 // On SQLite, which has no round trips to save, later runs the statement at
 // once and IDs come from the INSERT, as before.
 
@@ -44,6 +62,17 @@ import (
 type behind struct {
 	group []*submission
 	queue []queued
+	// created holds the identifiers whose INSERTs are queued; changed says
+	// that a queued statement changes stored identifiers (see lookupBehind).
+	created map[identityKey]identity
+	changed bool
+	// known holds the stored identifiers of the keys in asked: those the
+	// group's messages name, read with stored. made holds every identifier
+	// the group created. Until stale, nothing else changed stored
+	// identifiers, and they answer lookups (see recall).
+	known, made map[identityKey]identity
+	asked       map[identityKey]bool
+	stale       bool
 	// ids holds, per table, the IDs drawn ahead and not used yet, ascending.
 	ids map[string][]int64
 	// stored holds the keys of the group's messages that are stored (read
@@ -52,11 +81,24 @@ type behind struct {
 	stored map[messageKey]bool
 }
 
-// queued is a statement written behind: its text rebound, its arguments,
+// queued is a statement written behind, or several rows of one INSERT text
+// merged: its table, its text (with ?), its arguments (one list per row),
 // and what to call it in an error.
 type queued struct {
-	what, query string
-	args        []any
+	what, table, query string
+	rows               [][]any
+	// head, tuple, tail are an INSERT's text around its VALUES tuples ("" if
+	// not an INSERT that can be merged); see insertShape.
+	head, tuple, tail string
+	// upserted holds, for an INSERT ... ON CONFLICT DO UPDATE, the first
+	// value of each row: its conflict target, which no two merged rows may
+	// share (a statement may not update a row twice).
+	upserted map[any]bool
+}
+
+type identityKey struct {
+	kind  mapping.Kind
+	value string
 }
 
 type messageKey struct {
@@ -66,7 +108,10 @@ type messageKey struct {
 
 // later runs a write whose result the writer does not need: at once on
 // SQLite, written behind on PostgreSQL (see the top of this file). what
-// names the statement in its error, wherever that error surfaces.
+// names the statement in its error, wherever that error surfaces. The
+// statement must read and write its own table alone (INSERT INTO, UPDATE
+// or DELETE FROM it, no subquery of another table), and an INSERT into
+// identifiers must be of an identifier the writer adds to created.
 func (w *writer) later(ctx context.Context, what, query string, args ...any) error {
 	if w.behind == nil {
 		if _, err := w.exec(ctx, query, args...); err != nil {
@@ -74,8 +119,106 @@ func (w *writer) later(ctx context.Context, what, query string, args ...any) err
 		}
 		return nil
 	}
-	w.behind.queue = append(w.behind.queue, queued{what: what, query: w.store.rebound(query), args: args})
+	b := w.behind
+	q := queued{what: what, table: tableOf(query), query: query}
+	var n int
+	q.head, q.tuple, q.tail, n = insertShape(query)
+	if q.table == "identifiers" && q.head == "" {
+		b.changed, b.stale = true, true
+	}
+	rows := make([][]any, n)
+	for i := range rows {
+		rows[i] = args[i*len(args)/n : (i+1)*len(args)/n]
+	}
+	upsert := strings.Contains(q.tail, "DO UPDATE")
+	// Join the last statement queued for the table if it is the same INSERT
+	// of the same name (its error names every row).
+	for i := len(b.queue) - 1; i >= 0; i-- {
+		if last := &b.queue[i]; last.table == q.table {
+			if q.head != "" && last.what == q.what && last.head == q.head && last.tuple == q.tuple && last.tail == q.tail &&
+				(!upsert || n == 1 && last.upserted != nil && !last.upserted[args[0]]) {
+				last.rows = append(last.rows, rows...)
+				if upsert {
+					last.upserted[args[0]] = true
+				}
+				return nil
+			}
+			break
+		}
+	}
+	q.rows = rows
+	if upsert && n == 1 {
+		q.upserted = map[any]bool{args[0]: true}
+	}
+	b.queue = append(b.queue, q)
 	return nil
+}
+
+// tableOf returns the table an INSERT INTO, UPDATE or DELETE FROM writes.
+func tableOf(query string) string {
+	f := strings.Fields(query)
+	if len(f) > 2 && (f[0] == "INSERT" || f[0] == "DELETE") {
+		return strings.TrimSuffix(f[2], "(")
+	}
+	if len(f) > 1 && f[0] == "UPDATE" {
+		return f[1]
+	}
+	return ""
+}
+
+// insertShape splits an INSERT whose rows can be merged with others of its
+// text (VALUES with one or more equal tuples) into the text before the
+// tuples, one tuple, the text after them, and how many tuples it has. For
+// any other statement, head is "" and n 1.
+func insertShape(query string) (head, tuple, tail string, n int) {
+	i := strings.Index(query, "VALUES (")
+	if !strings.HasPrefix(query, "INSERT INTO ") || i < 0 {
+		return "", "", "", 1
+	}
+	head, rest := query[:i+len("VALUES ")], query[i+len("VALUES "):]
+	tuple = rest[:strings.IndexByte(rest, ')')+1]
+	for {
+		rest, n = rest[len(tuple):], n+1
+		if !strings.HasPrefix(rest, ", "+tuple) {
+			return head, tuple, rest, n
+		}
+		rest = rest[len(", "):]
+	}
+}
+
+// mergedRowsMax bounds the rows of one merged INSERT (PostgreSQL takes at
+// most 65,535 arguments a statement). Merged INSERTs have 1, 2, 4, ... up to
+// this many rows, so that few texts are prepared.
+const mergedRowsMax = 256
+
+// statement is one statement to send: its text rebound, its arguments,
+// and how many rows of an INSERT it holds.
+type statement struct {
+	query string
+	args  []any
+	rows  int
+}
+
+// statements returns q as statements to send, its rows merged.
+func (w *writer) statements(q queued) []statement {
+	if q.head == "" {
+		return []statement{{w.store.rebound(q.query), q.rows[0], 1}}
+	}
+	var out []statement
+	rows := q.rows
+	for len(rows) > 0 {
+		k := mergedRowsMax
+		for k > len(rows) {
+			k /= 2
+		}
+		var args []any
+		for _, r := range rows[:k] {
+			args = append(args, r...)
+		}
+		out = append(out, statement{w.store.rebound(q.head + strings.TrimSuffix(strings.Repeat(q.tuple+", ", k), ", ") + q.tail), args, k})
+		rows = rows[k:]
+	}
+	return out
 }
 
 // flush sends what is written behind (nothing on SQLite).
@@ -86,10 +229,18 @@ func (w *writer) flush(ctx context.Context) error {
 	return w.roundTrip(ctx, "", nil, nil)
 }
 
-// discard drops what is written behind, for a rollback that undoes it anyway.
+// discard drops what is written behind, for a rollback that undoes it
+// anyway (and perhaps more: made no longer holds).
 func (w *writer) discard() {
 	if w.behind != nil {
-		w.behind.queue = nil
+		w.behind.queue, w.behind.stale = nil, true
+	}
+}
+
+// changes notes that query, sent at once, may change stored identifiers.
+func (b *behind) changes(query string) {
+	if tableOf(query) == "identifiers" {
+		b.stale = true
 	}
 }
 
@@ -98,20 +249,24 @@ func (w *writer) discard() {
 // queue is empty afterwards, whatever the outcome.
 func (w *writer) roundTrip(ctx context.Context, query string, args []any, read func(pgx.BatchResults) error) error {
 	queue := w.behind.queue
-	w.behind.queue = nil
+	w.behind.queue, w.behind.created, w.behind.changed = nil, nil, false
 	b := &pgx.Batch{}
+	var names []string // what each statement sent for queue is, for its error
 	for _, q := range queue {
-		b.Queue(q.query, q.args...)
+		for _, st := range w.statements(q) {
+			b.Queue(st.query, st.args...)
+			names = append(names, fmt.Sprintf("%s (written behind, %d rows)", q.what, st.rows))
+		}
 	}
 	if query != "" {
 		b.Queue(query, args...)
 	}
 	return w.conn.Raw(func(dc any) error {
 		br := dc.(*stdlib.Conn).Conn().SendBatch(ctx, b)
-		for i, q := range queue {
+		for _, name := range names {
 			if _, err := br.Exec(); err != nil {
 				br.Close()
-				return fmt.Errorf("%s (statement %d of %d written behind): %w", q.what, i+1, len(queue), err)
+				return fmt.Errorf("%s: %w", name, err)
 			}
 		}
 		if read != nil {
@@ -126,6 +281,7 @@ func (w *writer) roundTrip(ctx context.Context, query string, args []any, read f
 
 // execBehind is exec on PostgreSQL: query goes with what is written behind.
 func (w *writer) execBehind(ctx context.Context, query string, args []any) (sql.Result, error) {
+	w.behind.changes(query)
 	var res sql.Result
 	err := w.roundTrip(ctx, w.store.rebound(query), args, func(br pgx.BatchResults) error {
 		tag, err := br.Exec()
@@ -195,17 +351,18 @@ func (w *writer) drawIDs(ctx context.Context, table string, n int) error {
 	if w.behind.ids == nil {
 		w.behind.ids = map[string][]int64{}
 	}
-	ids := make([]int64, 0, n)
-	err := w.queryBehind(ctx, `SELECT nextval(pg_get_serial_sequence(?, 'id')) FROM generate_series(1, ?)`, []any{table, n}, func(rows pgx.Rows) error {
-		var id int64
-		err := rows.Scan(&id)
-		ids = append(ids, id)
-		return err
-	})
+	// n values in one step (nextval n times costs a millisecond): only
+	// transactions holding the graph lock take values from these sequences.
+	var last int64
+	err := w.queryBehind(ctx, `SELECT setval(pg_get_serial_sequence(?, 'id'), nextval(pg_get_serial_sequence(?, 'id')) + ? - 1)`,
+		[]any{table, table, n}, func(rows pgx.Rows) error { return rows.Scan(&last) })
 	if err != nil {
 		return fmt.Errorf("draw IDs for %s: %w", table, err)
 	}
-	slices.Sort(ids)
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = last - int64(n) + 1 + int64(i)
+	}
 	w.behind.ids[table] = ids
 	return nil
 }
@@ -248,8 +405,10 @@ func (w *writer) readStored(ctx context.Context) error {
 		}
 	}
 	// PostgreSQL alone runs this, so it may take the keys as two arrays.
-	err := w.queryBehind(ctx, `SELECT source, message_id FROM messages
-		WHERE (source, message_id) IN (SELECT * FROM unnest(?::text[], ?::text[]))`, []any{sources, ids}, func(rows pgx.Rows) error {
+	// LIMIT 1 keeps the subquery apart, so that the plan probes the unique
+	// index once a key, whatever the table's size (a join may scan it).
+	err := w.queryBehind(ctx, `SELECT m.source, m.message_id FROM unnest(?::text[], ?::text[]) AS g(source, message_id),
+		LATERAL (SELECT source, message_id FROM messages WHERE source = g.source AND message_id = g.message_id LIMIT 1) m`, []any{sources, ids}, func(rows pgx.Rows) error {
 		var k messageKey
 		err := rows.Scan(&k.source, &k.id)
 		b.stored[k] = true
@@ -259,7 +418,119 @@ func (w *writer) readStored(ctx context.Context) error {
 		return fmt.Errorf("read stored messages: %w", err)
 	}
 	if fresh := len(seen) - len(b.stored); fresh > 0 {
-		return w.drawIDs(ctx, "messages", fresh)
+		if err := w.drawIDs(ctx, "messages", fresh); err != nil {
+			return err
+		}
+	}
+	return w.readKnown(ctx)
+}
+
+// readKnown reads the stored identifiers that the group's messages name
+// into known, for recall.
+func (w *writer) readKnown(ctx context.Context) error {
+	b := w.behind
+	b.asked, b.known = map[identityKey]bool{}, map[identityKey]identity{}
+	var kinds, values []string
+	ask := func(k mapping.Kind, v string) {
+		if key := (identityKey{k, v}); !b.asked[key] {
+			b.asked[key] = true
+			kinds, values = append(kinds, string(k)), append(values, v)
+		}
+	}
+	for _, sub := range b.group {
+		for _, m := range sub.msgs {
+			cands, _ := w.identifiers(m)
+			for _, c := range cands {
+				ask(c.kind, c.value)
+				if c.field == "previousId" {
+					ask(mapping.KindUserID, c.value) // see previousIDKind
+				}
+			}
+		}
+	}
+	// As in readStored, one index probe a key.
+	err := w.queryBehind(ctx, `SELECT i.id, i.kind, i.value, i.profile_id, i.cluster_id FROM unnest(?::text[], ?::text[]) AS g(kind, value),
+		LATERAL (SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE kind = g.kind AND value = g.value LIMIT 1) i`, []any{kinds, values}, func(rows pgx.Rows) error {
+		var f identity
+		err := rows.Scan(&f.ID, &f.Kind, &f.Value, &f.ProfileID, &f.ClusterID)
+		b.known[identityKey{f.Kind, f.Value}] = f
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("read the group's identifiers: %w", err)
 	}
 	return nil
+}
+
+// recall answers a lookup of cands from what the group read and created,
+// without a round trip, unless something else may have changed stored
+// identifiers since (stale) or a candidate was not read (ok false).
+func (b *behind) recall(cands []candidate) (found []identity, ok bool) {
+	if b.stale || b.asked == nil {
+		return nil, false
+	}
+	for _, c := range cands {
+		key := identityKey{c.kind, c.value}
+		if f, ok := b.made[key]; ok {
+			found = append(found, f)
+		} else if !b.asked[key] {
+			return nil, false
+		} else if f, ok := b.known[key]; ok {
+			found = append(found, f)
+		}
+	}
+	return found, true
+}
+
+// lookupBehind is lookup's read on PostgreSQL: query (rebound) finds the
+// stored rows of cands, and scan takes each. Unless a queued statement
+// changes stored identifiers, it does not wait for what is written behind:
+// the identifiers created since are added from created instead.
+func (w *writer) lookupBehind(ctx context.Context, query string, args []any, cands []candidate, scan func(identity)) error {
+	read := func(rows pgx.Rows) error {
+		var f identity
+		err := rows.Scan(&f.ID, &f.Kind, &f.Value, &f.ProfileID, &f.ClusterID)
+		scan(f)
+		return err
+	}
+	b := w.behind
+	if found, ok := b.recall(cands); ok {
+		for _, f := range found {
+			scan(f)
+		}
+		return nil
+	}
+	if b.changed || len(b.queue) == 0 {
+		return w.queryBehind(ctx, query, args, read)
+	}
+	for _, c := range cands {
+		if f, ok := b.created[identityKey{c.kind, c.value}]; ok {
+			scan(f)
+		}
+	}
+	return w.conn.Raw(func(dc any) error {
+		rows, err := dc.(*stdlib.Conn).Conn().Query(ctx, w.store.rebound(query), args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			if err := read(rows); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+}
+
+// create records that the INSERT of identifier f is written behind; see lookupBehind.
+func (b *behind) create(f identity) {
+	if b.created == nil {
+		b.created = map[identityKey]identity{}
+	}
+	b.created[identityKey{f.Kind, f.Value}] = f
+	if b.made == nil {
+		b.made = map[identityKey]identity{}
+	}
+	b.made[identityKey{f.Kind, f.Value}] = f
 }
