@@ -73,6 +73,8 @@ type behind struct {
 	known, made map[identityKey]identity
 	asked       map[identityKey]bool
 	stale       bool
+	// shapes holds what tableOf and insertShape found in each text queued.
+	shapes map[string]shape
 	// ids holds, per table, the IDs drawn ahead and not used yet, ascending.
 	ids map[string][]int64
 	// stored holds the keys of the group's messages that are stored (read
@@ -94,6 +96,13 @@ type queued struct {
 	// value of each row: its conflict target, which no two merged rows may
 	// share (a statement may not update a row twice).
 	upserted map[any]bool
+}
+
+// shape is a statement's table, and its VALUES tuples if it is an INSERT
+// that can be merged (see insertShape).
+type shape struct {
+	table, head, tuple, tail string
+	n                        int
 }
 
 type identityKey struct {
@@ -120,9 +129,17 @@ func (w *writer) later(ctx context.Context, what, query string, args ...any) err
 		return nil
 	}
 	b := w.behind
-	q := queued{what: what, table: tableOf(query), query: query}
-	var n int
-	q.head, q.tuple, q.tail, n = insertShape(query)
+	sh, ok := b.shapes[query]
+	if !ok {
+		sh.table = tableOf(query)
+		sh.head, sh.tuple, sh.tail, sh.n = insertShape(query)
+		if b.shapes == nil {
+			b.shapes = map[string]shape{}
+		}
+		b.shapes[query] = sh
+	}
+	q := queued{what: what, table: sh.table, query: query, head: sh.head, tuple: sh.tuple, tail: sh.tail}
+	n := sh.n
 	if q.table == "identifiers" && q.head == "" {
 		b.changed, b.stale = true, true
 	}
