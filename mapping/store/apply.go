@@ -188,8 +188,8 @@ func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt,
 		}
 	}
 	if len(heldRows) > 0 {
-		if _, err := w.exec(ctx, `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow); err != nil {
-			return mapping.Receipt{}, fmt.Errorf("blank message: %w", err)
+		if err := w.later(ctx, "blank message", `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow); err != nil {
+			return mapping.Receipt{}, err
 		}
 		notes = append(notes, mapping.NoteHeldBack)
 	}
@@ -203,8 +203,8 @@ func (w *writer) apply(ctx context.Context, m mapping.Message) (mapping.Receipt,
 	if m.UserIDWarning != "" {
 		for _, r := range rows {
 			if r.Kind == mapping.KindUserID && !heldRows[r.ID] {
-				if _, err := w.exec(ctx, `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, r.ID); err != nil {
-					return mapping.Receipt{}, fmt.Errorf("record warning: %w", err)
+				if err := w.later(ctx, "record warning", `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, r.ID); err != nil {
+					return mapping.Receipt{}, err
 				}
 			}
 		}
@@ -248,10 +248,7 @@ func (w *writer) warnRefused(ctx context.Context, m mapping.Message) error {
 			return err
 		}
 	}
-	if _, err := w.exec(ctx, `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, row.ID); err != nil {
-		return fmt.Errorf("record warning: %w", err)
-	}
-	return nil
+	return w.later(ctx, "record warning", `UPDATE identifiers SET warning = ? WHERE id = ?`, m.UserIDWarning, row.ID)
 }
 
 func refusedNote(a, b string, d mapping.Decision, reason string) string {
@@ -364,10 +361,15 @@ func (w *writer) insertMessage(ctx context.Context, m mapping.Message, ids []can
 	if raw == "" {
 		raw = "{}"
 	}
-	id, err := w.insertID(ctx, `INSERT INTO messages
-		(source, message_id, type, event, user_id, anonymous_id, jimo_token, event_at, received_at, rejected, notes, raw)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (source, message_id) DO NOTHING`,
+	if w.behind != nil {
+		// PostgreSQL tells a message stored before without ON CONFLICT (see newMessage).
+		if fresh, err := w.newMessage(ctx, m); err != nil || !fresh {
+			return 0, err
+		}
+	}
+	id, err := w.insertRow(ctx, "insert message", "messages",
+		`source, message_id, type, event, user_id, anonymous_id, jimo_token, event_at, received_at, rejected, notes, raw`,
+		`ON CONFLICT (source, message_id) DO NOTHING`,
 		m.Source, m.ID, m.Type, m.Event, userID, anonymousID, jimoToken, m.Timestamp.UnixNano(), m.ReceivedAt.UnixNano(), m.Rejected, notesJSON, raw)
 	if err != nil {
 		return 0, fmt.Errorf("insert message: %w", err)
@@ -407,10 +409,7 @@ func (w *writer) refer(ctx context.Context, messageRow int64, rows []identity) e
 	if len(args) == 0 {
 		return nil
 	}
-	if _, err := w.exec(ctx, referQueries[len(args)/2], args...); err != nil {
-		return fmt.Errorf("refer to message: %w", err)
-	}
-	return nil
+	return w.later(ctx, "refer to message", referQueries[len(args)/2], args...)
 }
 
 // lookupQueries select one to four identifiers by (kind, value) in one statement.
@@ -438,7 +437,14 @@ func (w *writer) lookup(ctx context.Context, cands []candidate) ([]identity, int
 		args = append(args, c.kind, c.value)
 	}
 	var found []identity
-	if err := w.sel(ctx, &found, lookupQueries[len(cands)], args...); err != nil {
+	var err error
+	if w.behind != nil {
+		// Every message reads its identifiers: on PostgreSQL past what is written behind.
+		err = w.lookupBehind(ctx, lookupQueries[len(cands)], args, cands, func(f identity) { found = append(found, f) })
+	} else {
+		err = w.sel(ctx, &found, lookupQueries[len(cands)], args...)
+	}
+	if err != nil {
 		return nil, 0, fmt.Errorf("find identifiers: %w", err)
 	}
 	missing := len(cands)
@@ -485,9 +491,12 @@ func (w *writer) insertProfile(ctx context.Context, cands []candidate, cluster i
 	rows := make([]identity, len(cands))
 	for i, c := range cands {
 		rows[i] = identity{Kind: c.kind, Value: c.value, ProfileID: profileID, ClusterID: cluster}
-		if rows[i].ID, err = w.insertID(ctx, `INSERT INTO identifiers (kind, value, profile_id, cluster_id, first_seen_at, first_source, first_message_id)
-			VALUES (?, ?, ?, ?, ?, ?, ?)`, c.kind, c.value, profileID, cluster, m.Timestamp.UnixNano(), m.Source, m.ID); err != nil {
+		if rows[i].ID, err = w.insertRow(ctx, "create identifier", "identifiers", `kind, value, profile_id, cluster_id, first_seen_at, first_source, first_message_id`, "",
+			c.kind, c.value, profileID, cluster, m.Timestamp.UnixNano(), m.Source, m.ID); err != nil {
 			return nil, fmt.Errorf("create identifier: %w", err)
+		}
+		if w.behind != nil {
+			w.behind.create(rows[i]) // its lookup does not wait for its INSERT (lookupBehind)
 		}
 	}
 	return rows, nil
@@ -530,8 +539,8 @@ func (w *writer) createCluster(ctx context.Context, cands []candidate, edges []m
 		lastKey = max(lastKey, e.OrderKey)
 	}
 	if len(edges) > 0 {
-		if _, err := w.exec(ctx, `INSERT INTO clusters (id, last_key) VALUES (?, ?)`, cluster, lastKey); err != nil {
-			return nil, fmt.Errorf("create cluster: %w", err)
+		if err := w.later(ctx, "create cluster", `INSERT INTO clusters (id, last_key) VALUES (?, ?)`, cluster, lastKey); err != nil {
+			return nil, err
 		}
 	}
 	return rows, nil
@@ -541,15 +550,12 @@ func (w *writer) insertLink(ctx context.Context, a, b int64, key string, d mappi
 	if b < a {
 		a, b = b, a
 	}
-	if _, err := w.exec(ctx, `INSERT INTO links (a_id, b_id, order_key, source, message_id, event_at, decision, reason, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, a, b, key, m.Source, m.ID, m.Timestamp.UnixNano(), d, reason, w.now); err != nil {
-		return fmt.Errorf("insert link: %w", err)
-	}
-	return nil
+	return w.later(ctx, "insert link", `INSERT INTO links (a_id, b_id, order_key, source, message_id, event_at, decision, reason, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, a, b, key, m.Source, m.ID, m.Timestamp.UnixNano(), d, reason, w.now)
 }
 
 func (w *writer) insertProfileRow(ctx context.Context, st mapping.ProfileState) (int64, error) {
-	id, err := w.insertID(ctx, `INSERT INTO profiles (user_id, anonymous_ids, links, updated_at) VALUES (?, ?, ?, ?)`,
+	id, err := w.insertRow(ctx, "create profile", "profiles", `user_id, anonymous_ids, links, updated_at`, "",
 		nullString(st.UserID), st.AnonymousIDs, st.Links, w.now)
 	if err != nil {
 		return 0, fmt.Errorf("create profile: %w", err)
@@ -580,13 +586,10 @@ func (w *writer) reload(ctx context.Context, id int64) (identity, error) {
 // first time, so a job is never written twice.
 // A held job waits for a deletion to be final or undone (see holdBack).
 func (w *writer) enqueue(ctx context.Context, j mapping.Job, m mapping.Message, held bool) error {
-	if _, err := w.exec(ctx, `INSERT INTO jobs
+	return w.later(ctx, "enqueue "+j.Destination+" job", `INSERT INTO jobs
 		(destination, ordering_key, message_id, payload, state, attempts, run_at, source_message, created_at, updated_at, held)
 		VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)`,
-		j.Destination, j.OrderingKey, j.MessageID, string(j.Payload), w.now, string(m.Source)+":"+m.ID, w.now, w.now, flag(held)); err != nil {
-		return fmt.Errorf("enqueue %s job: %w", j.Destination, err)
-	}
-	return nil
+		j.Destination, j.OrderingKey, j.MessageID, string(j.Payload), w.now, string(m.Source)+":"+m.ID, w.now, w.now, flag(held))
 }
 
 // heldAmong returns the row IDs among rows that a deletion holds back (after
@@ -628,10 +631,7 @@ func (w *writer) blankIfNamesHeldBack(ctx context.Context, messageRow int64, can
 	}
 	for _, r := range rows {
 		if r.ID != 0 && r.ProfileID == 0 {
-			if _, err := w.exec(ctx, `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow); err != nil {
-				return fmt.Errorf("blank message: %w", err)
-			}
-			return nil
+			return w.later(ctx, "blank message", `UPDATE messages SET raw = '{}' WHERE id = ?`, messageRow)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -343,6 +344,7 @@ func (s *Store) commit(group []*submission) (err error) {
 		}
 		defer conn.Close()
 		w.conn = conn
+		w.behind = &behind{group: group}
 		if err := s.beginPostgres(ctx, conn); err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
@@ -353,6 +355,7 @@ func (s *Store) commit(group []*submission) (err error) {
 	committed := false
 	defer func() {
 		if !committed {
+			w.discard() // it would be rolled back with the rest
 			if _, rerr := w.exec(ctx, `ROLLBACK`); rerr != nil {
 				s.log.Error("roll back a failed group commit", "err", rerr)
 			}
@@ -423,11 +426,16 @@ type writer struct {
 	// tombstones and anyDeletions are read from the database once per
 	// transaction (nil: not read yet); see tombstoned and deletions.
 	tombstones, anyDeletions *bool
+	// behind is what is written behind on PostgreSQL (nil on SQLite);
+	// see writebehind.go.
+	behind *behind
 }
 
+// exec runs a statement whose result the caller needs now (it may be only
+// whether it failed); see later for one whose result it does not.
 func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if w.store.postgres {
-		return w.conn.ExecContext(ctx, w.store.rebound(query), args...)
+	if w.behind != nil {
+		return w.execBehind(ctx, query, args)
 	}
 	st, err := w.store.prepared(ctx, query)
 	if err != nil {
@@ -441,7 +449,12 @@ func (w *writer) savepoint(ctx context.Context, fn func(ctx context.Context, w *
 	if _, err := w.exec(ctx, `SAVEPOINT fn`); err != nil {
 		return fmt.Errorf("savepoint: %w", err)
 	}
-	if err := fn(ctx, w); err != nil {
+	err := fn(ctx, w)
+	if err == nil {
+		err = w.flush(ctx) // fn's writes written behind fail fn, as they would have at once
+	}
+	if err != nil {
+		w.discard() // rolled back in any case
 		if _, rerr := w.exec(ctx, `ROLLBACK TO SAVEPOINT fn`); rerr != nil {
 			return errors.Join(err, rerr)
 		}
@@ -456,20 +469,24 @@ func (w *writer) savepoint(ctx context.Context, fn func(ctx context.Context, w *
 	return nil
 }
 
-// insertID runs an INSERT and returns the new row's ID, or 0 when it
-// inserted nothing (ON CONFLICT DO NOTHING). SQLite reports the ID through
-// LastInsertId, several times cheaper than RETURNING with its driver;
-// PostgreSQL has no such thing, and returns it (RETURNING id).
-func (w *writer) insertID(ctx context.Context, query string, args ...any) (int64, error) {
-	if w.store.postgres {
-		var id int64
-		err := w.conn.QueryRowxContext(ctx, w.store.rebound(query+` RETURNING id`), args...).Scan(&id)
-		if errors.Is(err, sql.ErrNoRows) {
-			return 0, nil
+// insertRow inserts a row into table, columns (a list) taking args, and
+// returns the new row's ID. On SQLite the INSERT assigns it and reports it
+// through LastInsertId, several times cheaper than RETURNING with its
+// driver; it ends with onConflict, and returns 0 when it inserted nothing
+// (ON CONFLICT DO NOTHING). On PostgreSQL the ID is drawn ahead (nextID) and
+// the INSERT written behind (later), without onConflict: the caller has
+// ruled a conflict out, and one fails the group.
+func (w *writer) insertRow(ctx context.Context, what, table, columns, onConflict string, args ...any) (int64, error) {
+	values := strings.Repeat("?, ", len(args)-1) + "?"
+	if w.behind != nil {
+		id, err := w.nextID(ctx, table)
+		if err != nil {
+			return 0, err
 		}
-		return id, err
+		query := `INSERT INTO ` + table + ` (id, ` + columns + `) VALUES (?, ` + values + `)`
+		return id, w.later(ctx, what, query, append([]any{id}, args...)...)
 	}
-	res, err := w.exec(ctx, query, args...)
+	res, err := w.exec(ctx, `INSERT INTO `+table+` (`+columns+`) VALUES (`+values+`) `+onConflict, args...)
 	if err != nil {
 		return 0, err
 	}
@@ -480,8 +497,8 @@ func (w *writer) insertID(ctx context.Context, query string, args ...any) (int64
 }
 
 func (w *writer) get(ctx context.Context, dest any, query string, args ...any) error {
-	if w.store.postgres {
-		return w.conn.GetContext(ctx, dest, w.store.rebound(query), args...)
+	if w.behind != nil {
+		return w.getBehind(ctx, dest, query, args)
 	}
 	st, err := w.store.prepared(ctx, query)
 	if err != nil {
@@ -491,7 +508,11 @@ func (w *writer) get(ctx context.Context, dest any, query string, args ...any) e
 }
 
 func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) error {
-	if w.store.postgres {
+	if w.behind != nil {
+		w.behind.changes(query)
+		if err := w.flush(ctx); err != nil {
+			return err
+		}
 		return w.conn.SelectContext(ctx, dest, w.store.rebound(query), args...)
 	}
 	st, err := w.store.prepared(ctx, query)

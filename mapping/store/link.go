@@ -30,9 +30,9 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m mapping.
 		return refusedNote(a.Value, b.Value, existing.Decision, existing.Reason), nil
 	case err == nil:
 		// The same link, caused earlier than we knew: it may now win a conflict.
-		if _, err := w.exec(ctx, `UPDATE links SET order_key = ?, source = ?, message_id = ?, event_at = ? WHERE id = ?`,
+		if err := w.later(ctx, "update link", `UPDATE links SET order_key = ?, source = ?, message_id = ?, event_at = ? WHERE id = ?`,
 			key, m.Source, m.ID, m.Timestamp.UnixNano(), existing.ID); err != nil {
-			return "", fmt.Errorf("update link: %w", err)
+			return "", err
 		}
 		return w.redecide(ctx, a, b, a.ClusterID, lo, hi)
 	case !errors.Is(err, sql.ErrNoRows):
@@ -64,15 +64,15 @@ func (w *writer) link(ctx context.Context, a, b identity, key string, m mapping.
 			return "", err
 		}
 	} else if inOrder {
-		if _, err := w.exec(ctx, `UPDATE profiles SET links = links + 1, updated_at = ? WHERE id = ?`, w.now, a.ProfileID); err != nil {
-			return "", fmt.Errorf("count link: %w", err)
+		if err := w.later(ctx, "count link", `UPDATE profiles SET links = links + 1, updated_at = ? WHERE id = ?`, w.now, a.ProfileID); err != nil {
+			return "", err
 		}
 	}
 	if err := w.insertLink(ctx, lo, hi, key, decision, reason, m); err != nil {
 		return "", err
 	}
-	if _, err := w.exec(ctx, `UPDATE clusters SET last_key = ? WHERE id = ?`, max(key, lastKey), cluster); err != nil {
-		return "", fmt.Errorf("update cluster: %w", err)
+	if err := w.later(ctx, "update cluster", `UPDATE clusters SET last_key = ? WHERE id = ?`, max(key, lastKey), cluster); err != nil {
+		return "", err
 	}
 	if !inOrder {
 		return w.redecide(ctx, a, b, cluster, lo, hi)
@@ -103,8 +103,8 @@ func (w *writer) clusterKey(ctx context.Context, id int64) (string, error) {
 	var key string
 	err := w.get(ctx, &key, `SELECT last_key FROM clusters WHERE id = ?`, id)
 	if errors.Is(err, sql.ErrNoRows) {
-		if _, err := w.exec(ctx, `INSERT INTO clusters (id, last_key) VALUES (?, '')`, id); err != nil {
-			return "", fmt.Errorf("create cluster: %w", err)
+		if err := w.later(ctx, "create cluster", `INSERT INTO clusters (id, last_key) VALUES (?, '')`, id); err != nil {
+			return "", err
 		}
 		return "", nil
 	}
@@ -119,11 +119,11 @@ func (w *writer) mergeClusters(ctx context.Context, a int64, aKey string, b int6
 	if b < a {
 		a, b = b, a
 	}
-	if _, err := w.exec(ctx, `UPDATE identifiers SET cluster_id = ? WHERE cluster_id = ?`, a, b); err != nil {
-		return 0, "", fmt.Errorf("merge clusters: %w", err)
+	if err := w.later(ctx, "merge clusters", `UPDATE identifiers SET cluster_id = ? WHERE cluster_id = ?`, a, b); err != nil {
+		return 0, "", err
 	}
-	if _, err := w.exec(ctx, `DELETE FROM clusters WHERE id = ?`, b); err != nil {
-		return 0, "", fmt.Errorf("merge clusters: %w", err)
+	if err := w.later(ctx, "merge clusters", `DELETE FROM clusters WHERE id = ?`, b); err != nil {
+		return 0, "", err
 	}
 	return a, max(aKey, bKey), nil
 }
@@ -157,22 +157,19 @@ func (w *writer) mergeProfiles(ctx context.Context, a, b int64) (mapping.Decisio
 	if decision != mapping.DecisionApplied {
 		return decision, reason, nil
 	}
-	if _, err := w.exec(ctx, `UPDATE identifiers SET profile_id = ? WHERE profile_id = ?`, keep.ID, drop.ID); err != nil {
-		return "", "", fmt.Errorf("merge profiles: %w", err)
+	if err := w.later(ctx, "merge profiles", `UPDATE identifiers SET profile_id = ? WHERE profile_id = ?`, keep.ID, drop.ID); err != nil {
+		return "", "", err
 	}
 	if err := w.saveProfile(ctx, keep.ID, merged); err != nil {
 		return "", "", err
 	}
-	if _, err := w.exec(ctx, `DELETE FROM profiles WHERE id = ?`, drop.ID); err != nil {
-		return "", "", fmt.Errorf("merge profiles: %w", err)
+	if err := w.later(ctx, "merge profiles", `DELETE FROM profiles WHERE id = ?`, drop.ID); err != nil {
+		return "", "", err
 	}
 	return mapping.DecisionApplied, "", nil
 }
 
 func (w *writer) saveProfile(ctx context.Context, id int64, st mapping.ProfileState) error {
-	if _, err := w.exec(ctx, `UPDATE profiles SET user_id = ?, anonymous_ids = ?, links = ?, updated_at = ? WHERE id = ?`,
-		nullString(st.UserID), st.AnonymousIDs, st.Links, w.now, id); err != nil {
-		return fmt.Errorf("save profile %d: %w", id, err)
-	}
-	return nil
+	return w.later(ctx, fmt.Sprintf("save profile %d", id), `UPDATE profiles SET user_id = ?, anonymous_ids = ?, links = ?, updated_at = ? WHERE id = ?`,
+		nullString(st.UserID), st.AnonymousIDs, st.Links, w.now, id)
 }

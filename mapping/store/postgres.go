@@ -276,12 +276,13 @@ func (s *Store) postgresTx(ctx context.Context, fn func(ctx context.Context, w *
 	if _, err := conn.ExecContext(ctx, `BEGIN`); err != nil {
 		return err
 	}
-	w := &writer{conn: conn, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
+	// No group: its messages' IDs and lookups are none of an outbox transaction's business.
+	w := &writer{conn: conn, store: s, opts: &s.opts, now: s.opts.Now().UnixNano(), behind: &behind{}}
 	if err := fn(ctx, w); err != nil {
 		conn.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`)
 		return err
 	}
-	_, err = conn.ExecContext(ctx, `COMMIT`)
+	_, err = w.exec(ctx, `COMMIT`) // after what fn wrote behind
 	return err
 }
 

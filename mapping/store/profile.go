@@ -85,11 +85,8 @@ func (w *writer) mergeTraits(ctx context.Context, id int64, m mapping.Message, f
 	if e, ok := doc["email"].Value.(string); ok && e != "" {
 		email = sql.NullString{String: e, Valid: true}
 	}
-	if _, err := w.exec(ctx, `INSERT INTO traits (identifier_id, email, doc) VALUES (?, ?, ?)
-		ON CONFLICT (identifier_id) DO UPDATE SET email = excluded.email, doc = excluded.doc`, id, email, string(b)); err != nil {
-		return fmt.Errorf("write traits: %w", err)
-	}
-	return nil
+	return w.later(ctx, "write traits", `INSERT INTO traits (identifier_id, email, doc) VALUES (?, ?, ?)
+		ON CONFLICT (identifier_id) DO UPDATE SET email = excluded.email, doc = excluded.doc`, id, email, string(b))
 }
 
 // Profile is one person as the bridge knows them: a connected component of applied links.

@@ -207,6 +207,12 @@ func (w *writer) execIn(ctx context.Context, query string, args ...any) error {
 	if err != nil {
 		return err
 	}
+	if w.behind != nil {
+		w.behind.changes(query)
+	}
+	if err := w.flush(ctx); err != nil {
+		return err
+	}
 	_, err = w.conn.ExecContext(ctx, w.store.write.Rebind(q), a...)
 	return err
 }
