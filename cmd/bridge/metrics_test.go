@@ -148,9 +148,11 @@ func TestMetricsScrape(t *testing.T) {
 	if commits == nil || seconds == nil {
 		t.Fatalf("commit histograms missing")
 	}
-	if n := commits.Histogram.GetSampleCount(); n < 1 || seconds.Histogram.GetSampleCount() != n {
-		t.Errorf("commits: got %d in bridge_commit_messages and %d in bridge_commit_seconds, want the same, at least 1",
-			n, seconds.Histogram.GetSampleCount())
+	// Both histograms see every commit, one after the other: a commit the
+	// store makes by itself (housekeeping, the outbox) between the two
+	// reads of one scrape may be in one and not yet in the other.
+	if n, m := int64(commits.Histogram.GetSampleCount()), int64(seconds.Histogram.GetSampleCount()); n < 1 || m < 1 || n-m > 1 || m-n > 1 {
+		t.Errorf("commits: got %d in bridge_commit_messages and %d in bridge_commit_seconds, want the same (give or take a commit under way), at least 1", n, m)
 	}
 	if sum := commits.Histogram.GetSampleSum(); sum < 1 {
 		t.Errorf("bridge_commit_messages sum: got %v, want at least 1 message", sum)
