@@ -172,3 +172,16 @@ func TestPostgres(t *testing.T) {
 		t.Fatalf("the store's tests on PostgreSQL failed (%v); rerun them with %s=postgres go test ./mapping/store", err, engineVar)
 	}
 }
+
+// TestRedacted: a PostgreSQL URL is logged without its password; a SQLite path as it is.
+func TestRedacted(t *testing.T) {
+	for dsn, want := range map[string]string{
+		"postgres://bridge:s3cret@db.internal:5432/bridge?sslmode=require": "postgres://bridge:xxxxx@db.internal:5432/bridge?sslmode=require",
+		"postgresql://bridge@db.internal/bridge":                           "postgresql://bridge@db.internal/bridge",
+		"data/bridge.db":                                                   "data/bridge.db",
+	} {
+		if got := Redacted(dsn); got != want || strings.Contains(got, "s3cret") {
+			t.Errorf("Redacted(%q) = %q, want %q", dsn, got, want)
+		}
+	}
+}
