@@ -154,15 +154,26 @@ func (m Message) WithoutNUL() Message {
 	return m
 }
 
-// HasNUL reports whether WithoutNUL would change m.
+// HasNUL reports whether WithoutNUL would change m. It runs for every
+// message stored, so it only reads (no string is built).
 func (m Message) HasNUL() bool {
-	return strings.Contains(m.ID+m.Type+m.Event+m.Email+m.Rejected+m.UserIDWarning+strings.Join(m.Notes, ""), "\x00") ||
+	return containsNUL(m.ID, m.Type, m.Event, m.Email, m.Rejected, m.UserIDWarning) || containsNUL(m.Notes...) ||
 		anyNUL(m.Traits) || jobsHaveNUL(m.Jobs)
+}
+
+// containsNUL reports whether any of ss holds a NUL.
+func containsNUL(ss ...string) bool {
+	for _, s := range ss {
+		if strings.IndexByte(s, 0) >= 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func jobsHaveNUL(jobs []Job) bool {
 	for _, j := range jobs {
-		if strings.Contains(j.Destination+j.OrderingKey+j.MessageID, "\x00") {
+		if containsNUL(j.Destination, j.OrderingKey, j.MessageID) {
 			return true
 		}
 	}
@@ -173,10 +184,10 @@ func jobsHaveNUL(jobs []Job) bool {
 func anyNUL(v any) bool {
 	switch v := v.(type) {
 	case string:
-		return strings.Contains(v, "\x00")
+		return containsNUL(v)
 	case map[string]any:
 		for k, e := range v {
-			if strings.Contains(k, "\x00") || anyNUL(e) {
+			if containsNUL(k) || anyNUL(e) {
 				return true
 			}
 		}

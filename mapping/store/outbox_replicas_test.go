@@ -17,15 +17,7 @@ import (
 // they were written.
 func TestClaimsAcrossStores(t *testing.T) {
 	dsn := testDSN(t)
-	var stores []*Store
-	for range 2 {
-		s, err := Open(context.Background(), dsn, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		stores = append(stores, s)
-	}
+	stores := []*Store{openStoreOn(t, dsn, Options{}), openStoreOn(t, dsn, Options{})}
 	const users, perUser = 20, 5
 	for u := range users {
 		user := fmt.Sprint("user-", u)
@@ -113,16 +105,7 @@ func TestClaimsAcrossStores(t *testing.T) {
 // than at its next poll. (On SQLite one process writes and delivers.)
 func TestJobsWakeOtherStores(t *testing.T) {
 	dsn := postgresDatabase(t)
-	a, err := Open(context.Background(), dsn, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(context.Background(), dsn, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := openStoreOn(t, dsn, Options{}), openStoreOn(t, dsn, Options{})
 	// b wakes once when it starts listening, for what it may have missed.
 	select {
 	case <-b.Wake():

@@ -120,6 +120,7 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		s.read.Close()
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
+	s.jobsChannel = fmt.Sprintf("bridge_jobs_%08x", uint32(s.lockKey))
 	if err := s.migratePostgres(ctx); err != nil {
 		s.write.Close()
 		s.read.Close()
@@ -179,15 +180,11 @@ func (s *Store) jsonText(col string, path ...string) string {
 	return "json_extract(" + col + ", '$." + strings.Join(path, ".") + "')"
 }
 
-// jobsChannel is the channel on which a commit that wrote outbox jobs
-// notifies every replica on this schema (see listenLoop).
-func (s *Store) jobsChannel() string { return fmt.Sprintf("bridge_jobs_%08x", uint32(s.lockKey)) }
-
 // notifyJobs tells the other replicas, once the group's transaction
 // commits, that it wrote outbox jobs: their workers claim at once rather
 // than at their next poll.
 func (s *Store) notifyJobs(ctx context.Context, w *writer) error {
-	if _, err := w.exec(ctx, `SELECT pg_notify(?, '')`, s.jobsChannel()); err != nil {
+	if _, err := w.exec(ctx, `SELECT pg_notify(?, '')`, s.jobsChannel); err != nil {
 		return fmt.Errorf("notify: %w", err)
 	}
 	return nil
@@ -213,7 +210,7 @@ func (s *Store) listenLoop(cfg *pgx.ConnConfig) {
 	for ctx.Err() == nil {
 		conn, err := pgx.ConnectConfig(ctx, cfg)
 		if err == nil {
-			_, err = conn.Exec(ctx, `LISTEN `+pgx.Identifier{s.jobsChannel()}.Sanitize())
+			_, err = conn.Exec(ctx, `LISTEN `+pgx.Identifier{s.jobsChannel}.Sanitize())
 			if err == nil {
 				wait = firstWait
 				s.wakeOutbox()

@@ -138,16 +138,12 @@ func (p *faultyProxy) restore() {
 // without a restart.
 func TestPostgresUnreachableThenBack(t *testing.T) {
 	proxy, dsn := newFaultyProxy(t, postgresDatabase(t))
-	s, err := Open(context.Background(), dsn, Options{CommitTimeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStoreOn(t, dsn, Options{CommitTimeout: 3 * time.Second})
 	submit(t, s, identify("m0", "user-0", "anon-0", 0))
 
 	proxy.cutAll()
 	start := time.Now()
-	_, err = s.Submit(context.Background(), []mapping.Message{identify("m1", "user-1", "anon-1", time.Minute)})
+	_, err := s.Submit(context.Background(), []mapping.Message{identify("m1", "user-1", "anon-1", time.Minute)})
 	var e *mapping.Error
 	if !errors.As(err, &e) || e.Code != mapping.CodeUnavailable || e.RetryAfter <= 0 {
 		t.Fatalf("submit with the database unreachable: got %v, want unavailable with a RetryAfter", err)
@@ -185,15 +181,11 @@ func TestPostgresUnreachableThenBack(t *testing.T) {
 // the database is locked; once the lock is released, the store stores.
 func TestPostgresLockedPastDeadline(t *testing.T) {
 	dsn := postgresDatabase(t)
-	s, err := Open(context.Background(), dsn, Options{CommitTimeout: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStoreOn(t, dsn, Options{CommitTimeout: 500 * time.Millisecond})
 	submit(t, s, identify("m0", "user-0", "", 0))
 	release := holdGraphLock(t, s)
 	defer release()
-	_, err = s.Submit(context.Background(), []mapping.Message{identify("m1", "user-1", "", 0)})
+	_, err := s.Submit(context.Background(), []mapping.Message{identify("m1", "user-1", "", 0)})
 	var e *mapping.Error
 	if !errors.As(err, &e) || e.Code != mapping.CodeUnavailable || e.RetryAfter <= 0 {
 		t.Fatalf("submit while another session holds the lock: got %v, want unavailable with a RetryAfter", err)
@@ -263,16 +255,8 @@ func waitForLockWaiter(t *testing.T, s *Store) {
 func TestPostgresConnectionLostMidGroup(t *testing.T) {
 	dsn := postgresDatabase(t)
 	proxy, proxied := newFaultyProxy(t, dsn)
-	s, err := Open(context.Background(), proxied, Options{CommitTimeout: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	direct, err := Open(context.Background(), dsn, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close()
+	s := openStoreOn(t, proxied, Options{CommitTimeout: 20 * time.Second})
+	direct := openStoreOn(t, dsn, Options{})
 	release := holdGraphLock(t, direct)
 	defer release()
 
@@ -303,16 +287,9 @@ func TestPostgresConnectionLostMidGroup(t *testing.T) {
 func TestPartitionedReplicaReleasesTheLock(t *testing.T) {
 	dsn := postgresDatabase(t)
 	proxy, proxied := newFaultyProxy(t, dsn)
-	a, err := Open(context.Background(), proxied, Options{CommitTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { proxy.restore(); a.Close() }()
-	b, err := Open(context.Background(), dsn, Options{CommitTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a := openStoreOn(t, proxied, Options{CommitTimeout: time.Second})
+	defer proxy.restore() // before a closes (t.Cleanup)
+	b := openStoreOn(t, dsn, Options{CommitTimeout: time.Second})
 	release := holdGraphLock(t, b)
 	aDone := make(chan error, 1)
 	go func() {

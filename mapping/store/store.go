@@ -123,8 +123,11 @@ type Store struct {
 	postgres bool
 	// lockKey names this database's locks on PostgreSQL: the schema's hash.
 	lockKey int32
-	// listening is closed when listenLoop has stopped (PostgreSQL only).
-	listening chan struct{}
+	// listening is closed when listenLoop has stopped; jobsChannel is the
+	// channel on which a commit that wrote outbox jobs notifies every
+	// replica on this schema (see notifyJobs). PostgreSQL only.
+	listening   chan struct{}
+	jobsChannel string
 
 	// committer is, on SQLite, the writer connection the commit goroutine
 	// holds for its transactions; stmts are prepared on it and used by

@@ -15,10 +15,17 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-// openTestStore opens a fresh SQLite store in a temporary directory.
+// openTestStore opens a store on a fresh database of the run's engine (see testDSN).
 func openTestStore(t testing.TB, opts Options) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), testDSN(t), opts)
+	return openStoreOn(t, testDSN(t), opts)
+}
+
+// openStoreOn opens a store on dsn, closed when t ends; several on one
+// dsn are replicas.
+func openStoreOn(t testing.TB, dsn string, opts Options) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), dsn, opts)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}

@@ -329,17 +329,23 @@ func (w *writer) getBehind(ctx context.Context, dest any, query string, args []a
 func (w *writer) queryBehind(ctx context.Context, query string, args []any, scan func(pgx.Rows) error) error {
 	return w.roundTrip(ctx, w.store.rebound(query), args, func(br pgx.BatchResults) error {
 		rows, err := br.Query()
-		if err != nil {
+		return eachRow(rows, err, scan)
+	})
+}
+
+// eachRow calls scan for each of rows (as a pgx query returned them, with
+// err) and closes them.
+func eachRow(rows pgx.Rows, err error, scan func(pgx.Rows) error) error {
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			if err := scan(rows); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
-	})
+	}
+	return rows.Err()
 }
 
 // idsPerMessage is how many IDs of a table nextID draws at a time for each
@@ -527,16 +533,7 @@ func (w *writer) lookupBehind(ctx context.Context, query string, args []any, can
 	}
 	return w.conn.Raw(func(dc any) error {
 		rows, err := dc.(*stdlib.Conn).Conn().Query(ctx, w.store.rebound(query), args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			if err := read(rows); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
+		return eachRow(rows, err, read)
 	})
 }
 
