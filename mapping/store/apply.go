@@ -361,15 +361,12 @@ func (w *writer) insertMessage(ctx context.Context, m mapping.Message, ids []can
 	if raw == "" {
 		raw = "{}"
 	}
-	if w.behind != nil {
-		// PostgreSQL tells a message stored before without ON CONFLICT (see newMessage).
-		if fresh, err := w.newMessage(ctx, m); err != nil || !fresh {
-			return 0, err
-		}
+	// A message stored before is told without ON CONFLICT (see newMessage).
+	if fresh, err := w.newMessage(ctx, m); err != nil || !fresh {
+		return 0, err
 	}
 	id, err := w.insertRow(ctx, "insert message", "messages",
 		`source, message_id, type, event, user_id, anonymous_id, jimo_token, event_at, received_at, rejected, notes, raw`,
-		`ON CONFLICT (source, message_id) DO NOTHING`,
 		m.Source, m.ID, m.Type, m.Event, userID, anonymousID, jimoToken, m.Timestamp.UnixNano(), m.ReceivedAt.UnixNano(), m.Rejected, notesJSON, raw)
 	if err != nil {
 		return 0, fmt.Errorf("insert message: %w", err)
@@ -437,14 +434,8 @@ func (w *writer) lookup(ctx context.Context, cands []candidate) ([]identity, int
 		args = append(args, c.kind, c.value)
 	}
 	var found []identity
-	var err error
-	if w.behind != nil {
-		// Every message reads its identifiers: on PostgreSQL past what is written behind.
-		err = w.lookupBehind(ctx, lookupQueries[len(cands)], args, cands, func(f identity) { found = append(found, f) })
-	} else {
-		err = w.sel(ctx, &found, lookupQueries[len(cands)], args...)
-	}
-	if err != nil {
+	// Every message reads its identifiers: past what is written behind (see lookupBehind).
+	if err := w.lookupBehind(ctx, lookupQueries[len(cands)], args, cands, func(f identity) { found = append(found, f) }); err != nil {
 		return nil, 0, fmt.Errorf("find identifiers: %w", err)
 	}
 	missing := len(cands)
@@ -491,13 +482,11 @@ func (w *writer) insertProfile(ctx context.Context, cands []candidate, cluster i
 	rows := make([]identity, len(cands))
 	for i, c := range cands {
 		rows[i] = identity{Kind: c.kind, Value: c.value, ProfileID: profileID, ClusterID: cluster}
-		if rows[i].ID, err = w.insertRow(ctx, "create identifier", "identifiers", `kind, value, profile_id, cluster_id, first_seen_at, first_source, first_message_id`, "",
+		if rows[i].ID, err = w.insertRow(ctx, "create identifier", "identifiers", `kind, value, profile_id, cluster_id, first_seen_at, first_source, first_message_id`,
 			c.kind, c.value, profileID, cluster, m.Timestamp.UnixNano(), m.Source, m.ID); err != nil {
 			return nil, fmt.Errorf("create identifier: %w", err)
 		}
-		if w.behind != nil {
-			w.behind.create(rows[i]) // its lookup does not wait for its INSERT (lookupBehind)
-		}
+		w.behind.create(rows[i]) // its lookup does not wait for its INSERT (lookupBehind)
 	}
 	return rows, nil
 }
@@ -555,7 +544,7 @@ func (w *writer) insertLink(ctx context.Context, a, b int64, key string, d mappi
 }
 
 func (w *writer) insertProfileRow(ctx context.Context, st mapping.ProfileState) (int64, error) {
-	id, err := w.insertRow(ctx, "create profile", "profiles", `user_id, anonymous_ids, links, updated_at`, "",
+	id, err := w.insertRow(ctx, "create profile", "profiles", `user_id, anonymous_ids, links, updated_at`,
 		nullString(st.UserID), st.AnonymousIDs, st.Links, w.now)
 	if err != nil {
 		return 0, fmt.Errorf("create profile: %w", err)

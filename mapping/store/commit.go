@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -333,7 +332,7 @@ func (s *Store) commit(group []*submission) (err error) {
 	s.phaseSince.Store(s.opts.Now().UnixNano())
 	s.phase.Store(phaseLocking)
 	defer s.phase.Store(phaseIdle)
-	w := &writer{conn: s.committer, store: s, opts: &s.opts, now: s.opts.Now().UnixNano()}
+	w := &writer{conn: s.committer, store: s, opts: &s.opts, now: s.opts.Now().UnixNano(), behind: &behind{group: group}}
 	if s.postgres {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.postgresTxTimeout())
@@ -344,7 +343,6 @@ func (s *Store) commit(group []*submission) (err error) {
 		}
 		defer conn.Close()
 		w.conn = conn
-		w.behind = &behind{group: group}
 		if err := s.beginPostgres(ctx, conn); err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
@@ -426,22 +424,8 @@ type writer struct {
 	// tombstones and anyDeletions are read from the database once per
 	// transaction (nil: not read yet); see tombstoned and deletions.
 	tombstones, anyDeletions *bool
-	// behind is what is written behind on PostgreSQL (nil on SQLite);
-	// see writebehind.go.
+	// behind is what is written behind; see writebehind.go.
 	behind *behind
-}
-
-// exec runs a statement whose result the caller needs now (it may be only
-// whether it failed); see later for one whose result it does not.
-func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if w.behind != nil {
-		return w.execBehind(ctx, query, args)
-	}
-	st, err := w.store.prepared(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	return st.ExecContext(ctx, args...)
 }
 
 // savepoint runs fn; if fn fails, its changes are rolled back and the rest of the transaction stands.
@@ -470,56 +454,16 @@ func (w *writer) savepoint(ctx context.Context, fn func(ctx context.Context, w *
 }
 
 // insertRow inserts a row into table, columns (a list) taking args, and
-// returns the new row's ID. On SQLite the INSERT assigns it and reports it
-// through LastInsertId, several times cheaper than RETURNING with its
-// driver; it ends with onConflict, and returns 0 when it inserted nothing
-// (ON CONFLICT DO NOTHING). On PostgreSQL the ID is drawn ahead (nextID) and
-// the INSERT written behind (later), without onConflict: the caller has
-// ruled a conflict out, and one fails the group.
-func (w *writer) insertRow(ctx context.Context, what, table, columns, onConflict string, args ...any) (int64, error) {
-	values := strings.Repeat("?, ", len(args)-1) + "?"
-	if w.behind != nil {
-		id, err := w.nextID(ctx, table)
-		if err != nil {
-			return 0, err
-		}
-		query := `INSERT INTO ` + table + ` (id, ` + columns + `) VALUES (?, ` + values + `)`
-		return id, w.later(ctx, what, query, append([]any{id}, args...)...)
-	}
-	res, err := w.exec(ctx, `INSERT INTO `+table+` (`+columns+`) VALUES (`+values+`) `+onConflict, args...)
+// returns the new row's ID: the ID is assigned by the writer (nextID) and
+// the INSERT written behind (later). The caller has ruled out a conflict
+// with a stored row; one fails the group.
+func (w *writer) insertRow(ctx context.Context, what, table, columns string, args ...any) (int64, error) {
+	id, err := w.nextID(ctx, table)
 	if err != nil {
 		return 0, err
 	}
-	if n, err := res.RowsAffected(); err != nil || n == 0 {
-		return 0, err
-	}
-	return res.LastInsertId()
-}
-
-func (w *writer) get(ctx context.Context, dest any, query string, args ...any) error {
-	if w.behind != nil {
-		return w.getBehind(ctx, dest, query, args)
-	}
-	st, err := w.store.prepared(ctx, query)
-	if err != nil {
-		return err
-	}
-	return st.GetContext(ctx, dest, args...)
-}
-
-func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) error {
-	if w.behind != nil {
-		w.behind.changes(query)
-		if err := w.flush(ctx); err != nil {
-			return err
-		}
-		return w.conn.SelectContext(ctx, dest, w.store.rebound(query), args...)
-	}
-	st, err := w.store.prepared(ctx, query)
-	if err != nil {
-		return err
-	}
-	return st.SelectContext(ctx, dest, args...)
+	query := `INSERT INTO ` + table + ` (id, ` + columns + `) VALUES (?, ` + strings.Repeat("?, ", len(args)-1) + `?)`
+	return id, w.later(ctx, what, query, append([]any{id}, args...)...)
 }
 
 // rebound returns query rebound for the engine, caching it.

@@ -207,9 +207,7 @@ func (w *writer) execIn(ctx context.Context, query string, args ...any) error {
 	if err != nil {
 		return err
 	}
-	if w.behind != nil {
-		w.behind.changes(query)
-	}
+	w.behind.changes(query)
 	if err := w.flush(ctx); err != nil {
 		return err
 	}

@@ -170,6 +170,10 @@ type Store struct {
 	// ckptMu is held by whichever of the store's checkpoints runs: SQLite
 	// refuses a second one at once (SQLITE_BUSY) rather than waiting.
 	ckptMu sync.Mutex
+	// ckptWake wakes checkpointLoop early: the committer sends on it when
+	// the log has grown by ckptEvery since it last did (at ckptAsked).
+	ckptWake  chan struct{}
+	ckptAsked int64
 	// phase is what the committer is doing: idle, waiting for the write
 	// lock, or applying a group; phaseSince is when it started it.
 	phase      atomic.Int32
@@ -230,6 +234,7 @@ func newStore(write, read *sqlx.DB, path string, opts Options) *Store {
 		stmts:      map[string]*sqlx.Stmt{},
 		queue:      make(chan *submission, 4096),
 		outboxWake: make(chan struct{}, 1),
+		ckptWake:   make(chan struct{}, 1),
 		syncQueue:  make(chan []*submission, 64),
 		synced:     make(chan struct{}),
 		path:       path,
@@ -651,6 +656,16 @@ func (s *Store) boundLog() {
 	n := s.sampleLog()
 	grew := max(n-s.walLast, 0)
 	s.walLast = n
+	if n < s.ckptAsked {
+		s.ckptAsked = 0 // the log started over
+	}
+	if n-s.ckptAsked >= s.ckptEvery() {
+		s.ckptAsked = n
+		select {
+		case s.ckptWake <- struct{}{}:
+		default:
+		}
+	}
 	// Also when the next group, should it grow the log twice as much as
 	// the last, would pass the limit. Never after a failed sync: what the
 	// log holds may not be what was written, and must not reach the database.
@@ -699,9 +714,15 @@ func (s *Store) boundLog() {
 	}
 }
 
-// checkpointLoop copies the write-ahead log into the database file every
-// second, beside the committer rather than inside its commits (so boundLog
-// has little left to copy), and checks that the database's path still names
+// ckptEvery is how much the log grows between the checkpoints that
+// checkpointLoop runs at the committer's request: an eighth of WALLimit.
+func (s *Store) ckptEvery() int64 { return s.opts.WALLimit / 8 }
+
+// checkpointLoop copies the write-ahead log into the database file beside
+// the committer rather than inside its commits, every second and whenever
+// the committer says the log grew by ckptEvery, so that the checkpoint that
+// bounds the log (boundLog, which the writer waits for) has little left to
+// copy. It also checks, every second, that the database's path still names
 // the file the store has open.
 func (s *Store) checkpointLoop() {
 	tick := time.NewTicker(time.Second)
@@ -710,16 +731,17 @@ func (s *Store) checkpointLoop() {
 		select {
 		case <-tick.C:
 			s.checkFiles()
-			if s.FatalError() != nil || !s.ckptMu.TryLock() {
-				continue // the committer is checkpointing
-			}
-			_, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
-			s.ckptMu.Unlock()
-			if err != nil && !s.health.unavailable() {
-				s.log.Warn("checkpoint", "err", err)
-			}
+		case <-s.ckptWake:
 		case <-s.stopped:
 			return
+		}
+		if s.FatalError() != nil || !s.ckptMu.TryLock() {
+			continue // the committer is checkpointing
+		}
+		_, err := s.read.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+		s.ckptMu.Unlock()
+		if err != nil && !s.health.unavailable() {
+			s.log.Warn("checkpoint", "err", err)
 		}
 	}
 }

@@ -13,52 +13,60 @@ import (
 	"github.com/bridgeworks/bridge/mapping"
 )
 
-// Write-behind (PostgreSQL).
+// Write-behind.
 //
-// On PostgreSQL each statement the group committer sends would cost it a
-// network round trip, and most of a message's statements are writes whose
-// result it never reads (a link, a reference, traits, a job). Those are
-// written behind: later queues them in the writer, and they go, in their
-// order, in one pgx batch (a pipeline) with the next statement whose result
-// the writer needs: a read, an exec it inspects, SAVEPOINT, RELEASE, COMMIT.
-// So every read still sees every earlier write, and a queued statement that
-// fails fails the statement it travels with: the group fails as it would
-// have had the write run at once (commitGroup then commits its submissions
-// one by one), with an error naming the queued statement.
+// Most of a message's statements are writes whose result the group
+// committer never reads (a link, a reference, traits, a job). Those are
+// written behind: later queues them in the writer, and they are executed,
+// in their order, before the next statement whose result the writer needs
+// (a read, an exec it inspects, SAVEPOINT, RELEASE, COMMIT). On PostgreSQL
+// they go with that statement in one pgx batch (a pipeline), saving a
+// network round trip each; on SQLite they run just before it, on the
+// committer's connection. So every read still sees every earlier write,
+// and a queued statement that fails fails the statement it travels with:
+// the group fails as it would have had the write run at once (commitGroup
+// then commits its submissions one by one), with an error naming the
+// queued statement.
+//
+// Many messages' writes are executed together, and each engine's cost is
+// per statement as much as per row (a round trip, or SQLite's binding,
+// stepping and the cgo calls around them): INSERTs of one text are merged
+// into multi-row INSERTs. A merged row moves ahead of the statements
+// queued after the one it joins, which is safe because they are of other
+// tables (rows of one table keep their order) and every statement written
+// behind reads and writes its own table alone.
 //
 // The rows the writer creates and then refers to (messages, profiles,
-// identifiers) get their IDs without a round trip each: drawn ahead, many
-// at a time, from their identity sequences (nextID), so that their INSERTs
-// are written behind too. Drawn under the graph lock (postgres.go), they
-// increase in commit order as IDs the INSERT assigned would; a drawn ID left
-// unused is a gap, as a rolled-back INSERT leaves one. Whether a message is
-// already stored is told without ON CONFLICT: the keys of the group's
-// messages already stored are read once, at its first message, and those
-// the group stores are added as it goes; while the group holds the graph
-// lock no other transaction writes messages.
-//
-// Many messages' writes go in one round trip, and the server's cost is
-// per statement as much as per row: INSERTs of one text are merged into
-// multi-row INSERTs. A merged row moves ahead of the statements queued
-// after the one it joins, which is safe because they are of other tables
-// (rows of one table keep their order) and every statement written behind
-// reads and writes its own table alone.
+// identifiers) get their IDs in the writer (nextID), so that their INSERTs
+// are written behind too. On PostgreSQL they are drawn ahead, many at a
+// time, from their identity sequences; drawn under the graph lock
+// (postgres.go), they increase in commit order as IDs the INSERT assigned
+// would, and one left unused is a gap, as a rolled-back INSERT leaves one.
+// On SQLite the writer holds the database's write lock, so it counts on
+// from the largest ID stored (and, for profiles, from the largest ever
+// assigned: their IDs are never reused), as the INSERT would have. Whether
+// a message is already stored is told without ON CONFLICT: the keys of the
+// group's messages already stored are read once, at its first message, and
+// those the group stores are added as it goes; while the group holds the
+// write lock no other transaction writes messages.
 //
 // Every message starts by reading its identifiers (lookup). The stored
 // identifiers all the group's messages name are read once, with the stored
 // messages (readKnown); with those the group creates (made) they answer
-// each lookup without a round trip until something else may have changed
+// each lookup without a statement until something else may have changed
 // stored identifiers (stale: a merge, a replay, a deletion, a rollback to
-// a savepoint). After that a lookup is one round trip, which waits for the
+// a savepoint). After that a lookup is one statement, which waits for the
 // writes queued before it only if one of them changes stored identifiers
 // (changed); the identifiers created since are added from created. So a
-// group of new people's messages costs a few round trips in all, and its
-// writes a few statements at its end.
+// group of new people's messages costs a few reads in all, and its writes
+// a few statements at its end.
 //
-// On SQLite, which has no round trips to save, later runs the statement at
-// once and IDs come from the INSERT, as before.
+// All of this rests on one rule: every statement that changes identifiers
+// goes through the writer (exec, later, execIn) and names its table, which
+// is how the writer notices that stored identifiers may have changed. A
+// statement run on w.conn directly would break the lookups silently.
 
-// behind is a PostgreSQL writer's write-behind state; see above.
+// behind is a writer's write-behind state; see above.
 type behind struct {
 	group []*submission
 	queue []queued
@@ -75,12 +83,14 @@ type behind struct {
 	stale       bool
 	// shapes holds what tableOf and insertShape found in each text queued.
 	shapes map[string]shape
-	// ids holds, per table, the IDs drawn ahead and not used yet, ascending.
-	ids map[string][]int64
+	// ids holds, per table, the IDs drawn ahead and not used yet, ascending
+	// (PostgreSQL); last holds, per table, the last ID assigned (SQLite).
+	ids  map[string][]int64
+	last map[string]int64
 	// stored holds the keys of the group's messages that are stored (read
 	// once, at the group's first message: nil until then) or that the group
-	// has stored since.
-	stored map[messageKey]bool
+	// has stored since; inGroup holds the keys of all the group's messages.
+	stored, inGroup map[messageKey]bool
 }
 
 // queued is a statement written behind, or several rows of one INSERT text
@@ -115,19 +125,13 @@ type messageKey struct {
 	id     string
 }
 
-// later runs a write whose result the writer does not need: at once on
-// SQLite, written behind on PostgreSQL (see the top of this file). what
-// names the statement in its error, wherever that error surfaces. The
+// later queues a write whose result the writer does not need (see the top
+// of this file). what names the statement in its error, wherever that
+// error surfaces. The
 // statement must read and write its own table alone (INSERT INTO, UPDATE
 // or DELETE FROM it, no subquery of another table), and an INSERT into
 // identifiers must be of an identifier the writer adds to created.
 func (w *writer) later(ctx context.Context, what, query string, args ...any) error {
-	if w.behind == nil {
-		if _, err := w.exec(ctx, query, args...); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		return nil
-	}
 	b := w.behind
 	sh, ok := b.shapes[query]
 	if !ok {
@@ -204,7 +208,7 @@ func insertShape(query string) (head, tuple, tail string, n int) {
 }
 
 // mergedRowsMax bounds the rows of one merged INSERT (PostgreSQL takes at
-// most 65,535 arguments a statement). Merged INSERTs have 1, 2, 4, ... up to
+// most 65,535 arguments a statement, SQLite 32,766). Merged INSERTs have 1, 2, 4, ... up to
 // this many rows, so that few texts are prepared.
 const mergedRowsMax = 256
 
@@ -238,10 +242,13 @@ func (w *writer) statements(q queued) []statement {
 	return out
 }
 
-// flush sends what is written behind (nothing on SQLite).
+// flush executes what is written behind.
 func (w *writer) flush(ctx context.Context) error {
-	if w.behind == nil || len(w.behind.queue) == 0 {
+	if len(w.behind.queue) == 0 {
 		return nil
+	}
+	if !w.store.postgres {
+		return w.execQueued(ctx)
 	}
 	return w.roundTrip(ctx, "", nil, nil)
 }
@@ -249,27 +256,44 @@ func (w *writer) flush(ctx context.Context) error {
 // discard drops what is written behind, for a rollback that undoes it
 // anyway (and perhaps more: made no longer holds).
 func (w *writer) discard() {
-	if w.behind != nil {
-		w.behind.queue, w.behind.stale = nil, true
-	}
+	w.behind.queue, w.behind.created, w.behind.changed, w.behind.stale = nil, nil, false, true
 }
 
-// changes notes that query, sent at once, may change stored identifiers.
+// changes notes that query, executed at once, may change stored identifiers.
 func (b *behind) changes(query string) {
 	if tableOf(query) == "identifiers" {
 		b.stale = true
 	}
 }
 
-// roundTrip sends, in one batch, the statements written behind and then
-// query (rebound; none if ""), and hands query's result to read. The
-// queue is empty afterwards, whatever the outcome.
+// take empties the queue and returns what it held.
+func (b *behind) take() []queued {
+	queue := b.queue
+	b.queue, b.created, b.changed = nil, nil, false
+	return queue
+}
+
+// execQueued executes, on SQLite, the statements written behind, each
+// prepared once on the committer's connection. The queue is empty
+// afterwards, whatever the outcome.
+func (w *writer) execQueued(ctx context.Context) error {
+	for _, q := range w.behind.take() {
+		for _, st := range w.statements(q) {
+			if _, err := w.execNow(ctx, st.query, st.args); err != nil {
+				return fmt.Errorf("%s (written behind, %d rows): %w", q.what, st.rows, err)
+			}
+		}
+	}
+	return nil
+}
+
+// roundTrip sends, on PostgreSQL, in one batch, the statements written
+// behind and then query (rebound; none if ""), and hands query's result to
+// read. The queue is empty afterwards, whatever the outcome.
 func (w *writer) roundTrip(ctx context.Context, query string, args []any, read func(pgx.BatchResults) error) error {
-	queue := w.behind.queue
-	w.behind.queue, w.behind.created, w.behind.changed = nil, nil, false
 	b := &pgx.Batch{}
-	var names []string // what each statement sent for queue is, for its error
-	for _, q := range queue {
+	var names []string // what each statement sent for the queue is, for its error
+	for _, q := range w.behind.take() {
 		for _, st := range w.statements(q) {
 			b.Queue(st.query, st.args...)
 			names = append(names, fmt.Sprintf("%s (written behind, %d rows)", q.what, st.rows))
@@ -296,9 +320,17 @@ func (w *writer) roundTrip(ctx context.Context, query string, args []any, read f
 	})
 }
 
-// execBehind is exec on PostgreSQL: query goes with what is written behind.
-func (w *writer) execBehind(ctx context.Context, query string, args []any) (sql.Result, error) {
+// exec runs a statement whose result the caller needs now (it may be only
+// whether it failed), after what is written behind; see later for one
+// whose result it does not.
+func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	w.behind.changes(query)
+	if !w.store.postgres {
+		if err := w.execQueued(ctx); err != nil {
+			return nil, err
+		}
+		return w.execNow(ctx, query, args)
+	}
 	var res sql.Result
 	err := w.roundTrip(ctx, w.store.rebound(query), args, func(br pgx.BatchResults) error {
 		tag, err := br.Exec()
@@ -308,10 +340,30 @@ func (w *writer) execBehind(ctx context.Context, query string, args []any) (sql.
 	return res, err
 }
 
-// getBehind is get on PostgreSQL. A single value (the reads on the hot
-// path) is read in the round trip that sends what is written behind;
-// anything else is read by sqlx, as on SQLite, once that is sent.
-func (w *writer) getBehind(ctx context.Context, dest any, query string, args []any) error {
+// execNow executes query on SQLite at once, prepared once on the committer's
+// connection, whatever is written behind.
+func (w *writer) execNow(ctx context.Context, query string, args []any) (sql.Result, error) {
+	st, err := w.store.prepared(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+// get reads one row into dest after what is written behind. On PostgreSQL
+// a single value (the reads on the hot path) is read in the round trip
+// that sends it; anything else is read by sqlx once it is sent.
+func (w *writer) get(ctx context.Context, dest any, query string, args ...any) error {
+	if !w.store.postgres {
+		if err := w.execQueued(ctx); err != nil {
+			return err
+		}
+		st, err := w.store.prepared(ctx, query)
+		if err != nil {
+			return err
+		}
+		return st.GetContext(ctx, dest, args...)
+	}
 	switch dest.(type) {
 	case *bool, *int, *int64, *string:
 		return w.roundTrip(ctx, w.store.rebound(query), args, func(br pgx.BatchResults) error {
@@ -324,18 +376,72 @@ func (w *writer) getBehind(ctx context.Context, dest any, query string, args []a
 	return w.conn.GetContext(ctx, dest, w.store.rebound(query), args...)
 }
 
-// queryBehind runs query (rebound) in the round trip that sends what is
-// written behind and calls scan for each row.
-func (w *writer) queryBehind(ctx context.Context, query string, args []any, scan func(pgx.Rows) error) error {
+// sel reads rows into dest after what is written behind.
+func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) error {
+	w.behind.changes(query)
+	if err := w.flush(ctx); err != nil {
+		return err
+	}
+	if !w.store.postgres {
+		st, err := w.store.prepared(ctx, query)
+		if err != nil {
+			return err
+		}
+		return st.SelectContext(ctx, dest, args...)
+	}
+	return w.conn.SelectContext(ctx, dest, w.store.rebound(query), args...)
+}
+
+// rowScanner is a row of a result, as pgx and database/sql both give it.
+type rowScanner interface{ Scan(dest ...any) error }
+
+// query runs query after what is written behind (on PostgreSQL, in the
+// round trip that sends it) and calls scan for each row.
+func (w *writer) query(ctx context.Context, query string, args []any, scan func(rowScanner) error) error {
+	if !w.store.postgres {
+		if err := w.execQueued(ctx); err != nil {
+			return err
+		}
+		return w.queryNow(ctx, query, args, scan)
+	}
 	return w.roundTrip(ctx, w.store.rebound(query), args, func(br pgx.BatchResults) error {
 		rows, err := br.Query()
-		return eachRow(rows, err, scan)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
 	})
 }
 
-// eachRow calls scan for each of rows (as a pgx query returned them, with
-// err) and closes them.
-func eachRow(rows pgx.Rows, err error, scan func(pgx.Rows) error) error {
+// queryNow runs query at once, whatever is written behind, and calls scan
+// for each row.
+func (w *writer) queryNow(ctx context.Context, query string, args []any, scan func(rowScanner) error) error {
+	if w.store.postgres {
+		return w.conn.Raw(func(dc any) error {
+			rows, err := dc.(*stdlib.Conn).Conn().Query(ctx, w.store.rebound(query), args...)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				if err := scan(rows); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+	}
+	st, err := w.store.prepared(ctx, query)
+	if err != nil {
+		return err
+	}
+	rows, err := st.QueryContext(ctx, args...)
 	if err != nil {
 		return err
 	}
@@ -348,16 +454,34 @@ func eachRow(rows pgx.Rows, err error, scan func(pgx.Rows) error) error {
 	return rows.Err()
 }
 
-// idsPerMessage is how many IDs of a table nextID draws at a time for each
-// message of the group not yet applied: most messages that create rows are
-// about a new person, with one profile and two or three identifiers. Too few
-// costs a round trip for more; too many, a gap.
+// idsPerMessage is how many IDs of a table nextID draws at a time on
+// PostgreSQL for each message of the group not yet applied: most messages
+// that create rows are about a new person, with one profile and two or
+// three identifiers. Too few costs a round trip for more; too many, a gap.
 var idsPerMessage = map[string]int{"profiles": 1, "identifiers": 2}
 
-// nextID returns an ID for a new row of table on PostgreSQL, drawn ahead
-// from the table's identity sequence (for messages, by newMessage).
+// nextID returns an ID for a new row of table (messages, profiles or
+// identifiers); see the top of this file.
 func (w *writer) nextID(ctx context.Context, table string) (int64, error) {
 	b := w.behind
+	if !w.store.postgres {
+		last, ok := b.last[table]
+		if !ok {
+			// Only the writer holding the write lock inserts into these
+			// tables, through insertRow: no INSERT queued for table yet
+			// took an ID that is not stored.
+			err := w.queryNow(ctx, `SELECT MAX(COALESCE((SELECT MAX(id) FROM `+table+`), 0),
+				COALESCE((SELECT seq FROM sqlite_sequence WHERE name = ?), 0))`, []any{table}, func(r rowScanner) error { return r.Scan(&last) })
+			if err != nil {
+				return 0, fmt.Errorf("read the last ID of %s: %w", table, err)
+			}
+			if b.last == nil {
+				b.last = map[string]int64{}
+			}
+		}
+		b.last[table] = last + 1
+		return last + 1, nil
+	}
 	if len(b.ids[table]) == 0 {
 		left := len(b.ids["messages"]) + 1 // the messages not yet given an ID, and this one
 		if err := w.drawIDs(ctx, table, max(1, idsPerMessage[table]*left)); err != nil {
@@ -377,8 +501,8 @@ func (w *writer) drawIDs(ctx context.Context, table string, n int) error {
 	// n values in one step (nextval n times costs a millisecond): only
 	// transactions holding the graph lock take values from these sequences.
 	var last int64
-	err := w.queryBehind(ctx, `SELECT setval(pg_get_serial_sequence(?, 'id'), nextval(pg_get_serial_sequence(?, 'id')) + ? - 1)`,
-		[]any{table, table, n}, func(rows pgx.Rows) error { return rows.Scan(&last) })
+	err := w.query(ctx, `SELECT setval(pg_get_serial_sequence(?, 'id'), nextval(pg_get_serial_sequence(?, 'id')) + ? - 1)`,
+		[]any{table, table, n}, func(r rowScanner) error { return r.Scan(&last) })
 	if err != nil {
 		return fmt.Errorf("draw IDs for %s: %w", table, err)
 	}
@@ -390,10 +514,10 @@ func (w *writer) drawIDs(ctx context.Context, table string, n int) error {
 	return nil
 }
 
-// newMessage says, on PostgreSQL, whether m is not stored yet, and counts
-// it stored from then on. At the group's first message it reads which of
-// the group's messages are stored, and draws an ID for each of the others
-// (nextID hands them out in the order of the group).
+// newMessage says whether m is not stored yet, and counts it stored from
+// then on. At the group's first message it reads which of the group's
+// messages are stored (and, on PostgreSQL, draws an ID for each of the
+// others: nextID hands them out in the order of the group).
 func (w *writer) newMessage(ctx context.Context, m mapping.Message) (bool, error) {
 	b := w.behind
 	if b.stored == nil {
@@ -405,42 +529,37 @@ func (w *writer) newMessage(ctx context.Context, m mapping.Message) (bool, error
 	if b.stored[key] {
 		return false, nil
 	}
-	if len(b.ids["messages"]) == 0 {
+	if !b.inGroup[key] {
 		return false, fmt.Errorf("message %s %s is not of the group", m.Source, m.ID)
 	}
 	b.stored[key] = true
 	return true, nil
 }
 
-// readStored reads which of the group's messages are stored, and draws an
-// ID for each of the others.
+// readStored reads which of the group's messages are stored (on
+// PostgreSQL drawing an ID for each of the others), then readKnown.
 func (w *writer) readStored(ctx context.Context) error {
 	b := w.behind
-	b.stored = map[messageKey]bool{}
-	var sources, ids []string
-	seen := map[messageKey]bool{}
+	b.stored, b.inGroup = map[messageKey]bool{}, map[messageKey]bool{}
+	var keys [][2]string
 	for _, sub := range b.group {
 		for _, m := range sub.msgs {
-			if k := (messageKey{m.Source, m.ID}); !seen[k] {
-				seen[k] = true
-				sources, ids = append(sources, string(m.Source)), append(ids, m.ID)
+			if k := (messageKey{m.Source, m.ID}); !b.inGroup[k] {
+				b.inGroup[k] = true
+				keys = append(keys, [2]string{string(m.Source), m.ID})
 			}
 		}
 	}
-	// PostgreSQL alone runs this, so it may take the keys as two arrays.
-	// LIMIT 1 keeps the subquery apart, so that the plan probes the unique
-	// index once a key, whatever the table's size (a join may scan it).
-	err := w.queryBehind(ctx, `SELECT m.source, m.message_id FROM unnest(?::text[], ?::text[]) AS g(source, message_id),
-		LATERAL (SELECT source, message_id FROM messages WHERE source = g.source AND message_id = g.message_id LIMIT 1) m`, []any{sources, ids}, func(rows pgx.Rows) error {
+	err := w.readPairs(ctx, `source, message_id`, `messages`, `source`, `message_id`, keys, func(r rowScanner) error {
 		var k messageKey
-		err := rows.Scan(&k.source, &k.id)
+		err := r.Scan(&k.source, &k.id)
 		b.stored[k] = true
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("read stored messages: %w", err)
 	}
-	if fresh := len(seen) - len(b.stored); fresh > 0 {
+	if fresh := len(b.inGroup) - len(b.stored); fresh > 0 && w.store.postgres {
 		if err := w.drawIDs(ctx, "messages", fresh); err != nil {
 			return err
 		}
@@ -448,16 +567,56 @@ func (w *writer) readStored(ctx context.Context) error {
 	return w.readKnown(ctx)
 }
 
+// pairsPerRead bounds the pairs readPairs asks SQLite for in one statement.
+// Reads ask for 1, 2, 4, ... up to this many (repeating the last pair to
+// fill a read), so that few texts are prepared.
+const pairsPerRead = 256
+
+// readPairs calls scan for each row (columns) of table whose columns a
+// and b hold one of pairs, found with one index probe a pair.
+func (w *writer) readPairs(ctx context.Context, columns, table, a, b string, pairs [][2]string, scan func(rowScanner) error) error {
+	if w.store.postgres {
+		// LIMIT 1 keeps the subquery apart, so that the plan probes the
+		// unique index once a pair, whatever the table's size (a join may
+		// scan it).
+		as, bs := make([]string, len(pairs)), make([]string, len(pairs))
+		for i, p := range pairs {
+			as[i], bs[i] = p[0], p[1]
+		}
+		query := fmt.Sprintf(`SELECT m.* FROM unnest(?::text[], ?::text[]) AS g(a, b),
+			LATERAL (SELECT %s FROM %s WHERE %s = g.a AND %s = g.b LIMIT 1) m`, columns, table, a, b)
+		return w.query(ctx, query, []any{as, bs}, scan)
+	}
+	for len(pairs) > 0 {
+		k := pairsPerRead
+		for k/2 >= len(pairs) {
+			k /= 2
+		}
+		args := make([]any, 0, 2*k)
+		for i := range k {
+			p := pairs[min(i, len(pairs)-1)]
+			args = append(args, p[0], p[1])
+		}
+		// IN (VALUES ...) alone would scan the table; IN (SELECT ...) probes its index.
+		query := fmt.Sprintf(`SELECT %s FROM %s WHERE (%s, %s) IN (SELECT column1, column2 FROM (VALUES %s))`, columns, table, a, b, strings.TrimSuffix(strings.Repeat("(?, ?), ", k), ", "))
+		if err := w.query(ctx, query, args, scan); err != nil {
+			return err
+		}
+		pairs = pairs[min(k, len(pairs)):]
+	}
+	return nil
+}
+
 // readKnown reads the stored identifiers that the group's messages name
 // into known, for recall.
 func (w *writer) readKnown(ctx context.Context) error {
 	b := w.behind
 	b.asked, b.known = map[identityKey]bool{}, map[identityKey]identity{}
-	var kinds, values []string
+	var pairs [][2]string
 	ask := func(k mapping.Kind, v string) {
 		if key := (identityKey{k, v}); !b.asked[key] {
 			b.asked[key] = true
-			kinds, values = append(kinds, string(k)), append(values, v)
+			pairs = append(pairs, [2]string{string(k), v})
 		}
 	}
 	for _, sub := range b.group {
@@ -471,11 +630,9 @@ func (w *writer) readKnown(ctx context.Context) error {
 			}
 		}
 	}
-	// As in readStored, one index probe a key.
-	err := w.queryBehind(ctx, `SELECT i.id, i.kind, i.value, i.profile_id, i.cluster_id FROM unnest(?::text[], ?::text[]) AS g(kind, value),
-		LATERAL (SELECT id, kind, value, profile_id, cluster_id FROM identifiers WHERE kind = g.kind AND value = g.value LIMIT 1) i`, []any{kinds, values}, func(rows pgx.Rows) error {
+	err := w.readPairs(ctx, `id, kind, value, profile_id, cluster_id`, `identifiers`, `kind`, `value`, pairs, func(r rowScanner) error {
 		var f identity
-		err := rows.Scan(&f.ID, &f.Kind, &f.Value, &f.ProfileID, &f.ClusterID)
+		err := r.Scan(&f.ID, &f.Kind, &f.Value, &f.ProfileID, &f.ClusterID)
 		b.known[identityKey{f.Kind, f.Value}] = f
 		return err
 	})
@@ -486,7 +643,7 @@ func (w *writer) readKnown(ctx context.Context) error {
 }
 
 // recall answers a lookup of cands from what the group read and created,
-// without a round trip, unless something else may have changed stored
+// without a statement, unless something else may have changed stored
 // identifiers since (stale) or a candidate was not read (ok false).
 func (b *behind) recall(cands []candidate) (found []identity, ok bool) {
 	if b.stale || b.asked == nil {
@@ -505,14 +662,14 @@ func (b *behind) recall(cands []candidate) (found []identity, ok bool) {
 	return found, true
 }
 
-// lookupBehind is lookup's read on PostgreSQL: query (rebound) finds the
-// stored rows of cands, and scan takes each. Unless a queued statement
-// changes stored identifiers, it does not wait for what is written behind:
-// the identifiers created since are added from created instead.
+// lookupBehind is lookup's read: query finds the stored rows of cands, and
+// scan takes each. Unless a queued statement changes stored identifiers,
+// it does not wait for what is written behind: the identifiers created
+// since are added from created instead.
 func (w *writer) lookupBehind(ctx context.Context, query string, args []any, cands []candidate, scan func(identity)) error {
-	read := func(rows pgx.Rows) error {
+	read := func(r rowScanner) error {
 		var f identity
-		err := rows.Scan(&f.ID, &f.Kind, &f.Value, &f.ProfileID, &f.ClusterID)
+		err := r.Scan(&f.ID, &f.Kind, &f.Value, &f.ProfileID, &f.ClusterID)
 		scan(f)
 		return err
 	}
@@ -524,17 +681,14 @@ func (w *writer) lookupBehind(ctx context.Context, query string, args []any, can
 		return nil
 	}
 	if b.changed || len(b.queue) == 0 {
-		return w.queryBehind(ctx, query, args, read)
+		return w.query(ctx, query, args, read)
 	}
 	for _, c := range cands {
 		if f, ok := b.created[identityKey{c.kind, c.value}]; ok {
 			scan(f)
 		}
 	}
-	return w.conn.Raw(func(dc any) error {
-		rows, err := dc.(*stdlib.Conn).Conn().Query(ctx, w.store.rebound(query), args...)
-		return eachRow(rows, err, read)
-	})
+	return w.queryNow(ctx, query, args, read)
 }
 
 // create records that the INSERT of identifier f is written behind; see lookupBehind.

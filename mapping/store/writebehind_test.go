@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/bridgeworks/bridge/mapping"
 )
 
 func TestInsertShape(t *testing.T) {
@@ -92,5 +95,52 @@ func TestWriteBehind(t *testing.T) {
 	}
 	if fmt.Sprint(ids) != "[2000 4000]" {
 		t.Errorf("clusters %v stored; want [2000 4000] (3000 rolled back with its function)", ids)
+	}
+}
+
+// TestWriterAssignedIDs checks the IDs the writer assigns to the rows it
+// creates: a profile's ID is never given again, even after the profile
+// with the largest ID is gone (it names the profile's first cluster), and
+// a message stored twice in one group, or again in a later one, is one row.
+func TestWriterAssignedIDs(t *testing.T) {
+	s := openTestStore(t, Options{})
+	ctx := context.Background()
+	profileOf := func(userID string) int64 {
+		t.Helper()
+		p, err := s.ProfileOf(ctx, mapping.Identifier{Kind: mapping.KindUserID, Value: userID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.ID
+	}
+	submit(t, s, identify("m1", "user-1", "anon-1", 0), identify("m2", "user-2", "", time.Second))
+	first, second := profileOf("user-1"), profileOf("user-2")
+	if second <= first {
+		t.Fatalf("profiles %d then %d; want increasing IDs in the group's order", first, second)
+	}
+	// The profile with the largest ID goes (as an erasure would take it:
+	// user-2 alone, with no links).
+	for _, q := range []string{`DELETE FROM message_refs WHERE identifier_id IN (SELECT id FROM identifiers WHERE profile_id = ?)`,
+		`DELETE FROM identifiers WHERE profile_id = ?`, `DELETE FROM profiles WHERE id = ?`} {
+		if _, err := s.write.ExecContext(ctx, s.write.Rebind(q), second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := submit(t, s, identify("m3", "user-3", "anon-3", 2*time.Second), identify("m3", "user-3", "anon-3", 2*time.Second))
+	if third := profileOf("user-3"); third <= second {
+		t.Errorf("a new profile got ID %d after profile %d was deleted; want a larger one (never reused)", third, second)
+	}
+	if r[0].Duplicate || !r[1].Duplicate {
+		t.Errorf("receipts %+v for one message twice in a group; want the second a duplicate", r)
+	}
+	if r := submit(t, s, identify("m1", "user-1", "anon-1", 0)); !r[0].Duplicate {
+		t.Errorf("receipt %+v for a message stored before; want a duplicate", r[0])
+	}
+	var messages int
+	if err := s.read.GetContext(ctx, &messages, `SELECT COUNT(*) FROM messages`); err != nil {
+		t.Fatal(err)
+	}
+	if messages != 3 {
+		t.Errorf("%d messages stored; want 3", messages)
 	}
 }
