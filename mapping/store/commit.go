@@ -362,6 +362,11 @@ func (s *Store) commit(group []*submission) (err error) {
 	jobs := false
 	for _, sub := range group {
 		if sub.fn != nil {
+			// What earlier submissions wrote behind is theirs: should it
+			// fail, the group fails, not the function.
+			if err := w.flush(ctx); err != nil {
+				return err
+			}
 			// A savepoint confines a failing function to its own caller.
 			sub.err = w.savepoint(ctx, sub.fn)
 			n++

@@ -88,8 +88,9 @@ type behind struct {
 	ids  map[string][]int64
 	last map[string]int64
 	// stored holds the keys of the group's messages that are stored (read
-	// once, at the group's first message: nil until then) or that the group
-	// has stored since; inGroup holds the keys of all the group's messages.
+	// at the group's first message, and again after messages are deleted:
+	// nil until then) or that the group has stored since; inGroup holds the
+	// keys of all the group's messages.
 	stored, inGroup map[messageKey]bool
 }
 
@@ -259,10 +260,17 @@ func (w *writer) discard() {
 	w.behind.queue, w.behind.created, w.behind.changed, w.behind.stale = nil, nil, false, true
 }
 
-// changes notes that query, executed at once, may change stored identifiers.
+// changes notes that query, executed at once, may change stored
+// identifiers, or delete stored messages (which the group then reads again:
+// one of its messages may come after its own erasure).
 func (b *behind) changes(query string) {
-	if tableOf(query) == "identifiers" {
+	switch tableOf(query) {
+	case "identifiers":
 		b.stale = true
+	case "messages":
+		if strings.HasPrefix(query, "DELETE") {
+			b.stored = nil
+		}
 	}
 }
 

@@ -144,3 +144,108 @@ func TestWriterAssignedIDs(t *testing.T) {
 		t.Errorf("%d messages stored; want 3", messages)
 	}
 }
+
+// groupOf has the committer take first's submission and then fn in one
+// group: it holds the committer with a function until both are queued.
+// It returns their errors.
+func groupOf(t *testing.T, s *Store, first func() error, fn func(ctx context.Context, w *writer) error) (error, error) {
+	t.Helper()
+	ctx := context.Background()
+	running, release := make(chan struct{}), make(chan struct{})
+	held := make(chan error, 1)
+	go func() {
+		held <- s.inTx(ctx, func(context.Context, *writer) error { close(running); <-release; return nil })
+	}()
+	<-running
+	firstErr, fnErr := make(chan error, 1), make(chan error, 1)
+	go func() { firstErr <- first() }()
+	waitQueued(t, s, 1)
+	go func() { fnErr <- s.inTx(ctx, fn) }()
+	waitQueued(t, s, 2)
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	return <-firstErr, <-fnErr
+}
+
+// waitQueued waits until n submissions wait for the committer.
+func waitQueued(t *testing.T, s *Store, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.queue) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d submissions queued after 10s; want %d", len(s.queue), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestQueuedWriteFailsItsGroup checks that a message's write that fails
+// when written behind, at the SAVEPOINT of a function after it in the same
+// group, fails the message's submission (committed one by one, without it),
+// not the function: no message is acknowledged half applied.
+func TestQueuedWriteFailsItsGroup(t *testing.T) {
+	s := openTestStore(t, Options{})
+	ctx := context.Background()
+	trigger := []string{`CREATE TRIGGER boom BEFORE INSERT ON links WHEN NEW.message_id = 'bad' BEGIN SELECT RAISE(ABORT, 'boom'); END`}
+	if s.postgres {
+		trigger = []string{`CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN IF NEW.message_id = 'bad' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql`,
+			`CREATE TRIGGER boom BEFORE INSERT ON links FOR EACH ROW EXECUTE FUNCTION boom()`}
+	}
+	for _, q := range trigger {
+		if _, err := s.write.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ran := false
+	msgErr, fnErr := groupOf(t, s, func() error {
+		// The first message reads what the group needs once, so that the
+		// second's link is still queued when the function starts.
+		_, err := s.Submit(ctx, []mapping.Message{identify("ok", "user-0", "anon-0", 0), identify("bad", "user-1", "anon-1", time.Second)})
+		return err
+	}, func(ctx context.Context, w *writer) error { ran = true; return nil })
+	if msgErr == nil || !strings.Contains(msgErr.Error(), "boom") {
+		t.Errorf("submission whose link failed: error %v; want the trigger's", msgErr)
+	}
+	if fnErr != nil || !ran {
+		t.Errorf("function after it in the group: ran %v, error %v; want it run, without error", ran, fnErr)
+	}
+	var messages, links int
+	if err := s.read.GetContext(ctx, &messages, `SELECT COUNT(*) FROM messages`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.read.GetContext(ctx, &links, `SELECT COUNT(*) FROM links`); err != nil {
+		t.Fatal(err)
+	}
+	if messages != 0 || links != 0 {
+		t.Errorf("%d messages and %d links stored; want none (the failed submission rolled back whole)", messages, links)
+	}
+}
+
+// TestMessageAgainAfterItsErasureInTheGroup checks that a message erased
+// by a deletion earlier in its group is stored again, as in a later group,
+// rather than taken for a duplicate of the erased row.
+func TestMessageAgainAfterItsErasureInTheGroup(t *testing.T) {
+	for _, sameGroup := range []bool{true, false} {
+		s := openTestStore(t, Options{}) // no deletion grace: erased at once
+		ctx := context.Background()
+		m1 := identify("m1", "user-1", "anon-1", 0)
+		submit(t, s, m1)
+		del := mapping.Message{Source: mapping.SourceSegmentWebhook, ID: "d1", Type: "delete", UserID: "user-1", Timestamp: t0.Add(time.Hour), ReceivedAt: t0}
+		var r mapping.Receipt
+		if sameGroup {
+			r = submit(t, s, del, m1)[1]
+		} else {
+			submit(t, s, del)
+			r = submit(t, s, m1)[0]
+		}
+		var rows int
+		if err := s.read.GetContext(ctx, &rows, `SELECT COUNT(*) FROM messages WHERE message_id = 'm1'`); err != nil {
+			t.Fatal(err)
+		}
+		if r.Duplicate || rows != 1 {
+			t.Errorf("same group %v: receipt %+v and %d rows for the message sent again after its erasure; want it stored, not a duplicate", sameGroup, r, rows)
+		}
+	}
+}
