@@ -236,7 +236,11 @@ func (s *Store) probe() bool {
 }
 
 // gather adds to first every submission already waiting, up to MaxGroup
-// messages, leaving out those whose callers gave up.
+// messages (on SQLite, fewer if the last groups' messages grew the log so
+// much that a group would pass ckptEvery: checkpointLoop then copies each
+// group's part of the log while the next group is applied, and the
+// checkpoint the writer waits for has at most a group or two to copy),
+// leaving out those whose callers gave up.
 func (s *Store) gather(first *submission) []*submission {
 	var group []*submission
 	n := 0
@@ -244,7 +248,11 @@ func (s *Store) gather(first *submission) []*submission {
 		group = append(group, first)
 		n = len(first.msgs)
 	}
-	for n < s.opts.MaxGroup {
+	most := s.opts.MaxGroup
+	if s.logPerMessage > 0 {
+		most = max(1, min(most, int(s.ckptEvery()/s.logPerMessage)))
+	}
+	for n < most {
 		select {
 		case sub := <-s.queue:
 			if sub.take() {
@@ -267,7 +275,7 @@ func (s *Store) gather(first *submission) []*submission {
 // at once, and while the store refuses (see health) a group is refused
 // without a commit.
 func (s *Store) commitGroup(group []*submission) {
-	defer s.boundLog()
+	defer s.boundLog(group)
 	if err := s.health.refusal(); err != nil {
 		s.health.countRefused(len(group))
 		for _, sub := range group {

@@ -43,7 +43,7 @@ var sqliteOnly = []string{
 	"TestEditedMigrationIsRefused", "TestMigrationReferencesStoredMessages",
 	"TestWALStaysBounded", "TestFailedSyncIsFatal", "TestDiskFullRefusesThenRecovers", "TestLockedPastDeadline",
 	"TestDatabaseRemovedUnderTheStore", "TestMissingDatabaseBesideItsLog", "TestDatabaseFilesOwnerOnly",
-	"TestWriterContractChecked", "TestLogRestartsInPlace",
+	"TestWriterContractChecked", "TestLogRestartsInPlace", "TestGroupsKeepToAnEighthOfTheLog",
 	// and those that use PostgreSQL whatever the run's engine: they ran in the parent.
 	"TestPostgresUnreachableThenBack", "TestPostgresLockedPastDeadline", "TestJobsWakeOtherStores", "TestPostgresConnectionLostMidGroup", "TestPartitionedReplicaReleasesTheLock",
 	"TestConcurrentStartMigratesOnce",

@@ -72,11 +72,8 @@ type Options struct {
 	MergeOnEmail bool
 	// MaxGroup bounds how many messages one group commit holds; default 2000.
 	MaxGroup int
-	// WALLimit bounds the write-ahead log, in bytes: whenever the log has
-	// passed half of it after a group, the committer checkpoints it to
-	// completion, and the next group writes the log over from its start
-	// (the file keeps its size, so that syncs need not record a new one).
-	// A single group larger than the other half can still overshoot it.
+	// WALLimit bounds the write-ahead log, in bytes: see boundLog. A
+	// single group larger than the last quarter can still overshoot it.
 	// Default 64 MiB.
 	WALLimit int64
 	// CommitTimeout bounds how long Submit waits for its messages to be
@@ -174,6 +171,9 @@ type Store struct {
 	// the log has grown by ckptEvery since it last did (at ckptAsked).
 	ckptWake  chan struct{}
 	ckptAsked int64
+	// logPerMessage is how much the last group grew the log per message
+	// (the committer's; see gather).
+	logPerMessage int64
 	// phase is what the committer is doing: idle, waiting for the write
 	// lock, or applying a group; phaseSince is when it started it.
 	phase      atomic.Int32
@@ -642,20 +642,30 @@ func (s *Store) logInUse() int64 {
 }
 
 // boundLog keeps the write-ahead log under WALLimit: between groups, once
-// the log has passed half of the limit (or would pass the limit should the
-// next group grow it twice as much as the last did), the committer checkpoints it to
-// completion (RESTART), so the next group starts it over. The file is not
-// truncated: the next groups write over it, and a sync of a file whose size
-// did not change records no new size (see syncData); the file stays as large
-// as the log in use ever was. The checkpoint syncs the log and then the database file. The groups waiting
-// meanwhile pay for it, inside any measurement of the store's throughput.
-func (s *Store) boundLog() {
+// the log has passed three quarters of the limit (or would pass the limit
+// should the next group grow it as much as the last did), the committer
+// checkpoints it to completion (RESTART), so the next group starts it over.
+// Most of the copying is done by then: every ckptEvery of growth, it asks
+// checkpointLoop to copy the log beside it. The file is not truncated: the
+// next groups write over it, and a sync of a file whose size did not change
+// records no new size (see syncData); the file stays as large as the log in
+// use ever was. The checkpoint syncs the log and then the database file.
+// The groups waiting meanwhile pay for it, inside any measurement of the
+// store's throughput.
+func (s *Store) boundLog(group []*submission) {
 	if s.postgres {
 		return // PostgreSQL bounds its own log
 	}
 	n := s.sampleLog()
 	grew := max(n-s.walLast, 0)
 	s.walLast = n
+	messages := 0
+	for _, sub := range group {
+		messages += len(sub.msgs)
+	}
+	if messages > 0 && grew > 0 {
+		s.logPerMessage = grew / int64(messages)
+	}
 	if n < s.ckptAsked {
 		s.ckptAsked = 0 // the log started over
 	}
@@ -666,10 +676,11 @@ func (s *Store) boundLog() {
 		default:
 		}
 	}
-	// Also when the next group, should it grow the log twice as much as
-	// the last, would pass the limit. Never after a failed sync: what the
-	// log holds may not be what was written, and must not reach the database.
-	if n < s.opts.WALLimit/2 && n+2*grew <= s.opts.WALLimit || s.FatalError() != nil {
+	// Never after a failed sync: what the log holds may not be what was
+	// written, and must not reach the database.
+	soon := n >= s.opts.WALLimit/4*3
+	now := n+grew > s.opts.WALLimit || n >= s.opts.WALLimit/8*7
+	if !soon && !now || s.FatalError() != nil {
 		return
 	}
 	var res struct {
@@ -679,12 +690,12 @@ func (s *Store) boundLog() {
 	}
 	// Waiting for a long reader would stall every request behind the
 	// committer: the checkpoint waits briefly, and is tried again after the
-	// next group if a reader kept it from completing; only with the log
-	// past three quarters of its bound does it wait as long as it takes.
-	// The same goes for the passive checkpoint beside it.
+	// next group if a reader kept it from completing; only when the next
+	// group could pass the bound does it wait as long as it takes. The same
+	// goes for the passive checkpoint beside it.
 	ctx := context.Background()
 	wait := 200
-	if n >= s.opts.WALLimit/4*3 {
+	if now {
 		wait = 10000
 		s.ckptMu.Lock()
 	} else if !s.ckptMu.TryLock() {

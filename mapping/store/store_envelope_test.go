@@ -501,3 +501,57 @@ func TestLogRestartsInPlace(t *testing.T) {
 		t.Fatalf("after %d checkpoints the log was never written over in place (file %d bytes)", s.Stats().Checkpoints, fileSize())
 	}
 }
+
+// sizesObserver records the messages of each group commit.
+type sizesObserver struct {
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (o *sizesObserver) Committed(n int, _ time.Duration, _ error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.sizes = append(o.sizes, n)
+}
+
+// TestGroupsKeepToAnEighthOfTheLog checks that a group holds no more
+// messages than would grow the log by an eighth of its bound, at the last
+// groups' growth per message, so that the checkpoint beside the writer
+// copies one group while the next is applied.
+func TestGroupsKeepToAnEighthOfTheLog(t *testing.T) {
+	obs := &sizesObserver{}
+	s := openTestStore(t, Options{Observer: obs})
+	ctx := context.Background()
+	running, release := make(chan struct{}), make(chan struct{})
+	held := make(chan error, 1)
+	go func() {
+		held <- s.inTx(ctx, func(context.Context, *writer) error { close(running); <-release; return nil })
+	}()
+	<-running
+	// As if the last group had grown the log by a third of an eighth per message.
+	s.logPerMessage = s.ckptEvery() / 3
+	errs := make(chan error, 10)
+	for i := range 10 {
+		go func() {
+			_, err := s.Submit(ctx, []mapping.Message{identify(fmt.Sprint("m", i), fmt.Sprint("user-", i), "", 0)})
+			errs <- err
+		}()
+	}
+	waitQueued(t, s, 10)
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	// The held function's group, then the messages: the first group of
+	// them is capped at 3; later ones follow the growth measured since.
+	if len(obs.sizes) < 2 || obs.sizes[1] != 3 {
+		t.Errorf("group sizes %v; want the first group of messages to hold 3 of the 10 waiting", obs.sizes)
+	}
+}
