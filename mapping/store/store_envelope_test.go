@@ -522,12 +522,7 @@ func TestGroupsKeepToAnEighthOfTheLog(t *testing.T) {
 	obs := &sizesObserver{}
 	s := openTestStore(t, Options{Observer: obs})
 	ctx := context.Background()
-	running, release := make(chan struct{}), make(chan struct{})
-	held := make(chan error, 1)
-	go func() {
-		held <- s.inTx(ctx, func(context.Context, *writer) error { close(running); <-release; return nil })
-	}()
-	<-running
+	release := holdCommitter(t, s)
 	// As if the last group had grown the log by a third of an eighth per message.
 	s.logPerMessage = s.ckptEvery() / 3
 	errs := make(chan error, 10)
@@ -538,10 +533,7 @@ func TestGroupsKeepToAnEighthOfTheLog(t *testing.T) {
 		}()
 	}
 	waitQueued(t, s, 10)
-	close(release)
-	if err := <-held; err != nil {
-		t.Fatal(err)
-	}
+	release()
 	for range 10 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)

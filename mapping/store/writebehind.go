@@ -414,16 +414,7 @@ func (w *writer) query(ctx context.Context, query string, args []any, scan func(
 	}
 	return w.roundTrip(ctx, w.store.rebound(query), args, func(br pgx.BatchResults) error {
 		rows, err := br.Query()
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			if err := scan(rows); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
+		return eachRow(rows, err, func() { rows.Close() }, scan)
 	})
 }
 
@@ -433,16 +424,7 @@ func (w *writer) queryNow(ctx context.Context, query string, args []any, scan fu
 	if w.store.postgres {
 		return w.conn.Raw(func(dc any) error {
 			rows, err := dc.(*stdlib.Conn).Conn().Query(ctx, w.store.rebound(query), args...)
-			if err != nil {
-				return err
-			}
-			defer rows.Close()
-			for rows.Next() {
-				if err := scan(rows); err != nil {
-					return err
-				}
-			}
-			return rows.Err()
+			return eachRow(rows, err, func() { rows.Close() }, scan)
 		})
 	}
 	st, err := w.store.prepared(ctx, query)
@@ -450,10 +432,20 @@ func (w *writer) queryNow(ctx context.Context, query string, args []any, scan fu
 		return err
 	}
 	rows, err := st.QueryContext(ctx, args...)
+	return eachRow(rows, err, func() { rows.Close() }, scan)
+}
+
+// eachRow calls scan for each of rows (as a query returned them, with err)
+// and then closes them (closeRows).
+func eachRow[R interface {
+	rowScanner
+	Next() bool
+	Err() error
+}](rows R, err error, closeRows func(), scan func(rowScanner) error) error {
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
+	defer closeRows()
 	for rows.Next() {
 		if err := scan(rows); err != nil {
 			return err

@@ -150,23 +150,32 @@ func TestWriterAssignedIDs(t *testing.T) {
 // It returns their errors.
 func groupOf(t *testing.T, s *Store, first func() error, fn func(ctx context.Context, w *writer) error) (error, error) {
 	t.Helper()
-	ctx := context.Background()
-	running, release := make(chan struct{}), make(chan struct{})
-	held := make(chan error, 1)
-	go func() {
-		held <- s.inTx(ctx, func(context.Context, *writer) error { close(running); <-release; return nil })
-	}()
-	<-running
+	release := holdCommitter(t, s)
 	firstErr, fnErr := make(chan error, 1), make(chan error, 1)
 	go func() { firstErr <- first() }()
 	waitQueued(t, s, 1)
-	go func() { fnErr <- s.inTx(ctx, fn) }()
+	go func() { fnErr <- s.inTx(context.Background(), fn) }()
 	waitQueued(t, s, 2)
-	close(release)
-	if err := <-held; err != nil {
-		t.Fatal(err)
-	}
+	release()
 	return <-firstErr, <-fnErr
+}
+
+// holdCommitter keeps the committer in a function of its own until
+// release is called, which returns once that function's group committed.
+func holdCommitter(t *testing.T, s *Store) (release func()) {
+	t.Helper()
+	running, done := make(chan struct{}), make(chan struct{})
+	held := make(chan error, 1)
+	go func() {
+		held <- s.inTx(context.Background(), func(context.Context, *writer) error { close(running); <-done; return nil })
+	}()
+	<-running
+	return func() {
+		close(done)
+		if err := <-held; err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // waitQueued waits until n submissions wait for the committer.
