@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/jmoiron/sqlx"
 
 	"github.com/bridgeworks/bridge/mapping"
 )
@@ -128,10 +129,10 @@ type messageKey struct {
 
 // later queues a write whose result the writer does not need (see the top
 // of this file). what names the statement in its error, wherever that
-// error surfaces. The
-// statement must read and write its own table alone (INSERT INTO, UPDATE
-// or DELETE FROM it, no subquery of another table), and an INSERT into
-// identifiers must be of an identifier the writer adds to created.
+// error surfaces. The statement must read and write its own table alone
+// (INSERT INTO, UPDATE or DELETE FROM it, no subquery of another table),
+// and an INSERT into identifiers must be of an identifier the writer adds
+// to created.
 func (w *writer) later(ctx context.Context, what, query string, args ...any) error {
 	b := w.behind
 	sh, ok := b.shapes[query]
@@ -287,7 +288,11 @@ func (b *behind) take() []queued {
 func (w *writer) execQueued(ctx context.Context) error {
 	for _, q := range w.behind.take() {
 		for _, st := range w.statements(q) {
-			if _, err := w.execNow(ctx, st.query, st.args); err != nil {
+			stmt, err := w.store.prepared(ctx, st.query)
+			if err == nil {
+				_, err = stmt.ExecContext(ctx, st.args...)
+			}
+			if err != nil {
 				return fmt.Errorf("%s (written behind, %d rows): %w", q.what, st.rows, err)
 			}
 		}
@@ -334,10 +339,11 @@ func (w *writer) roundTrip(ctx context.Context, query string, args []any, read f
 func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	w.behind.changes(query)
 	if !w.store.postgres {
-		if err := w.execQueued(ctx); err != nil {
+		st, err := w.preparedAfter(ctx, query)
+		if err != nil {
 			return nil, err
 		}
-		return w.execNow(ctx, query, args)
+		return st.ExecContext(ctx, args...)
 	}
 	var res sql.Result
 	err := w.roundTrip(ctx, w.store.rebound(query), args, func(br pgx.BatchResults) error {
@@ -348,14 +354,13 @@ func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Resul
 	return res, err
 }
 
-// execNow executes query on SQLite at once, prepared once on the committer's
-// connection, whatever is written behind.
-func (w *writer) execNow(ctx context.Context, query string, args []any) (sql.Result, error) {
-	st, err := w.store.prepared(ctx, query)
-	if err != nil {
+// preparedAfter returns query prepared (once) on SQLite's committer
+// connection, after executing what is written behind.
+func (w *writer) preparedAfter(ctx context.Context, query string) (*sqlx.Stmt, error) {
+	if err := w.flush(ctx); err != nil {
 		return nil, err
 	}
-	return st.ExecContext(ctx, args...)
+	return w.store.prepared(ctx, query)
 }
 
 // get reads one row into dest after what is written behind. On PostgreSQL
@@ -363,10 +368,7 @@ func (w *writer) execNow(ctx context.Context, query string, args []any) (sql.Res
 // that sends it; anything else is read by sqlx once it is sent.
 func (w *writer) get(ctx context.Context, dest any, query string, args ...any) error {
 	if !w.store.postgres {
-		if err := w.execQueued(ctx); err != nil {
-			return err
-		}
-		st, err := w.store.prepared(ctx, query)
+		st, err := w.preparedAfter(ctx, query)
 		if err != nil {
 			return err
 		}
@@ -387,15 +389,15 @@ func (w *writer) get(ctx context.Context, dest any, query string, args ...any) e
 // sel reads rows into dest after what is written behind.
 func (w *writer) sel(ctx context.Context, dest any, query string, args ...any) error {
 	w.behind.changes(query)
-	if err := w.flush(ctx); err != nil {
-		return err
-	}
 	if !w.store.postgres {
-		st, err := w.store.prepared(ctx, query)
+		st, err := w.preparedAfter(ctx, query)
 		if err != nil {
 			return err
 		}
 		return st.SelectContext(ctx, dest, args...)
+	}
+	if err := w.flush(ctx); err != nil {
+		return err
 	}
 	return w.conn.SelectContext(ctx, dest, w.store.rebound(query), args...)
 }
@@ -407,7 +409,7 @@ type rowScanner interface{ Scan(dest ...any) error }
 // round trip that sends it) and calls scan for each row.
 func (w *writer) query(ctx context.Context, query string, args []any, scan func(rowScanner) error) error {
 	if !w.store.postgres {
-		if err := w.execQueued(ctx); err != nil {
+		if err := w.flush(ctx); err != nil {
 			return err
 		}
 		return w.queryNow(ctx, query, args, scan)
