@@ -72,8 +72,9 @@ func postgresCheckpoint(ctx context.Context, serverURL string) error {
 
 // benchReplicas starts n bridges in this process on one PostgreSQL
 // database, each with its own store and server, as n replicas behind a load
-// balancer would run (without their outboxes: ingest only, as the SQLite
-// runs). They start one after another, so the first runs the migrations. It
+// balancer would run, each delivering from the outbox throughout, as the
+// bridge of the SQLite runs does. They start one after another, so the
+// first runs the migrations. It
 // returns their URLs and what stops them all.
 func benchReplicas(ctx context.Context, n int, dbURL, writeKey, jimoURL string) (urls []string, stop func(), err error) {
 	var stops []func()
@@ -101,7 +102,10 @@ func benchReplicas(ctx context.Context, n int, dbURL, writeKey, jimoURL string) 
 			stop()
 			return nil, nil, err
 		}
-		stops = append(stops, func() { stopServer(); a.store.Close() })
+		// Each replica delivers its share of the outbox throughout, as in production.
+		outboxCtx, stopOutbox := context.WithCancel(ctx)
+		outboxDone := a.runOutbox(outboxCtx, slog.New(slog.DiscardHandler))
+		stops = append(stops, func() { stopServer(); stopOutbox(); <-outboxDone; a.store.Close() })
 		urls = append(urls, u)
 	}
 	return urls, stop, nil

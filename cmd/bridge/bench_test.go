@@ -20,7 +20,7 @@ func TestBenchRunsEveryMeasurement(t *testing.T) {
 	}
 	text := out.String()
 	checkBenchRows(t, text, "bare Echo", "floor", "bridge /v1/identify ", "bridge /v1/identify, returning", "raw SQLite inserts", "bridge /v1/batch")
-	for _, want := range []string{"identifies of returning people:", "batched ingest / raw SQLite inserts:", "outbox delivery to Jimo"} {
+	for _, want := range []string{"identifies of returning people:", "batched ingest / raw SQLite inserts:", "jobs left for delivery at the end of the run:", "outbox delivery to Jimo"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q:\n%s", want, text)
 		}

@@ -78,6 +78,14 @@ func (b *breaker) plan() (active, probes []string) {
 	return active, probes
 }
 
+// paused reports whether d is paused.
+func (b *breaker) paused(d string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.dests[d]
+	return st != nil && !st.pausedSince.IsZero()
+}
+
 // probing records that a probe of d was claimed and is in flight.
 func (b *breaker) probing(d string) {
 	b.mu.Lock()

@@ -19,7 +19,7 @@ const (
 	ResultDone     = "done"     // delivered
 	ResultRetry    = "retry"    // failed transiently; due again at RunAt
 	ResultDead     = "dead"     // failed permanently or too often; an operator may retry it
-	ResultReleased = "released" // given back at shutdown without counting the attempt
+	ResultReleased = "released" // given back unsent or at shutdown, without counting the attempt
 )
 
 // Outcome is what a delivery attempt leads to.
@@ -119,7 +119,9 @@ type Options struct {
 	// Senders deliver jobs, by destination. Jobs for a destination without a
 	// sender wait in the outbox until one is configured.
 	Senders map[string]Sender
-	// Workers is how many deliveries run at once; default 128.
+	// Workers is how many deliveries run at once; default 128. A claim
+	// takes up to claimAhead times as many jobs again, which wait in this
+	// process for a free worker (see Run).
 	Workers int
 	// Lease is how long a claim lasts before another worker may take the job
 	// again (after a crash); default 2 minutes. A send may take at most half
@@ -164,6 +166,10 @@ type DeliveryObserver interface {
 	// the Result constants) and the attempt number.
 	Delivered(destination, result string, attempt int)
 }
+
+// claimAhead is how many times Workers a claim takes beyond the free
+// workers (see Run).
+const claimAhead = 4
 
 // Outbox is the delivery worker: it claims due jobs, sends them, records
 // their outcomes in batches, pauses destinations that keep failing and
@@ -259,7 +265,9 @@ func (o *Outbox) Run(ctx context.Context) error {
 	// Outcomes are recorded in batches by one goroutine: one transaction for
 	// many deliveries. A job stays claimed (running) until its outcome is
 	// committed, so neither it nor its user's next job is claimed meanwhile.
-	results := make(chan Delivery, opts.Workers)
+	// A worker is free once its send ends; its outcome waits here, room
+	// enough for a whole claim's, while the last batch is being recorded.
+	results := make(chan Delivery, (claimAhead+1)*opts.Workers)
 	recorded := make(chan struct{})
 	go func() { o.recordLoop(results); close(recorded) }()
 	// Pruning and draining a resumed destination's backlog run beside the
@@ -268,6 +276,7 @@ func (o *Outbox) Run(ctx context.Context) error {
 	go func() { o.housekeep(ctx); close(housekept) }()
 	slots := make(chan struct{}, opts.Workers)
 	var inflight sync.WaitGroup
+claims:
 	for ctx.Err() == nil {
 		// Wait for at least one free slot.
 		select {
@@ -276,12 +285,17 @@ func (o *Outbox) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			continue
 		}
-		free := opts.Workers - len(slots)
+		// Jobs are claimed ahead of the free workers: a claim waits for a
+		// group commit, which under heavy ingestion takes as long as
+		// sending many jobs, so claiming only for the free workers would
+		// leave them idle most of the time.
+		want := opts.Workers - len(slots) + claimAhead*opts.Workers
 		active, probes := o.breaker.plan()
 		var jobs []Claimed
 		var err error
+		claimedAt := opts.Now()
 		if len(active) > 0 || len(probes) > 0 {
-			jobs, err = o.q.Claim(ctx, active, free, probes, opts.Lease)
+			jobs, err = o.q.Claim(ctx, active, want, probes, opts.Lease)
 		}
 		if err != nil {
 			// A store that cannot store says so itself, once; its refusals
@@ -300,15 +314,27 @@ func (o *Outbox) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		for _, j := range jobs {
+		// A send must end by half the lease after the claim (see Lease):
+		// a job that waited that long for a worker is given back unsent.
+		sendBy := claimedAt.Add(opts.Lease / 2)
+		for i, j := range jobs {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				for _, j := range jobs[i:] {
+					results <- released(j, opts.Now(), "released at shutdown")
+				}
+				continue claims
+			}
 			if j.Probe {
 				o.breaker.probing(j.Job.Destination)
 			}
-			slots <- struct{}{}
 			inflight.Add(1)
 			go func() {
-				defer func() { <-slots; inflight.Done() }()
-				results <- o.deliver(sendCtx, j)
+				defer inflight.Done()
+				d := o.deliver(sendCtx, j, sendBy)
+				<-slots
+				results <- d
 			}()
 		}
 	}
@@ -370,18 +396,25 @@ func sleep(ctx context.Context, d time.Duration) {
 // deliver sends one job, tells the breaker how it went, and decides the
 // job's outcome. A probe that fails transiently costs its job no attempt:
 // the destination failed, not the job.
-func (o *Outbox) deliver(ctx context.Context, j Claimed) Delivery {
+func (o *Outbox) deliver(ctx context.Context, j Claimed, sendBy time.Time) Delivery {
 	opts := o.opts
 	d := Delivery{ID: j.ID, Destination: j.Job.Destination, MessageID: j.Job.MessageID, Attempts: j.Attempts, Claimed: j.Attempts}
-	sendCtx, cancel := context.WithTimeout(ctx, opts.Lease/2)
+	// A job claimed ahead waits for a worker; meanwhile its destination
+	// may have been paused, or half its lease may have passed.
+	if !j.Probe && o.breaker.paused(j.Job.Destination) {
+		return released(j, opts.Now(), "released unsent: its destination was paused")
+	}
+	left := sendBy.Sub(opts.Now())
+	if left <= 0 {
+		return released(j, opts.Now(), "released unsent: it waited half its lease for a free worker")
+	}
+	sendCtx, cancel := context.WithTimeout(ctx, left)
 	err := opts.Senders[j.Job.Destination].Send(sendCtx, j.Job)
 	cancel()
 	now := opts.Now()
 	if err != nil && ctx.Err() != nil {
 		// Shutting down: give the job back without counting the attempt.
-		d.Attempts--
-		d.Outcome = Outcome{Result: ResultReleased, RunAt: now, LastError: "released at shutdown"}
-		return d
+		return released(j, now, "released at shutdown")
 	}
 	if o.breaker.result(j.Job.Destination, err, j.Probe) {
 		select {
@@ -399,6 +432,13 @@ func (o *Outbox) deliver(ctx context.Context, j Claimed) Delivery {
 	}
 	d.Outcome = Decide(err, j.Attempts, opts.MaxAttempts, now, opts.Jitter())
 	return d
+}
+
+// released is the outcome of a claimed job given back unsent, or whose
+// send was cut short by a shutdown: due at once, without counting the attempt.
+func released(j Claimed, now time.Time, why string) Delivery {
+	return Delivery{ID: j.ID, Destination: j.Job.Destination, MessageID: j.Job.MessageID, Attempts: j.Attempts - 1, Claimed: j.Attempts,
+		Outcome: Outcome{Result: ResultReleased, RunAt: now, LastError: why}}
 }
 
 // recordLoop commits delivery outcomes, as many as are waiting in one

@@ -92,8 +92,12 @@ func (s *Store) enqueue(ctx context.Context, sub *submission) error {
 	}
 	timer := time.NewTimer(s.opts.CommitTimeout)
 	defer timer.Stop()
+	queue := s.queue
+	if sub.fn != nil {
+		queue = s.ops
+	}
 	select {
-	case s.queue <- sub:
+	case queue <- sub:
 		s.mu.RUnlock()
 	case <-ctx.Done():
 		s.mu.RUnlock()
@@ -170,35 +174,49 @@ func (s *Store) commitLoop() {
 		} else {
 			backoff, nextProbe = firstProbe, time.Time{}
 		}
+		// A group starts with the first message waiting, if one is, and
+		// every function waiting joins it (see gather).
 		var first *submission
 		select {
 		case first = <-s.queue:
-			if probeTimer != nil {
-				probeTimer.Stop()
-			}
-		case <-probe:
-			if s.probe() {
-				s.health.clear(ReasonDiskFull)
-			} else {
-				backoff = min(2*backoff, lastProbe)
-			}
-			nextProbe = time.Time{}
-			continue
-		case <-s.closing:
-			if probeTimer != nil {
-				probeTimer.Stop()
-			}
-			// Drain what was queued before closing.
-			for {
-				select {
-				case first = <-s.queue:
-					if group := s.gather(first); len(group) > 0 {
-						s.commitGroup(group)
-					}
-				default:
-					return
+		default:
+			select {
+			case first = <-s.queue:
+			case first = <-s.ops:
+			case <-probe:
+				if s.probe() {
+					s.health.clear(ReasonDiskFull)
+				} else {
+					backoff = min(2*backoff, lastProbe)
 				}
+				nextProbe = time.Time{}
+				continue
+			case <-s.closing:
+				if probeTimer != nil {
+					probeTimer.Stop()
+				}
+				s.drain()
+				return
 			}
+		}
+		if probeTimer != nil {
+			probeTimer.Stop()
+		}
+		if group := s.gather(first); len(group) > 0 {
+			s.commitGroup(group)
+		}
+	}
+}
+
+// drain commits what was queued before the store closed.
+func (s *Store) drain() {
+	for {
+		var first *submission
+		select {
+		case first = <-s.queue:
+		case first = <-s.ops:
+		default:
+			return
 		}
 		if group := s.gather(first); len(group) > 0 {
 			s.commitGroup(group)
@@ -241,12 +259,29 @@ func (s *Store) probe() bool {
 // group's part of the log while the next group is applied, and the
 // checkpoint the writer waits for has at most a group or two to copy),
 // leaving out those whose callers gave up.
+//
+// The store's own functions waiting (in ops) all join the group, ahead of
+// any message waiting: an outbox claim or outcome waits for one group at
+// most, not for every message queued before it. Under a load that keeps
+// the queue full, delivery would otherwise get one claim through per
+// queue's length of groups, and fall behind without end.
 func (s *Store) gather(first *submission) []*submission {
 	var group []*submission
 	n := 0
 	if first.take() {
 		group = append(group, first)
 		n = len(first.msgs)
+	}
+ops:
+	for {
+		select {
+		case sub := <-s.ops:
+			if sub.take() {
+				group = append(group, sub)
+			}
+		default:
+			break ops
+		}
 	}
 	most := s.opts.MaxGroup
 	if s.logPerMessage > 0 {

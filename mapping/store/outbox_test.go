@@ -161,3 +161,80 @@ func TestPruneDone(t *testing.T) {
 		t.Errorf("after pruning: got %+v, want only the pending a2", left)
 	}
 }
+
+// gatedSender holds the send of one message ID until open is closed, and
+// records every send.
+type gatedSender struct {
+	scriptedSender
+	gated         string
+	started, open chan struct{}
+}
+
+func (g *gatedSender) Send(ctx context.Context, j mapping.Job) error {
+	if j.MessageID == g.gated {
+		close(g.started)
+		<-g.open
+	}
+	return g.scriptedSender.Send(ctx, j)
+}
+
+// resultCounter counts delivery results by kind.
+type resultCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *resultCounter) Delivered(_, result string, _ int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[result]++
+}
+
+func (c *resultCounter) count(result string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[result]
+}
+
+// TestOutboxGivesBackJobsThatWaitedHalfTheLease checks that jobs claimed
+// ahead of the free workers are not sent once half their claim's lease has
+// passed (a send must be recorded while the claim holds): such a job is
+// given back unsent, without counting an attempt, and delivered by a later
+// claim, once.
+func TestOutboxGivesBackJobsThatWaitedHalfTheLease(t *testing.T) {
+	clock := &testClock{now: t0}
+	s := openTestStore(t, Options{Now: clock.Now})
+	submit(t, s, withJobs("m1", "user-a", "a1"), withJobs("m2", "user-b", "b1"))
+	sender := &gatedSender{gated: "a1", started: make(chan struct{}), open: make(chan struct{})}
+	results := &resultCounter{n: map[string]int{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		// One worker: the claim takes both jobs, and b1 waits for a1's send.
+		done <- outbox.New(s, outbox.Options{Senders: map[string]outbox.Sender{"fake": sender}, Workers: 1, Lease: 10 * time.Second,
+			Poll: 10 * time.Millisecond, Now: clock.Now, Observer: results}).Run(ctx)
+	}()
+	<-sender.started
+	clock.Advance(6 * time.Second) // past half the lease of the claim that took b1
+	close(sender.open)
+	waitFor(t, "both jobs delivered", func() bool { return len(sender.got()) == 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := sender.got(); fmt.Sprint(got) != "[a1 b1]" {
+		t.Errorf("sends: %v; want a1, then b1 once", got)
+	}
+	if n := results.count(outbox.ResultReleased); n != 1 {
+		t.Errorf("%d jobs given back unsent; want 1 (b1, which waited past half its lease)", n)
+	}
+	delivered, err := s.Jobs(context.Background(), JobDone, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range delivered {
+		if j.Attempts != 1 {
+			t.Errorf("job %s delivered at attempt %d; want 1 (giving it back counts no attempt)", j.MessageID, j.Attempts)
+		}
+	}
+}

@@ -135,7 +135,10 @@ type Store struct {
 	// bound caches queries rebound for the engine (see rebound).
 	bound sync.Map
 
-	queue      chan *submission
+	// queue holds the callers' messages waiting for a group commit; ops
+	// holds the store's own functions (outbox claims and outcomes,
+	// housekeeping), which the committer takes first (see gather).
+	queue, ops chan *submission
 	outboxWake chan struct{}
 	// Committed groups wait in syncQueue until the log is on disk; synced
 	// is closed when the last one was released.
@@ -233,6 +236,7 @@ func newStore(write, read *sqlx.DB, path string, opts Options) *Store {
 		log:        opts.Logger,
 		stmts:      map[string]*sqlx.Stmt{},
 		queue:      make(chan *submission, 4096),
+		ops:        make(chan *submission, 256),
 		outboxWake: make(chan struct{}, 1),
 		ckptWake:   make(chan struct{}, 1),
 		syncQueue:  make(chan []*submission, 64),

@@ -178,13 +178,13 @@ func holdCommitter(t *testing.T, s *Store) (release func()) {
 	}
 }
 
-// waitQueued waits until n submissions wait for the committer.
+// waitQueued waits until n submissions (messages and functions) wait for the committer.
 func waitQueued(t *testing.T, s *Store, n int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for len(s.queue) < n {
+	for len(s.queue)+len(s.ops) < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d submissions queued after 10s; want %d", len(s.queue), n)
+			t.Fatalf("%d submissions queued after 10s; want %d", len(s.queue)+len(s.ops), n)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -256,5 +256,45 @@ func TestMessageAgainAfterItsErasureInTheGroup(t *testing.T) {
 		if r.Duplicate || rows != 1 {
 			t.Errorf("same group %v: receipt %+v and %d rows for the message sent again after its erasure; want it stored, not a duplicate", sameGroup, r, rows)
 		}
+	}
+}
+
+// TestFunctionsGoAheadOfQueuedMessages checks that the store's own
+// functions (outbox claims and outcomes) join the next group rather than
+// wait behind every message queued before them: under a load that keeps
+// the queue full, delivery would otherwise fall behind without end.
+func TestFunctionsGoAheadOfQueuedMessages(t *testing.T) {
+	s := openTestStore(t, Options{MaxGroup: 1})
+	ctx := context.Background()
+	const queued = 5
+	release := holdCommitter(t, s)
+	submitted := make(chan error, queued)
+	for i := range queued {
+		go func() {
+			_, err := s.Submit(ctx, []mapping.Message{identify(fmt.Sprintf("m%d", i), fmt.Sprintf("user-%d", i), fmt.Sprintf("anon-%d", i), 0)})
+			submitted <- err
+		}()
+		waitQueued(t, s, i+1)
+	}
+	var storedBefore int
+	fnErr := make(chan error, 1)
+	go func() {
+		fnErr <- s.inTx(ctx, func(ctx context.Context, w *writer) error {
+			return w.get(ctx, &storedBefore, `SELECT COUNT(*) FROM messages`)
+		})
+	}()
+	waitQueued(t, s, queued+1)
+	release()
+	if err := <-fnErr; err != nil {
+		t.Fatal(err)
+	}
+	for range queued {
+		if err := <-submitted; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Groups hold one message each: the function joins the first of them.
+	if storedBefore > 1 {
+		t.Errorf("the function ran after %d of the %d messages queued before it; want it in the first group (at most 1)", storedBefore, queued)
 	}
 }
