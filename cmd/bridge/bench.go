@@ -196,7 +196,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	// left records the backlog a run left; it fails the bench if it cannot be read.
 	var leftErr error
 	left := func(runs *[]int) {
-		n, err := backlog(ctx, a)
+		n, err := backlog(ctx, a.store)
 		leftErr = errors.Join(leftErr, err)
 		*runs = append(*runs, n)
 	}
@@ -305,7 +305,8 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 // postgresRuns measures the bridge on PostgreSQL with replicas bridges on
 // one new database (created on serverURL for these runs, dropped after):
 // identifies of new people, then batches of batchSize, with as many
-// clients as the SQLite runs, spread evenly over the replicas.
+// clients as the SQLite runs, spread evenly over the replicas, each run
+// starting once delivery caught up with the last.
 func postgresRuns(ctx context.Context, client *http.Client, serverURL string, replicas int, writeKey, auth, jimoURL string,
 	identifyBody, batchBody func() []byte, batchSize, concurrency int, d time.Duration) (single, batch benchResult, err error) {
 	dbURL, drop, err := createPostgresDB(ctx, serverURL, "bridge_bench_")
@@ -317,7 +318,7 @@ func postgresRuns(ctx context.Context, client *http.Client, serverURL string, re
 			err = dropErr
 		}
 	}()
-	urls, stop, err := benchReplicas(ctx, replicas, dbURL, writeKey, jimoURL)
+	urls, backlogOf, stop, err := benchReplicas(ctx, replicas, dbURL, writeKey, jimoURL)
 	if err != nil {
 		return single, batch, err
 	}
@@ -329,7 +330,11 @@ func postgresRuns(ctx context.Context, client *http.Client, serverURL string, re
 		}
 		return out
 	}
+	// As settle does for SQLite: delivery catches up, then the disk settles.
 	settlePostgres := func() error {
+		if _, err := catchUp(ctx, backlogOf, max(10*d, time.Minute)); err != nil {
+			return err
+		}
 		if err := postgresCheckpoint(ctx, serverURL); err != nil {
 			return err
 		}
@@ -414,7 +419,7 @@ func medianRatio(a, b []benchResult) float64 {
 // before the next run starts rather than during it. It reports how many
 // jobs were delivered while it waited, and how long it waited.
 func settle(ctx context.Context, a *app, limit time.Duration) (benchResult, error) {
-	caughtUp, err := catchUp(ctx, a, limit)
+	caughtUp, err := catchUp(ctx, func(ctx context.Context) (int, error) { return backlog(ctx, a.store) }, limit)
 	if err != nil {
 		return caughtUp, err
 	}
@@ -425,9 +430,9 @@ func settle(ctx context.Context, a *app, limit time.Duration) (benchResult, erro
 	return caughtUp, nil
 }
 
-// backlog counts the jobs waiting for delivery, held ones aside.
-func backlog(ctx context.Context, a *app) (int, error) {
-	bs, err := a.store.Backlogs(ctx)
+// backlog counts the jobs waiting for delivery in s, held ones aside.
+func backlog(ctx context.Context, s *store.Store) (int, error) {
+	bs, err := s.Backlogs(ctx)
 	n := 0
 	for _, b := range bs {
 		n += b.Pending
@@ -436,10 +441,11 @@ func backlog(ctx context.Context, a *app) (int, error) {
 }
 
 // catchUp waits, for at most limit, until the outbox (running) has
-// delivered every job waiting, and reports how many it delivered meanwhile.
-func catchUp(ctx context.Context, a *app, limit time.Duration) (benchResult, error) {
+// delivered every job waiting (counted by backlog), and reports how many
+// it delivered meanwhile.
+func catchUp(ctx context.Context, backlog func(context.Context) (int, error), limit time.Duration) (benchResult, error) {
 	res := benchResult{name: "outbox delivery"}
-	before, err := backlog(ctx, a)
+	before, err := backlog(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -450,7 +456,7 @@ func catchUp(ctx context.Context, a *app, limit time.Duration) (benchResult, err
 			return res, fmt.Errorf("the outbox did not catch up within %s: %d jobs left of %d", limit, left, before)
 		}
 		time.Sleep(100 * time.Millisecond) // counting the backlog is not free: look rarely
-		if left, err = backlog(ctx, a); err != nil {
+		if left, err = backlog(ctx); err != nil {
 			return res, err
 		}
 	}

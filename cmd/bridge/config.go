@@ -211,7 +211,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 	fs.IntVar(&c.MaxDeliveryAttempts, "max-delivery-attempts", 12, "deliveries tried per outbox job before it is dead")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", 128, "outbox deliveries in flight at once")
 	fs.DurationVar(&c.KeepDeliveredJobs, "keep-delivered-jobs", 7*24*time.Hour, "how long delivered outbox jobs stay visible before they are removed")
-	fs.DurationVar(&c.OutboxLease, "outbox-lease", 2*time.Minute, "how long a replica's claim of a delivery lasts: a killed replica's deliveries are taken over after it; a send may take half of it")
+	fs.DurationVar(&c.OutboxLease, "outbox-lease", 2*time.Minute, "how long a replica's claim of a delivery lasts: a killed replica's deliveries are taken over after it; a send must end by half of it after the claim")
 	fs.DurationVar(&c.DeletionGrace, "deletion-grace", 24*time.Hour, "how long a privacy deletion holds the deleted identifiers back (hidden, never forwarded) before erasing them, so late older messages are decided in order (0: erase at once)")
 	fs.Var(cidrList{&c.TrustedProxies}, "trusted-proxies", "comma-separated CIDR ranges of the proxies whose X-Forwarded-For is believed (empty: the peer address is the client)")
 	fs.Var(removedFlag("BRIDGE_TRUST_PROXY (-trust-proxy) was removed: set BRIDGE_TRUSTED_PROXIES (-trusted-proxies) to the CIDR ranges of your proxies instead"), "trust-proxy", "removed: use -trusted-proxies")
@@ -250,7 +250,7 @@ func parseConfig(name string, args []string, getenv func(string) string, output 
 		return c, fmt.Errorf("jimo token mode %q: want shared or derived", c.JimoTokenMode)
 	}
 	if c.OutboxLease < 2*time.Second {
-		return c, fmt.Errorf("outbox lease %s: want at least 2s (a send may take half of it)", c.OutboxLease)
+		return c, fmt.Errorf("outbox lease %s: want at least 2s (a send must end by half of it)", c.OutboxLease)
 	}
 	return c, nil
 }

@@ -82,12 +82,21 @@ func (a *app) userIDOfToken(ctx context.Context, token string) (string, error) {
 // ends; done is closed when both have stopped.
 func (a *app) runOutbox(ctx context.Context, logger *slog.Logger) (done chan struct{}) {
 	done = make(chan struct{})
+	// On SQLite a claim waits behind ingestion's group commits, so it takes
+	// jobs ahead of the free workers (the default). On PostgreSQL claims run
+	// beside ingestion, and jobs claimed ahead would be kept from the other
+	// replicas.
+	claimAhead := 0
+	if store.IsPostgres(a.cfg.DB) {
+		claimAhead = -1
+	}
 	a.outbox = outbox.New(a.store, outbox.Options{
 		Senders:     a.senders,
 		MaxAttempts: a.cfg.MaxDeliveryAttempts,
 		Workers:     a.cfg.DeliveryWorkers,
 		KeepDone:    a.cfg.KeepDeliveredJobs,
 		Lease:       a.cfg.OutboxLease,
+		ClaimAhead:  claimAhead,
 		// One process delivers from a SQLite file: what a crashed one held is
 		// due at once. Replicas on PostgreSQL take over each other's claims
 		// when their lease ends: one that starts must not steal live ones.

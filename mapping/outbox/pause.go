@@ -86,6 +86,15 @@ func (b *breaker) paused(d string) bool {
 	return st != nil && !st.pausedSince.IsZero()
 }
 
+// probeGivenBack records that the probe of d in flight was given back unsent.
+func (b *breaker) probeGivenBack(d string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st := b.dests[d]; st != nil {
+		st.probing = false
+	}
+}
+
 // probing records that a probe of d was claimed and is in flight.
 func (b *breaker) probing(d string) {
 	b.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -119,15 +120,21 @@ type Options struct {
 	// Senders deliver jobs, by destination. Jobs for a destination without a
 	// sender wait in the outbox until one is configured.
 	Senders map[string]Sender
-	// Workers is how many deliveries run at once; default 128. A claim
-	// takes up to claimAhead times as many jobs again, which wait in this
-	// process for a free worker (see Run).
+	// Workers is how many deliveries run at once; default 128.
 	Workers int
+	// ClaimAhead is how many times Workers a claim takes beyond the free
+	// workers; those jobs wait in this process for a worker (see Run).
+	// Default 4; negative: none. It pays where a claim waits behind
+	// ingestion's group commits (SQLite); on PostgreSQL claims run beside
+	// them, and jobs claimed ahead would only be kept from other replicas.
+	ClaimAhead int
 	// Lease is how long a claim lasts before another worker may take the job
-	// again (after a crash); default 2 minutes. A send may take at most half
-	// of it, so that its outcome is recorded while the claim still holds
-	// (another replica taking the job meanwhile would send it twice, and out
-	// of order).
+	// again (after a crash); default 2 minutes. A send must end by half of
+	// it after the claim, so that its outcome is recorded while the claim
+	// still holds (another replica taking the job meanwhile would send it
+	// twice, and out of order); a job claimed ahead that waited a quarter of
+	// it for a worker is given back unsent, so every send gets at least a
+	// quarter.
 	Lease time.Duration
 	// MaxAttempts is how many deliveries a job gets before it is dead; default 12.
 	MaxAttempts int
@@ -167,10 +174,6 @@ type DeliveryObserver interface {
 	Delivered(destination, result string, attempt int)
 }
 
-// claimAhead is how many times Workers a claim takes beyond the free
-// workers (see Run).
-const claimAhead = 4
-
 // Outbox is the delivery worker: it claims due jobs, sends them, records
 // their outcomes in batches, pauses destinations that keep failing and
 // probes them until they answer again. Create it with New; its Destinations
@@ -190,6 +193,12 @@ type Outbox struct {
 func New(q Queue, opts Options) *Outbox {
 	if opts.Workers <= 0 {
 		opts.Workers = 128
+	}
+	switch {
+	case opts.ClaimAhead == 0:
+		opts.ClaimAhead = 4
+	case opts.ClaimAhead < 0:
+		opts.ClaimAhead = 0
 	}
 	if opts.Lease <= 0 {
 		opts.Lease = 2 * time.Minute
@@ -267,7 +276,7 @@ func (o *Outbox) Run(ctx context.Context) error {
 	// committed, so neither it nor its user's next job is claimed meanwhile.
 	// A worker is free once its send ends; its outcome waits here, room
 	// enough for a whole claim's, while the last batch is being recorded.
-	results := make(chan Delivery, (claimAhead+1)*opts.Workers)
+	results := make(chan Delivery, (opts.ClaimAhead+1)*opts.Workers)
 	recorded := make(chan struct{})
 	go func() { o.recordLoop(results); close(recorded) }()
 	// Pruning and draining a resumed destination's backlog run beside the
@@ -289,7 +298,7 @@ claims:
 		// group commit, which under heavy ingestion takes as long as
 		// sending many jobs, so claiming only for the free workers would
 		// leave them idle most of the time.
-		want := opts.Workers - len(slots) + claimAhead*opts.Workers
+		want := opts.Workers - len(slots) + opts.ClaimAhead*opts.Workers
 		active, probes := o.breaker.plan()
 		var jobs []Claimed
 		var err error
@@ -314,25 +323,35 @@ claims:
 			}
 			continue
 		}
-		// A send must end by half the lease after the claim (see Lease):
-		// a job that waited that long for a worker is given back unsent.
-		sendBy := claimedAt.Add(opts.Lease / 2)
+		// Probes go first: a paused destination waits for its probe.
+		slices.SortStableFunc(jobs, func(a, b Claimed) int {
+			if a.Probe == b.Probe {
+				return 0
+			}
+			if a.Probe {
+				return -1
+			}
+			return 1
+		})
+		for _, j := range jobs {
+			if j.Probe {
+				o.breaker.probing(j.Job.Destination)
+			}
+		}
+		by := deadlines{waitUntil: claimedAt.Add(opts.Lease / 4), sendBy: claimedAt.Add(opts.Lease / 2)}
 		for i, j := range jobs {
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
 				for _, j := range jobs[i:] {
-					results <- released(j, opts.Now(), "released at shutdown")
+					results <- o.giveBack(j, "released at shutdown")
 				}
 				continue claims
-			}
-			if j.Probe {
-				o.breaker.probing(j.Job.Destination)
 			}
 			inflight.Add(1)
 			go func() {
 				defer inflight.Done()
-				d := o.deliver(sendCtx, j, sendBy)
+				d := o.deliver(sendCtx, j, by)
 				<-slots
 				results <- d
 			}()
@@ -396,25 +415,29 @@ func sleep(ctx context.Context, d time.Duration) {
 // deliver sends one job, tells the breaker how it went, and decides the
 // job's outcome. A probe that fails transiently costs its job no attempt:
 // the destination failed, not the job.
-func (o *Outbox) deliver(ctx context.Context, j Claimed, sendBy time.Time) Delivery {
+// deadlines are a claim's: its jobs still waiting for a worker at
+// waitUntil are given back unsent, and every send ends by sendBy.
+type deadlines struct{ waitUntil, sendBy time.Time }
+
+func (o *Outbox) deliver(ctx context.Context, j Claimed, by deadlines) Delivery {
 	opts := o.opts
 	d := Delivery{ID: j.ID, Destination: j.Job.Destination, MessageID: j.Job.MessageID, Attempts: j.Attempts, Claimed: j.Attempts}
 	// A job claimed ahead waits for a worker; meanwhile its destination
-	// may have been paused, or half its lease may have passed.
-	if !j.Probe && o.breaker.paused(j.Job.Destination) {
-		return released(j, opts.Now(), "released unsent: its destination was paused")
+	// may have been paused, or too much of its lease may have passed.
+	now := opts.Now()
+	switch {
+	case !j.Probe && o.breaker.paused(j.Job.Destination):
+		return o.giveBack(j, "released unsent: its destination was paused")
+	case !now.Before(by.waitUntil) && !j.Probe, !now.Before(by.sendBy):
+		return o.giveBack(j, "released unsent: it waited a quarter of its lease for a free worker")
 	}
-	left := sendBy.Sub(opts.Now())
-	if left <= 0 {
-		return released(j, opts.Now(), "released unsent: it waited half its lease for a free worker")
-	}
-	sendCtx, cancel := context.WithTimeout(ctx, left)
+	sendCtx, cancel := context.WithTimeout(ctx, by.sendBy.Sub(now))
 	err := opts.Senders[j.Job.Destination].Send(sendCtx, j.Job)
 	cancel()
-	now := opts.Now()
+	now = opts.Now()
 	if err != nil && ctx.Err() != nil {
 		// Shutting down: give the job back without counting the attempt.
-		return released(j, now, "released at shutdown")
+		return o.giveBack(j, "released at shutdown")
 	}
 	if o.breaker.result(j.Job.Destination, err, j.Probe) {
 		select {
@@ -434,11 +457,15 @@ func (o *Outbox) deliver(ctx context.Context, j Claimed, sendBy time.Time) Deliv
 	return d
 }
 
-// released is the outcome of a claimed job given back unsent, or whose
-// send was cut short by a shutdown: due at once, without counting the attempt.
-func released(j Claimed, now time.Time, why string) Delivery {
+// giveBack is the outcome of a claimed job given back unsent, or whose
+// send was cut short by a shutdown: due at once, without counting the
+// attempt. A probe given back leaves its destination free to be probed again.
+func (o *Outbox) giveBack(j Claimed, why string) Delivery {
+	if j.Probe {
+		o.breaker.probeGivenBack(j.Job.Destination)
+	}
 	return Delivery{ID: j.ID, Destination: j.Job.Destination, MessageID: j.Job.MessageID, Attempts: j.Attempts - 1, Claimed: j.Attempts,
-		Outcome: Outcome{Result: ResultReleased, RunAt: now, LastError: why}}
+		Outcome: Outcome{Result: ResultReleased, RunAt: o.opts.Now(), LastError: why}}
 }
 
 // recordLoop commits delivery outcomes, as many as are waiting in one

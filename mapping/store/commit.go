@@ -260,11 +260,13 @@ func (s *Store) probe() bool {
 // checkpoint the writer waits for has at most a group or two to copy),
 // leaving out those whose callers gave up.
 //
-// The store's own functions waiting (in ops) all join the group, ahead of
-// any message waiting: an outbox claim or outcome waits for one group at
-// most, not for every message queued before it. Under a load that keeps
-// the queue full, delivery would otherwise get one claim through per
-// queue's length of groups, and fall behind without end.
+// The functions waiting (in ops: see inTx) all join the group, ahead of any
+// message waiting: an outbox claim or outcome, an operator's repair, a
+// batch of erasure or retention waits for one group at most, not for every
+// message queued before it. Under a load that keeps the queue full,
+// delivery would otherwise get one claim through per queue's length of
+// groups, and fall behind without end. Each function's caller waits for
+// its commit, so the functions waiting are few.
 func (s *Store) gather(first *submission) []*submission {
 	var group []*submission
 	n := 0

@@ -261,7 +261,7 @@ func (w *writer) tombstone(ctx context.Context, kind mapping.Kind, value string)
 const eraseBatch = 100
 
 // eraseLoop erases held-back identifiers once their grace period is over, in
-// small transactions between the committer's groups.
+// small batches, each a function in one of the committer's groups.
 func (s *Store) eraseLoop() {
 	if s.opts.DeletionGrace <= 0 {
 		return

@@ -162,18 +162,18 @@ func TestPruneDone(t *testing.T) {
 	}
 }
 
-// gatedSender holds the send of one message ID until open is closed, and
-// records every send.
+// gatedSender holds the first send of one message ID until open is
+// closed, and records every send.
 type gatedSender struct {
 	scriptedSender
 	gated         string
 	started, open chan struct{}
+	once          sync.Once
 }
 
 func (g *gatedSender) Send(ctx context.Context, j mapping.Job) error {
 	if j.MessageID == g.gated {
-		close(g.started)
-		<-g.open
+		g.once.Do(func() { close(g.started); <-g.open })
 	}
 	return g.scriptedSender.Send(ctx, j)
 }
@@ -196,12 +196,12 @@ func (c *resultCounter) count(result string) int {
 	return c.n[result]
 }
 
-// TestOutboxGivesBackJobsThatWaitedHalfTheLease checks that jobs claimed
-// ahead of the free workers are not sent once half their claim's lease has
-// passed (a send must be recorded while the claim holds): such a job is
-// given back unsent, without counting an attempt, and delivered by a later
-// claim, once.
-func TestOutboxGivesBackJobsThatWaitedHalfTheLease(t *testing.T) {
+// TestOutboxGivesBackJobsThatWaitedForAWorker checks that jobs claimed
+// ahead of the free workers are not sent once a quarter of their claim's
+// lease has passed (a send must be recorded while the claim holds, and
+// gets at least a quarter of it): such a job is given back unsent, without
+// counting an attempt, and delivered by a later claim, once.
+func TestOutboxGivesBackJobsThatWaitedForAWorker(t *testing.T) {
 	clock := &testClock{now: t0}
 	s := openTestStore(t, Options{Now: clock.Now})
 	submit(t, s, withJobs("m1", "user-a", "a1"), withJobs("m2", "user-b", "b1"))
@@ -215,7 +215,7 @@ func TestOutboxGivesBackJobsThatWaitedHalfTheLease(t *testing.T) {
 			Poll: 10 * time.Millisecond, Now: clock.Now, Observer: results}).Run(ctx)
 	}()
 	<-sender.started
-	clock.Advance(6 * time.Second) // past half the lease of the claim that took b1
+	clock.Advance(3 * time.Second) // past a quarter of the lease of the claim that took b1
 	close(sender.open)
 	waitFor(t, "both jobs delivered", func() bool { return len(sender.got()) == 2 })
 	cancel()
@@ -226,7 +226,7 @@ func TestOutboxGivesBackJobsThatWaitedHalfTheLease(t *testing.T) {
 		t.Errorf("sends: %v; want a1, then b1 once", got)
 	}
 	if n := results.count(outbox.ResultReleased); n != 1 {
-		t.Errorf("%d jobs given back unsent; want 1 (b1, which waited past half its lease)", n)
+		t.Errorf("%d jobs given back unsent; want 1 (b1, which waited past a quarter of its lease)", n)
 	}
 	delivered, err := s.Jobs(context.Background(), JobDone, 10)
 	if err != nil {

@@ -136,8 +136,10 @@ type Store struct {
 	bound sync.Map
 
 	// queue holds the callers' messages waiting for a group commit; ops
-	// holds the store's own functions (outbox claims and outcomes,
-	// housekeeping), which the committer takes first (see gather).
+	// holds the functions run in a group (inTx: outbox claims and
+	// outcomes, operators' repairs and deletions, erasure and retention
+	// batches, the readiness probe), which join the next group ahead of
+	// the messages queued (see gather).
 	queue, ops chan *submission
 	outboxWake chan struct{}
 	// Committed groups wait in syncQueue until the log is on disk; synced
@@ -647,7 +649,8 @@ func (s *Store) logInUse() int64 {
 
 // boundLog keeps the write-ahead log under WALLimit: between groups, once
 // the log has passed three quarters of the limit (or would pass the limit
-// should the next group grow it as much as the last did), the committer
+// should the next group grow it twice as much as the last did: the outbox's
+// claims and outcomes join groups unannounced, see gather), the committer
 // checkpoints it to completion (RESTART), so the next group starts it over.
 // Most of the copying is done by then: every ckptEvery of growth, it asks
 // checkpointLoop to copy the log beside it. The file is not truncated: the
@@ -683,7 +686,7 @@ func (s *Store) boundLog(group []*submission) {
 	// Never after a failed sync: what the log holds may not be what was
 	// written, and must not reach the database.
 	soon := n >= s.opts.WALLimit/4*3
-	now := n+grew > s.opts.WALLimit || n >= s.opts.WALLimit/8*7
+	now := n+2*grew > s.opts.WALLimit || n >= s.opts.WALLimit/8*7
 	if !soon && !now || s.FatalError() != nil {
 		return
 	}
