@@ -274,8 +274,10 @@ func (o *Outbox) Run(ctx context.Context) error {
 	// Outcomes are recorded in batches by one goroutine: one transaction for
 	// many deliveries. A job stays claimed (running) until its outcome is
 	// committed, so neither it nor its user's next job is claimed meanwhile.
-	// A worker is free once its send ends; its outcome waits here, room
-	// enough for a whole claim's, while the last batch is being recorded.
+	// Outcomes wait here while the last batch is being recorded, room
+	// enough for a whole claim's: a worker hands its outcome over and is
+	// free for the next job. Should recording fall behind even so, the
+	// workers wait, and so do the claims.
 	results := make(chan Delivery, (opts.ClaimAhead+1)*opts.Workers)
 	recorded := make(chan struct{})
 	go func() { o.recordLoop(results); close(recorded) }()
@@ -350,10 +352,8 @@ claims:
 			}
 			inflight.Add(1)
 			go func() {
-				defer inflight.Done()
-				d := o.deliver(sendCtx, j, by)
-				<-slots
-				results <- d
+				defer func() { <-slots; inflight.Done() }()
+				results <- o.deliver(sendCtx, j, by)
 			}()
 		}
 	}
@@ -412,13 +412,13 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// deliver sends one job, tells the breaker how it went, and decides the
-// job's outcome. A probe that fails transiently costs its job no attempt:
-// the destination failed, not the job.
 // deadlines are a claim's: its jobs still waiting for a worker at
 // waitUntil are given back unsent, and every send ends by sendBy.
 type deadlines struct{ waitUntil, sendBy time.Time }
 
+// deliver sends one job, tells the breaker how it went, and decides the
+// job's outcome. A probe that fails transiently costs its job no attempt:
+// the destination failed, not the job.
 func (o *Outbox) deliver(ctx context.Context, j Claimed, by deadlines) Delivery {
 	opts := o.opts
 	d := Delivery{ID: j.ID, Destination: j.Job.Destination, MessageID: j.Job.MessageID, Attempts: j.Attempts, Claimed: j.Attempts}
