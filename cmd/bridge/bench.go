@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -168,8 +167,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	outboxCtx, stopOutbox := context.WithCancel(ctx)
 	outboxDone := a.runOutbox(outboxCtx, logger)
 	defer func() { stopOutbox(); <-outboxDone }()
-	// settle waits for the outbox to catch up with at most this long.
-	catchUpLimit := max(10**duration, time.Minute)
+	settleBridge := func() (benchResult, error) { return settle(ctx, a.store, *duration, a.store.Checkpoint) }
 	for i := range people {
 		people[i] = newPerson()
 	}
@@ -193,39 +191,41 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	var singleCommits, batchCommits commitStats
 	// The jobs each bridge run left for delivery when it ended (0 if delivery kept up).
 	var singleLeft, returningLeft, batchLeft []int
-	// left records the backlog a run left; it fails the bench if it cannot be read.
-	var leftErr error
-	left := func(runs *[]int) {
+	left := func(runs *[]int) error {
 		n, err := backlog(ctx, a.store)
-		leftErr = errors.Join(leftErr, err)
 		*runs = append(*runs, n)
+		return err
 	}
 	fmt.Fprintf(stdout, "%-6s %11s %14s %14s %14s %11s %14s\n", "round", "bare Echo/s", "floor/s", "identify new/s", "returning/s", "raw rows/s", "batch ev/s")
 	for round := 1; round <= *rounds; round++ {
-		if _, err := settle(ctx, a, catchUpLimit); err != nil {
+		if _, err := settleBridge(); err != nil {
 			return err
 		}
 		bare := drive(ctx, client, "bare Echo (read body, 200)", []string{bareURL + "/v1/identify"}, auth, identifyBody, 1, *concurrency, *duration)
 		peak := sampleWAL(filepath.Join(*dir, "floor.db-wal"))
 		floorRun := drive(ctx, client, "floor (one durable row per event)", []string{floorURL + "/v1/identify"}, auth, identifyBody, 1, *concurrency, *duration)
 		floorRun.walPeak = peak()
-		if _, err := settle(ctx, a, catchUpLimit); err != nil {
+		if _, err := settleBridge(); err != nil {
 			return err
 		}
 		commitsBefore := a.metrics.commits()
 		peak = sampleWAL(bridgeWAL)
 		single := drive(ctx, client, "bridge /v1/identify", []string{bridgeURL + "/v1/identify"}, auth, identifyBody, 1, *concurrency, *duration)
 		single.walPeak = peak()
-		left(&singleLeft)
+		if err := left(&singleLeft); err != nil {
+			return err
+		}
 		singleCommits = singleCommits.plus(a.metrics.commits().since(commitsBefore))
-		if _, err := settle(ctx, a, catchUpLimit); err != nil {
+		if _, err := settleBridge(); err != nil {
 			return err
 		}
 		peak = sampleWAL(bridgeWAL)
 		returning := drive(ctx, client, "bridge /v1/identify, returning", []string{bridgeURL + "/v1/identify"}, auth, returningBody, 1, *concurrency, *duration)
 		returning.walPeak = peak()
-		left(&returningLeft)
-		if _, err := settle(ctx, a, catchUpLimit); err != nil {
+		if err := left(&returningLeft); err != nil {
+			return err
+		}
+		if _, err := settleBridge(); err != nil {
 			return err
 		}
 		peak = sampleWAL(filepath.Join(*dir, "raw.db-wal"))
@@ -234,16 +234,15 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		raw.walPeak = peak()
-		if _, err := settle(ctx, a, catchUpLimit); err != nil {
+		if _, err := settleBridge(); err != nil {
 			return err
 		}
 		commitsBefore = a.metrics.commits()
 		peak = sampleWAL(bridgeWAL)
 		batch := drive(ctx, client, fmt.Sprintf("bridge /v1/batch (%d events)", *batchSize), []string{bridgeURL + "/v1/batch"}, auth, batchBody, *batchSize, *concurrency/4+1, *duration)
 		batch.walPeak = peak()
-		left(&batchLeft)
-		if leftErr != nil {
-			return leftErr
+		if err := left(&batchLeft); err != nil {
+			return err
 		}
 		batchCommits = batchCommits.plus(a.metrics.commits().since(commitsBefore))
 		bareRuns, floorRuns, singleRuns, returningRuns = append(bareRuns, bare), append(floorRuns, floorRun), append(singleRuns, single), append(returningRuns, returning)
@@ -268,7 +267,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 				pgSingle.rate(), 100*pgSingle.rate()/single.rate(), pgBatch.rate(), 100*pgBatch.rate()/batch.rate())
 		}
 	}
-	delivery, err := settle(ctx, a, catchUpLimit)
+	delivery, err := settleBridge()
 	if err != nil {
 		return err
 	}
@@ -318,7 +317,7 @@ func postgresRuns(ctx context.Context, client *http.Client, serverURL string, re
 			err = dropErr
 		}
 	}()
-	urls, backlogOf, stop, err := benchReplicas(ctx, replicas, dbURL, writeKey, jimoURL)
+	urls, first, stop, err := benchReplicas(ctx, replicas, dbURL, writeKey, jimoURL)
 	if err != nil {
 		return single, batch, err
 	}
@@ -330,16 +329,9 @@ func postgresRuns(ctx context.Context, client *http.Client, serverURL string, re
 		}
 		return out
 	}
-	// As settle does for SQLite: delivery catches up, then the disk settles.
 	settlePostgres := func() error {
-		if _, err := catchUp(ctx, backlogOf, max(10*d, time.Minute)); err != nil {
-			return err
-		}
-		if err := postgresCheckpoint(ctx, serverURL); err != nil {
-			return err
-		}
-		syscall.Sync()
-		return nil
+		_, err := settle(ctx, first, d, func(ctx context.Context) error { return postgresCheckpoint(ctx, serverURL) })
+		return err
 	}
 	if err := settlePostgres(); err != nil {
 		return single, batch, err
@@ -412,18 +404,19 @@ func medianRatio(a, b []benchResult) float64 {
 	return ratios[len(ratios)/2]
 }
 
-// settle gives the next run the machine to itself: the outbox, delivering
-// throughout, catches up with the jobs the runs so far left (within limit,
-// or settle fails), then what they left in the bridge's write-ahead log is
-// copied out, and what the system still holds of any file is written,
-// before the next run starts rather than during it. It reports how many
-// jobs were delivered while it waited, and how long it waited.
-func settle(ctx context.Context, a *app, limit time.Duration) (benchResult, error) {
-	caughtUp, err := catchUp(ctx, func(ctx context.Context) (int, error) { return backlog(ctx, a.store) }, limit)
+// settle gives the next run, of length d, the machine to itself: the
+// outbox, delivering throughout, catches up with the jobs waiting in s
+// (within ten times d and at least a minute, or settle fails), then
+// checkpoint copies what the runs left in the database's log out, and what
+// the system still holds of any file is written, before the next run
+// starts rather than during it. It reports how many jobs were delivered
+// while it waited, and how long it waited.
+func settle(ctx context.Context, s *store.Store, d time.Duration, checkpoint func(context.Context) error) (benchResult, error) {
+	caughtUp, err := catchUp(ctx, s, max(10*d, time.Minute))
 	if err != nil {
 		return caughtUp, err
 	}
-	if err := a.store.Checkpoint(ctx); err != nil {
+	if err := checkpoint(ctx); err != nil {
 		return caughtUp, err
 	}
 	syscall.Sync()
@@ -441,11 +434,11 @@ func backlog(ctx context.Context, s *store.Store) (int, error) {
 }
 
 // catchUp waits, for at most limit, until the outbox (running) has
-// delivered every job waiting (counted by backlog), and reports how many
-// it delivered meanwhile.
-func catchUp(ctx context.Context, backlog func(context.Context) (int, error), limit time.Duration) (benchResult, error) {
+// delivered every job waiting in s, and reports how many it delivered
+// meanwhile.
+func catchUp(ctx context.Context, s *store.Store, limit time.Duration) (benchResult, error) {
 	res := benchResult{name: "outbox delivery"}
-	before, err := backlog(ctx)
+	before, err := backlog(ctx, s)
 	if err != nil {
 		return res, err
 	}
@@ -456,7 +449,7 @@ func catchUp(ctx context.Context, backlog func(context.Context) (int, error), li
 			return res, fmt.Errorf("the outbox did not catch up within %s: %d jobs left of %d", limit, left, before)
 		}
 		time.Sleep(100 * time.Millisecond) // counting the backlog is not free: look rarely
-		if left, err = backlog(ctx); err != nil {
+		if left, err = backlog(ctx, s); err != nil {
 			return res, err
 		}
 	}

@@ -74,9 +74,9 @@ func postgresCheckpoint(ctx context.Context, serverURL string) error {
 // database, each with its own store and server, as n replicas behind a load
 // balancer would run, each delivering from the outbox throughout, as the
 // bridge of the SQLite runs does. They start one after another, so the
-// first runs the migrations. It returns their URLs, a count of the jobs
-// waiting for delivery in the database, and what stops them all.
-func benchReplicas(ctx context.Context, n int, dbURL, writeKey, jimoURL string) (urls []string, backlogOf func(context.Context) (int, error), stop func(), err error) {
+// first runs the migrations. It returns their URLs, the first one's store,
+// and what stops them all.
+func benchReplicas(ctx context.Context, n int, dbURL, writeKey, jimoURL string) (urls []string, first *store.Store, stop func(), err error) {
 	var stops []func()
 	stop = func() {
 		for i := len(stops) - 1; i >= 0; i-- {
@@ -107,9 +107,9 @@ func benchReplicas(ctx context.Context, n int, dbURL, writeKey, jimoURL string) 
 		outboxDone := a.runOutbox(outboxCtx, slog.New(slog.DiscardHandler))
 		stops = append(stops, func() { stopServer(); stopOutbox(); <-outboxDone; a.store.Close() })
 		urls = append(urls, u)
-		if backlogOf == nil {
-			backlogOf = func(ctx context.Context) (int, error) { return backlog(ctx, a.store) }
+		if first == nil {
+			first = a.store
 		}
 	}
-	return urls, backlogOf, stop, nil
+	return urls, first, stop, nil
 }
